@@ -1,0 +1,581 @@
+//! The whole server config: typed sections loaded once at startup from one TOML file
+//! plus `IMQTT_SECTION__KEY` environment overrides.
+//!
+//! Every key has a default. Loading reports every unknown key and bad value at once,
+//! each naming its key (and the environment variable, when it came from one), so an
+//! operator fixes a config in one round.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use broker::auth::AuthConfig;
+use broker::config::MqttConfig;
+use broker::units::{ByteSize, Duration};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+/// The embedded default config (`config/imqtt.toml` at build time).
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/imqtt.toml");
+
+/// Prefix of environment overrides: `IMQTT_MQTT__MAX_CONNECTIONS=5000`.
+pub const ENV_PREFIX: &str = "IMQTT_";
+
+/// The server config, one field per TOML section.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// `[mqtt]`: listeners, limits, extra ACL rules.
+    pub mqtt: MqttConfig,
+    /// `[http]`: the HTTP API listener.
+    pub http: HttpConfig,
+    /// `[auth]`: token verification and built-in accounts.
+    pub auth: AuthConfig,
+    /// `[store]`: the durable store.
+    pub store: StoreConfig,
+    /// `[delivery]`: how messages reach MQTT.
+    pub delivery: DeliveryConfig,
+    /// `[limits]`: per-request and per-user limits.
+    pub limits: LimitsConfig,
+    /// `[log]`: log level and format.
+    pub log: LogConfig,
+}
+
+/// The `[http]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTP API listener (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest request body; larger ones get 413.
+    pub max_body: ByteSize,
+    /// Time a request may take before it gets 503.
+    pub request_timeout: Duration,
+    /// Time in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body: ByteSize(4 << 20),
+            request_timeout: Duration::secs(30),
+            shutdown_grace: Duration::secs(10),
+        }
+    }
+}
+
+/// How long stored messages are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep every message (the default).
+    #[default]
+    Forever,
+    /// Delete messages older than this.
+    For(Duration),
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) if s == "forever" || s.is_empty() => Ok(Retention::Forever),
+            Raw::Text(s) => s
+                .parse()
+                .map(Retention::For)
+                .map_err(|e| serde::de::Error::custom(format!("{e}, or \"forever\""))),
+            Raw::Secs(n) => Ok(Retention::For(Duration::secs(n))),
+        }
+    }
+}
+
+/// The `[store]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The sled directory, created if missing.
+    pub path: PathBuf,
+    /// How long messages are kept: `"forever"` or a duration such as `"90d"`.
+    pub retention: Retention,
+    /// sled's page cache size.
+    pub cache_capacity: ByteSize,
+    /// Longest a commit waits for others to share its flush (group commit).
+    pub group_commit_delay: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("data"),
+            retention: Retention::Forever,
+            cache_capacity: ByteSize(64 << 20),
+            group_commit_delay: Duration(std::time::Duration::from_millis(1)),
+        }
+    }
+}
+
+/// The `[delivery]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Envelopes larger than this are announced by a sync hint instead of sent inline.
+    pub inline_max_bytes: ByteSize,
+    /// How long `(sender, client_msg_id)` keeps a retry idempotent.
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            inline_max_bytes: ByteSize(32 << 10),
+            idempotency_ttl: Duration::secs(24 * 3600),
+        }
+    }
+}
+
+/// The `[limits]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message body (the encoded JSON `body`).
+    pub max_body_bytes: ByteSize,
+    /// Messages a user may send per second (0 = unlimited).
+    pub rate_per_user: u32,
+    /// Burst allowed above `rate_per_user`.
+    pub rate_burst: u32,
+    /// Members a group may have.
+    pub max_group_size: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: ByteSize(64 << 10),
+            rate_per_user: 100,
+            rate_burst: 200,
+            max_group_size: 10_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[log]` section. `RUST_LOG`, when set, overrides `level`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `"info"` or `"info,broker=debug"`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// One problem found while loading the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key, e.g. `mqtt.max_connections`.
+    pub key: String,
+    /// The environment variable the value came from, if any.
+    pub env: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.env {
+            Some(var) => write!(f, "{} (from {var}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config, reported together.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    /// Where the config came from (a path or "embedded default").
+    pub origin: String,
+    /// The problems, in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "invalid config {} ({n} problem{}):",
+            self.origin,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a value came from, for error messages.
+type EnvOrigins = Vec<(Vec<String>, String, String)>;
+
+impl Config {
+    /// Parses `text` (TOML) and applies the `IMQTT_SECTION__KEY` overrides in `env`.
+    /// `origin` names the source in error messages.
+    pub fn load(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut root: Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigErrors {
+                    origin: origin.to_owned(),
+                    errors: vec![ConfigError {
+                        key: "(file)".to_owned(),
+                        env: None,
+                        message: e.to_string().trim().to_owned(),
+                    }],
+                });
+            }
+        };
+        let env_origins = apply_env(&mut root, env, &mut errors);
+        let mut loader = Loader {
+            root,
+            env: env_origins,
+            errors,
+        };
+        let cfg = Config {
+            mqtt: loader.section("mqtt"),
+            http: loader.section("http"),
+            auth: loader.section("auth"),
+            store: loader.section("store"),
+            delivery: loader.section("delivery"),
+            limits: loader.section("limits"),
+            log: loader.section("log"),
+        };
+        let Loader {
+            root, mut errors, ..
+        } = loader;
+        for key in root.keys() {
+            errors.push(ConfigError {
+                key: key.clone(),
+                env: None,
+                message: "unknown section (expected one of mqtt, http, auth, store, delivery, limits, log)".to_owned(),
+            });
+        }
+        // Cross-key checks only make sense once every key parsed.
+        if errors.is_empty() {
+            let checks = cfg.mqtt.validate().into_iter().chain(cfg.auth.validate());
+            for (key, message) in checks {
+                errors.push(ConfigError {
+                    key: key.to_owned(),
+                    env: None,
+                    message,
+                });
+            }
+            if cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
+                errors.push(ConfigError {
+                    key: "http.max_body".to_owned(),
+                    env: None,
+                    message: "must be at least limits.max_body_bytes".to_owned(),
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors {
+                origin: origin.to_owned(),
+                errors,
+            })
+        }
+    }
+}
+
+/// Writes `IMQTT_A__B=v` into `root` as `a.b = v` and remembers where each came from.
+/// A value that parses as a TOML literal (`5000`, `true`) is taken as such; anything
+/// else is a string, so `IMQTT_MQTT__TCP=127.0.0.1:0` needs no quoting.
+fn apply_env(
+    root: &mut Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    errors: &mut Vec<ConfigError>,
+) -> EnvOrigins {
+    let mut origins = Vec::new();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            errors.push(ConfigError {
+                key: path.join("."),
+                env: Some(var),
+                message: "expected IMQTT_SECTION__KEY".to_owned(),
+            });
+            continue;
+        }
+        let value = format!("v = {raw}")
+            .parse::<Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| Value::String(raw.clone()));
+        if let Err(message) = insert_path(root, &path, value) {
+            errors.push(ConfigError {
+                key: path.join("."),
+                env: Some(var),
+                message,
+            });
+            continue;
+        }
+        origins.push((path, var, raw));
+    }
+    origins
+}
+
+fn insert_path(root: &mut Table, path: &[String], value: Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+struct Loader {
+    root: Table,
+    env: EnvOrigins,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader {
+    /// Deserializes one section key by key, so that every bad key is reported rather
+    /// than the first; keys that are fine keep their values, the rest their defaults.
+    fn section<T: DeserializeOwned + Default>(&mut self, name: &str) -> T {
+        let table = match self.root.remove(name) {
+            None => return T::default(),
+            Some(Value::Table(t)) => t,
+            Some(other) => {
+                self.errors.push(ConfigError {
+                    key: name.to_owned(),
+                    env: None,
+                    message: format!("must be a table ([{name}]), found a {}", other.type_str()),
+                });
+                return T::default();
+            }
+        };
+        let mut good = Table::new();
+        for (key, value) in table {
+            let env = self
+                .env
+                .iter()
+                .find(|(path, _, _)| path.len() >= 2 && path[0] == name && path[1] == key);
+            let mut result = probe::<T>(&key, value.clone());
+            let mut value = value;
+            // An env value read as a number or bool may be meant as a string (a secret
+            // of digits, say): try it once more as written.
+            if let (Err(_), Some((_, _, raw))) = (&result, env) {
+                if !value.is_str() {
+                    let as_text = Value::String(raw.clone());
+                    if probe::<T>(&key, as_text.clone()).is_ok() {
+                        value = as_text;
+                        result = Ok(());
+                    }
+                }
+            }
+            match result {
+                Ok(()) => {
+                    good.insert(key, value);
+                }
+                Err(message) => self.errors.push(ConfigError {
+                    key: format!("{name}.{key}"),
+                    env: env.map(|(_, var, _)| var.clone()),
+                    message,
+                }),
+            }
+        }
+        Value::Table(good)
+            .try_into()
+            .unwrap_or_else(|e: toml::de::Error| {
+                self.errors.push(ConfigError {
+                    key: name.to_owned(),
+                    env: None,
+                    message: e.message().to_owned(),
+                });
+                T::default()
+            })
+    }
+}
+
+fn probe<T: DeserializeOwned>(key: &str, value: Value) -> Result<(), String> {
+    let mut one = Table::new();
+    one.insert(key.to_owned(), value);
+    Value::Table(one)
+        .try_into::<T>()
+        .map(drop)
+        .map_err(|e| e.message().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(text, "test.toml", env)
+    }
+
+    const DEV: &str = "[auth]\nallow_insecure_default = true\n";
+
+    #[test]
+    fn embedded_default_loads() {
+        let cfg = load(DEFAULT_CONFIG, &[]).expect("the shipped config is valid");
+        assert!(cfg.auth.allow_insecure_default);
+        assert_eq!(cfg.store.path, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn empty_config_gets_every_default_but_refuses_the_sample_secret() {
+        let err = load("", &[]).expect_err("sample secret refused");
+        assert_eq!(err.errors.len(), 1);
+        assert_eq!(err.errors[0].key, "auth.jwt_secret");
+        let cfg = load(DEV, &[]).expect("dev profile");
+        assert_eq!(cfg.http.listen.port(), 8080);
+        assert_eq!(cfg.mqtt.tcp.0.map(|a| a.port()), Some(1883));
+        assert_eq!(cfg.mqtt.ws.0.map(|a| a.port()), Some(8083));
+        assert!(cfg.auth.accounts);
+        assert_eq!(cfg.limits.max_body_bytes, ByteSize(65_536));
+        assert_eq!(cfg.delivery.idempotency_ttl, Duration::secs(86_400));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&format!("{DEV}[mqtt]\nmax_conections = 5\n"), &[]).expect_err("typo");
+        assert_eq!(err.errors.len(), 1);
+        assert_eq!(err.errors[0].key, "mqtt.max_conections");
+        assert!(err.errors[0].message.contains("unknown field"), "{err}");
+        assert!(err.to_string().contains("mqtt.max_conections"));
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = load(&format!("{DEV}[http]\nlisten = \"not an address\"\n"), &[])
+            .expect_err("bad address");
+        assert_eq!(err.errors[0].key, "http.listen");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = format!(
+            "{DEV}[mqtt]\nmax_connections = \"many\"\nbogus = 1\n[store]\nretention = \"soon\"\n[nonsense]\nx = 1\n"
+        );
+        let err = load(&text, &[("IMQTT_HTTP__LISTEN", "nowhere")]).expect_err("four problems");
+        let keys: Vec<&str> = err.errors.iter().map(|e| e.key.as_str()).collect();
+        for want in [
+            "mqtt.max_connections",
+            "mqtt.bogus",
+            "store.retention",
+            "nonsense",
+            "http.listen",
+        ] {
+            assert!(keys.contains(&want), "{want} missing from {keys:?}");
+        }
+        let http = err
+            .errors
+            .iter()
+            .find(|e| e.key == "http.listen")
+            .expect("listed");
+        assert_eq!(http.env.as_deref(), Some("IMQTT_HTTP__LISTEN"));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let cfg = load(
+            &format!("{DEV}[mqtt]\nmax_connections = 10\n"),
+            &[
+                ("IMQTT_MQTT__MAX_CONNECTIONS", "5000"),
+                ("IMQTT_MQTT__TCP", "127.0.0.1:0"),
+                ("IMQTT_MQTT__WS", ""),
+                ("IMQTT_STORE__PATH", "/tmp/x"),
+                ("IMQTT_UNRELATED", "ignored: no section separator"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(cfg.mqtt.max_connections, 5000);
+        assert_eq!(cfg.mqtt.tcp.0, Some("127.0.0.1:0".parse().expect("addr")));
+        assert_eq!(cfg.mqtt.ws.0, None);
+        assert_eq!(cfg.store.path, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn env_value_of_digits_can_still_be_a_string() {
+        let secret = "12345678901234567890123456789012345";
+        let cfg = load("", &[("IMQTT_AUTH__JWT_SECRET", secret)]).expect("valid");
+        assert_eq!(cfg.auth.jwt_secret.expose(), secret);
+    }
+
+    #[test]
+    fn env_override_of_unknown_key_is_named_with_its_variable() {
+        let err = load(DEV, &[("IMQTT_HTTP__LISTN", "x")]).expect_err("typo");
+        assert_eq!(err.errors[0].key, "http.listn");
+        assert_eq!(err.errors[0].env.as_deref(), Some("IMQTT_HTTP__LISTN"));
+    }
+
+    #[test]
+    fn acl_rules_are_read_and_checked() {
+        let cfg = load(
+            &format!("{DEV}[[mqtt.acl]]\npattern = \"public/#\"\naccess = \"all\"\n"),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(cfg.mqtt.acl.len(), 1);
+        let err = load(
+            &format!("{DEV}[[mqtt.acl]]\npattern = \"a/#/b\"\naccess = \"all\"\n"),
+            &[],
+        )
+        .expect_err("bad filter");
+        assert_eq!(err.errors[0].key, "mqtt.acl");
+    }
+
+    #[test]
+    fn syntax_error_is_reported_with_its_position() {
+        let err = load("[mqtt\n", &[]).expect_err("syntax");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}
