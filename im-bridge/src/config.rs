@@ -289,24 +289,31 @@ impl Config {
                 message: "unknown section (expected one of mqtt, http, auth, store, delivery, limits, log)".to_owned(),
             });
         }
-        // Cross-key checks only make sense once every key parsed.
-        if errors.is_empty() {
-            let checks = cfg.mqtt.validate().into_iter().chain(cfg.auth.validate());
-            for (key, message) in checks {
-                errors.push(ConfigError {
-                    key: key.to_owned(),
-                    env: None,
-                    message,
-                });
-            }
-            if cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
-                errors.push(ConfigError {
-                    key: "http.max_body".to_owned(),
-                    env: None,
-                    message: "must be at least limits.max_body_bytes".to_owned(),
-                });
-            }
+        // Cross-key checks run on sections whose keys all parsed, so that a value
+        // that fell back to its default cannot cause a misleading second error.
+        let clean = |section: &str| {
+            !errors
+                .iter()
+                .any(|e| e.key == section || e.key.starts_with(&format!("{section}.")))
+        };
+        let mut checks = Vec::new();
+        if clean("mqtt") {
+            checks.extend(cfg.mqtt.validate());
         }
+        if clean("auth") {
+            checks.extend(cfg.auth.validate());
+        }
+        if clean("http") && clean("limits") && cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
+            checks.push((
+                "http.max_body",
+                "must be at least limits.max_body_bytes".to_owned(),
+            ));
+        }
+        errors.extend(checks.into_iter().map(|(key, message)| ConfigError {
+            key: key.to_owned(),
+            env: None,
+            message,
+        }));
         if errors.is_empty() {
             Ok(cfg)
         } else {
@@ -410,13 +417,13 @@ impl Loader {
             let mut value = value;
             // An env value read as a number or bool may be meant as a string (a secret
             // of digits, say): try it once more as written.
-            if let (Err(_), Some((_, _, raw))) = (&result, env) {
-                if !value.is_str() {
-                    let as_text = Value::String(raw.clone());
-                    if probe::<T>(&key, as_text.clone()).is_ok() {
-                        value = as_text;
-                        result = Ok(());
-                    }
+            if let (Err(_), Some((_, _, raw))) = (&result, env)
+                && !value.is_str()
+            {
+                let as_text = Value::String(raw.clone());
+                if probe::<T>(&key, as_text.clone()).is_ok() {
+                    value = as_text;
+                    result = Ok(());
                 }
             }
             match result {

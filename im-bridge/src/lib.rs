@@ -1,7 +1,16 @@
 //! The IM side of imqtt and the wiring of the `imqtt` server.
 //!
-//! Modules: `config` loads the typed config, `api` is the HTTP surface (`app(state)`),
-//! `metrics` the Prometheus registry, `error` the crate's error enum and its HTTP
-//! mapping, `server` binds every listener, serves and shuts down.
+//! Modules: `config` loads the typed config, `api` is the HTTP surface
+//! (`api::app(state)`), `auth` the bearer-token extractor, `metrics` the Prometheus
+//! registry, `store` the durable sled store, `error` the crate's error enum and its
+//! HTTP mapping, `server` binds every listener, serves and shuts down.
 
+pub mod api;
+pub mod auth;
 pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+pub use error::{Error, Result};

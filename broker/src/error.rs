@@ -1,0 +1,18 @@
+//! The broker's error enum.
+
+use std::net::SocketAddr;
+
+/// What can go wrong starting or running the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("cannot bind {listener} on {addr}: {source}")]
+    Bind {
+        /// The config key of the listener (`mqtt.tcp`, ...).
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,115 @@
+//! The HTTP surface: `app(state)` builds the router; one file per resource.
+//!
+//! Every response that is not a success carries the JSON error body of DESIGN.md §5,
+//! including unknown routes (404), wrong methods (405) and oversized bodies (413).
+
+mod health;
+mod json;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use broker::auth::TokenVerifier;
+use http_body_util::BodyExt;
+use tower_http::trace::TraceLayer;
+
+pub use json::Json;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The loaded config.
+    pub config: Arc<Config>,
+    /// Verifies bearer tokens.
+    pub verifier: Arc<TokenVerifier>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Set once every listener is bound and the store is open; cleared when
+    /// shutdown begins, so load balancers stop sending new work.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The whole HTTP API as a router over `state`; the caller binds it to a listener.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.http.max_body;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body.as_usize()))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %req.uri().path(),
+                user = tracing::field::Empty,
+            )
+        }))
+        .with_state(state)
+}
+
+/// Oversized bodies up to this size are read and discarded before the 413.
+const DRAIN_MAX: u64 = 64 << 20;
+
+/// Runs around every request: refuses a declared body over the limit before any
+/// routing, bounds the request's time, and counts the answer.
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let limit = state.config.http.max_body.0;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let response = if let Some(n) = declared.filter(|n| *n > limit) {
+        // Reading a moderately oversized body to its end lets the client, which is
+        // usually still sending, see the 413 instead of a broken pipe; beyond
+        // DRAIN_MAX the connection is simply closed after the answer.
+        if n <= DRAIN_MAX {
+            let drain = async {
+                let mut body = req.into_body();
+                while let Some(Ok(_)) = body.frame().await {}
+            };
+            let _ = tokio::time::timeout(state.config.http.request_timeout.get(), drain).await;
+        }
+        Error::PayloadTooLarge { limit }.into_response()
+    } else {
+        let timeout = state.config.http.request_timeout.get();
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => Error::Timeout.into_response(),
+        }
+    };
+    state
+        .metrics
+        .http_request(&method, response.status().as_u16());
+    response
+}
+
+async fn not_found(req: Request) -> Error {
+    Error::NotFound(format!("no route for {}", req.uri().path()))
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}

@@ -1,0 +1,167 @@
+//! The HTTP building blocks through `app(state)` and a router over the same state:
+//! bearer authentication and JSON rejections map to the API's error bodies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::{get, post};
+use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
+use http_body_util::BodyExt;
+use im_bridge::api::{AppState, Json, app};
+use im_bridge::auth::Caller;
+use im_bridge::config::Config;
+use im_bridge::metrics::Metrics;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const SECRET: &str = "api-test-secret-0123456789abcdef0123456789";
+
+fn state() -> AppState {
+    let mut config = Config {
+        auth: AuthConfig {
+            jwt_secret: Secret::new(SECRET),
+            ..AuthConfig::default()
+        },
+        ..Config::default()
+    };
+    config.http.max_body = broker::units::ByteSize(1024);
+    AppState {
+        verifier: Arc::new(TokenVerifier::new(&config.auth).expect("verifier")),
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::new(|_| {})),
+        ready: Arc::new(AtomicBool::new(true)),
+    }
+}
+
+fn probe_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/whoami",
+            get(|c: Caller| async move { Json(json!({"uid": c.uid(), "role": c.role()})) }),
+        )
+        .route(
+            "/echo",
+            post(|_: Caller, Json(v): Json<Value>| async move { Json(v) }),
+        )
+        .with_state(state)
+}
+
+async fn call(router: Router, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = router.oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn bearer(uid: &str, role: Role) -> String {
+    let v = TokenVerifier::new(&AuthConfig {
+        jwt_secret: Secret::new(SECRET),
+        ..AuthConfig::default()
+    })
+    .expect("verifier");
+    format!(
+        "Bearer {}",
+        v.mint(uid, role, std::time::Duration::from_secs(60))
+            .expect("mint")
+    )
+}
+
+#[tokio::test]
+async fn valid_bearer_token_identifies_the_caller() {
+    let req = Request::get("/whoami")
+        .header(header::AUTHORIZATION, bearer("alice", Role::Admin))
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = call(probe_router(state()), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"uid": "alice", "role": "admin"}));
+}
+
+#[tokio::test]
+async fn missing_and_bad_tokens_get_401_with_a_code() {
+    let cases = [
+        (None, "unauthorized"),
+        (Some("Basic abc".to_owned()), "unauthorized"),
+        (Some("Bearer ".to_owned()), "unauthorized"),
+        (Some("Bearer not.a.jwt".to_owned()), "invalid_token"),
+    ];
+    for (auth, code) in cases {
+        let mut req = Request::get("/whoami");
+        if let Some(a) = &auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let (status, body) =
+            call(probe_router(state()), req.body(Body::empty()).expect("req")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(body["error"]["code"], code, "{auth:?}");
+    }
+}
+
+#[tokio::test]
+async fn expired_token_gets_token_expired() {
+    let old = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "alice", "exp": broker::auth::unix_now() - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode");
+    let req = Request::get("/whoami")
+        .header(header::AUTHORIZATION, format!("Bearer {old}"))
+        .body(Body::empty())
+        .expect("req");
+    let (status, body) = call(probe_router(state()), req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "token_expired");
+}
+
+#[tokio::test]
+async fn json_rejections_are_api_errors() {
+    let auth = bearer("alice", Role::User);
+    let send = |ctype: &'static str, body: Vec<u8>| {
+        Request::post("/echo")
+            .header(header::AUTHORIZATION, auth.clone())
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Body::from(body))
+            .expect("req")
+    };
+    let (status, body) = call(
+        probe_router(state()),
+        send("application/json", b"{\"a\":1}".to_vec()),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"a": 1})));
+
+    let (status, body) = call(
+        probe_router(state()),
+        send("application/json", b"{bad".to_vec()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_request");
+
+    let (status, body) = call(probe_router(state()), send("text/plain", b"{}".to_vec())).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+
+    let big = format!("{{\"a\":\"{}\"}}", "x".repeat(2048)).into_bytes();
+    let router = probe_router(state()).layer(axum::extract::DefaultBodyLimit::max(1024));
+    let (status, body) = call(router, send("application/json", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn readyz_follows_the_ready_flag() {
+    let state = state();
+    let req = || Request::get("/readyz").body(Body::empty()).expect("req");
+    let (status, _) = call(app(state.clone()), req()).await;
+    assert_eq!(status, StatusCode::OK);
+    state.ready.store(false, Ordering::Release);
+    let (status, body) = call(app(state), req()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "not_ready");
+}
