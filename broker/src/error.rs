@@ -15,4 +15,7 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A topic name that cannot be published to (empty, wildcards, NUL).
+    #[error("invalid topic name {0:?}")]
+    InvalidTopic(String),
 }

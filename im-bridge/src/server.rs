@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use broker::auth::TokenVerifier;
-use broker::listener::Listeners;
+use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,7 +23,7 @@ pub struct Server {
     state: AppState,
     store: Store,
     http: TcpListener,
-    mqtt: Listeners,
+    mqtt: Broker,
 }
 
 impl Server {
@@ -35,7 +35,21 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let mqtt = Listeners::bind(&config.mqtt).await?;
+        let verifier = Arc::new(verifier);
+        let mut broker_metrics = None;
+        let metrics = Metrics::new(|registry| {
+            broker_metrics = Some(Arc::new(BrokerMetrics::register(registry)));
+        });
+        let broker_metrics =
+            broker_metrics.unwrap_or_else(|| Arc::new(BrokerMetrics::unregistered()));
+        // Group and presence questions are denied until the bridge answers them.
+        let mqtt = Broker::bind(
+            config.mqtt.clone(),
+            verifier.clone(),
+            Arc::new(DenyAll),
+            broker_metrics,
+        )
+        .await?;
         let addr = config.http.listen;
         let http = TcpListener::bind(addr)
             .await
@@ -46,8 +60,8 @@ impl Server {
             })?;
         let state = AppState {
             config: Arc::new(config),
-            verifier: Arc::new(verifier),
-            metrics: Arc::new(Metrics::new(|_| {})),
+            verifier,
+            metrics: Arc::new(metrics),
             ready: Arc::new(AtomicBool::new(false)),
         };
         Ok(Server {
@@ -56,6 +70,11 @@ impl Server {
             http,
             mqtt,
         })
+    }
+
+    /// The broker's handle, for publishing and connection events.
+    pub fn broker(&self) -> BrokerHandle {
+        self.mqtt.handle()
     }
 
     /// The bound address of every listener, keyed as in `--print-addrs`.

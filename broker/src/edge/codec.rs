@@ -1,0 +1,555 @@
+//! The wire format, by protocol version: rumqttc's `mqttbytes` v4 and v5 packet
+//! types read and written on the server side. The connection works with v5 types
+//! throughout; MQTT 3.1.1 packets are converted at this boundary, so there is one
+//! set of packet types in the broker and none of our own.
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5::{
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWillProperties, PubAck,
+    PubComp, PubRec, PubRel, Publish, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    Unsubscribe,
+};
+
+use crate::QoS;
+
+/// The protocol level a client connected with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V4,
+    /// MQTT 5.0 (protocol level 5).
+    V5,
+}
+
+/// Why bytes could not become a packet.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CodecError {
+    #[error("packet larger than the maximum packet size")]
+    TooLarge,
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    #[error("unsupported protocol level {0}")]
+    UnsupportedVersion(u8),
+    #[error("the first packet was not CONNECT")]
+    NotConnect,
+}
+
+fn malformed(e: impl std::fmt::Display) -> CodecError {
+    CodecError::Malformed(e.to_string())
+}
+
+/// A will message from CONNECT.
+#[derive(Clone, Debug)]
+pub(crate) struct Will {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) delay: u32,
+    pub(crate) props: Option<LastWillProperties>,
+}
+
+/// CONNECT, whatever the version.
+#[derive(Debug)]
+pub(crate) struct ConnectInfo {
+    pub(crate) version: Version,
+    pub(crate) client_id: String,
+    pub(crate) clean_start: bool,
+    pub(crate) keep_alive: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) will: Option<Will>,
+    pub(crate) session_expiry: Option<u32>,
+    pub(crate) receive_max: Option<u16>,
+    pub(crate) max_packet_size: Option<u32>,
+}
+
+/// A packet from a connected client, in v5 terms.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Publish(Publish),
+    PubAck(u16),
+    PubRec(u16),
+    PubRel(u16),
+    PubComp(u16),
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+    PingReq,
+    Disconnect {
+        reason: DisconnectReasonCode,
+        session_expiry: Option<u32>,
+    },
+    /// A packet a client must not send at this point (a second CONNECT, AUTH, or
+    /// a server-to-client type).
+    Unexpected(&'static str),
+}
+
+impl Inbound {
+    /// Index into `metrics::PACKET_TYPES`.
+    pub(crate) fn type_index(&self) -> usize {
+        match self {
+            Inbound::Publish(_) => 2,
+            Inbound::PubAck(_) => 3,
+            Inbound::PubRec(_) => 4,
+            Inbound::PubRel(_) => 5,
+            Inbound::PubComp(_) => 6,
+            Inbound::Subscribe(_) => 7,
+            Inbound::Unsubscribe(_) => 9,
+            Inbound::PingReq => 11,
+            Inbound::Disconnect { .. } => 13,
+            Inbound::Unexpected(_) => 14,
+        }
+    }
+}
+
+/// Reads the first packet, which must be CONNECT; `Ok(None)` means more bytes are
+/// needed. The protocol level byte decides which codec parses it.
+pub(crate) fn read_connect(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<ConnectInfo>, CodecError> {
+    // Refuse a stream that does not start with CONNECT at once, rather than waiting
+    // for the whole frame its garbage length announces.
+    if buf.first().is_some_and(|b| b >> 4 != 1) {
+        return Err(CodecError::NotConnect);
+    }
+    match rumqttc::mqttbytes::check(buf.iter(), max) {
+        Ok(_) => {}
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
+            return Err(CodecError::TooLarge);
+        }
+        Err(e) => return Err(malformed(e)),
+    }
+    // Variable header: protocol name (length-prefixed), then the level byte.
+    // Fixed header: the type byte, then a 1-4 byte variable length.
+    let at = 1
+        + buf[1..]
+            .iter()
+            .take(4)
+            .take_while(|b| *b & 0x80 != 0)
+            .count()
+        + 1;
+    let name_len = buf
+        .get(at..at + 2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or_else(|| malformed("short CONNECT"))?;
+    let level = *buf
+        .get(at + 2 + name_len)
+        .ok_or_else(|| malformed("short CONNECT"))?;
+    match level {
+        4 => match v4::Packet::read(buf, max).map_err(malformed)? {
+            v4::Packet::Connect(c) => Ok(Some(from_v4_connect(c))),
+            _ => Err(CodecError::NotConnect),
+        },
+        5 => match v5::Packet::read(buf, Some(max as u32)).map_err(malformed)? {
+            v5::Packet::Connect(c, will, login) => from_v5_connect(c, will, login).map(Some),
+            _ => Err(CodecError::NotConnect),
+        },
+        other => Err(CodecError::UnsupportedVersion(other)),
+    }
+}
+
+fn from_v4_connect(c: v4::Connect) -> ConnectInfo {
+    let (username, password) = match c.login {
+        Some(l) => (Some(l.username), Some(l.password)),
+        None => (None, None),
+    };
+    ConnectInfo {
+        version: Version::V4,
+        client_id: c.client_id,
+        clean_start: c.clean_session,
+        keep_alive: c.keep_alive,
+        username,
+        password,
+        will: c.last_will.map(|w| Will {
+            topic: w.topic,
+            payload: w.message,
+            qos: qos_from_v4(w.qos),
+            retain: w.retain,
+            delay: 0,
+            props: None,
+        }),
+        session_expiry: None,
+        receive_max: None,
+        max_packet_size: None,
+    }
+}
+
+fn from_v5_connect(
+    c: v5::Connect,
+    will: Option<v5::LastWill>,
+    login: Option<v5::Login>,
+) -> Result<ConnectInfo, CodecError> {
+    let props = c.properties.as_ref();
+    let will = match will {
+        Some(w) => Some(Will {
+            topic: String::from_utf8(w.topic.to_vec())
+                .map_err(|_| malformed("will topic is not UTF-8"))?,
+            payload: w.message,
+            qos: w.qos,
+            retain: w.retain,
+            delay: w
+                .properties
+                .as_ref()
+                .and_then(|p| p.delay_interval)
+                .unwrap_or(0),
+            props: w.properties,
+        }),
+        None => None,
+    };
+    let (username, password) = match login {
+        Some(l) => (Some(l.username), Some(l.password)),
+        None => (None, None),
+    };
+    Ok(ConnectInfo {
+        version: Version::V5,
+        client_id: c.client_id,
+        clean_start: c.clean_start,
+        keep_alive: c.keep_alive,
+        username,
+        password,
+        will,
+        session_expiry: props.and_then(|p| p.session_expiry_interval),
+        receive_max: props.and_then(|p| p.receive_maximum),
+        max_packet_size: props.and_then(|p| p.max_packet_size),
+    })
+}
+
+/// Reads one packet after CONNECT; `Ok(None)` means more bytes are needed.
+pub(crate) fn read(
+    buf: &mut BytesMut,
+    version: Version,
+    max: usize,
+) -> Result<Option<Inbound>, CodecError> {
+    match version {
+        Version::V4 => match v4::Packet::read(buf, max) {
+            Ok(p) => Ok(Some(from_v4(p))),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
+                Err(CodecError::TooLarge)
+            }
+            Err(e) => Err(malformed(e)),
+        },
+        Version::V5 => {
+            // rumqttc wants a body for DISCONNECT and AUTH, but Remaining Length 0
+            // is legal (MQTT 5 §3.14.2.1) and is what paho sends on every normal
+            // disconnect: a missed `E0 00` would fire wills on clean disconnects.
+            if buf.len() >= 2 && buf[1] == 0 && (buf[0] == 0xE0 || buf[0] == 0xF0) {
+                let first = buf[0];
+                let _ = buf.split_to(2);
+                return Ok(Some(if first == 0xE0 {
+                    Inbound::Disconnect {
+                        reason: DisconnectReasonCode::NormalDisconnection,
+                        session_expiry: None,
+                    }
+                } else {
+                    Inbound::Unexpected("AUTH")
+                }));
+            }
+            match v5::Packet::read(buf, Some(u32::try_from(max).unwrap_or(u32::MAX))) {
+                Ok(p) => Ok(Some(from_v5(p))),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }) => {
+                    Err(CodecError::TooLarge)
+                }
+                Err(e) => Err(malformed(e)),
+            }
+        }
+    }
+}
+
+fn from_v4(p: v4::Packet) -> Inbound {
+    match p {
+        v4::Packet::Publish(p) => Inbound::Publish(Publish {
+            dup: p.dup,
+            qos: qos_from_v4(p.qos),
+            retain: p.retain,
+            topic: Bytes::from(p.topic),
+            pkid: p.pkid,
+            payload: p.payload,
+            properties: None,
+        }),
+        v4::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v4::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
+        v4::Packet::PubRel(a) => Inbound::PubRel(a.pkid),
+        v4::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
+        v4::Packet::Subscribe(s) => Inbound::Subscribe(Subscribe {
+            pkid: s.pkid,
+            filters: s
+                .filters
+                .into_iter()
+                .map(|f| v5::Filter {
+                    path: f.path,
+                    qos: qos_from_v4(f.qos),
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: v5::RetainForwardRule::OnEverySubscribe,
+                })
+                .collect(),
+            properties: None,
+        }),
+        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe(Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+            properties: None,
+        }),
+        v4::Packet::PingReq => Inbound::PingReq,
+        v4::Packet::Disconnect => Inbound::Disconnect {
+            reason: DisconnectReasonCode::NormalDisconnection,
+            session_expiry: None,
+        },
+        v4::Packet::Connect(_) => Inbound::Unexpected("CONNECT"),
+        _ => Inbound::Unexpected("server-to-client packet"),
+    }
+}
+
+fn from_v5(p: v5::Packet) -> Inbound {
+    match p {
+        v5::Packet::Publish(p) => Inbound::Publish(p),
+        v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v5::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
+        v5::Packet::PubRel(a) => Inbound::PubRel(a.pkid),
+        v5::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
+        v5::Packet::Subscribe(s) => Inbound::Subscribe(s),
+        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe(u),
+        v5::Packet::PingReq(_) => Inbound::PingReq,
+        v5::Packet::Disconnect(d) => Inbound::Disconnect {
+            reason: d.reason_code,
+            session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
+        },
+        v5::Packet::Connect(..) => Inbound::Unexpected("CONNECT"),
+        v5::Packet::Auth(_) => Inbound::Unexpected("AUTH"),
+        _ => Inbound::Unexpected("server-to-client packet"),
+    }
+}
+
+/// Appends `packet` to `buf` in the connection's version; packets that MQTT 3.1.1
+/// lacks (DISCONNECT from the server) write nothing there. Fails when the packet
+/// exceeds `max` (the client's Maximum Packet Size).
+pub(crate) fn write(
+    packet: &v5::Packet,
+    version: Version,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<usize, CodecError> {
+    match version {
+        // rumqttc 0.25 encodes a DISCONNECT with a reason code and no properties as
+        // Remaining Length 1 plus a stray property-length byte, and one with empty
+        // properties as a normal disconnect; the wire form is written here instead:
+        // reason code, then a zero property length (MQTT 5 §3.14.2).
+        Version::V5 if matches!(packet, v5::Packet::Disconnect(d) if d.properties.is_none()) => {
+            let v5::Packet::Disconnect(d) = packet else {
+                return Ok(0);
+            };
+            buf.extend_from_slice(&[0xE0, 0x02, d.reason_code as u8, 0x00]);
+            Ok(4)
+        }
+        Version::V5 => packet
+            .write(buf, Some(u32::try_from(max).unwrap_or(u32::MAX)))
+            .map_err(|e| match e {
+                rumqttc::v5::mqttbytes::Error::OutgoingPacketTooLarge { .. } => {
+                    CodecError::TooLarge
+                }
+                e => malformed(e),
+            }),
+        Version::V4 => {
+            let Some(p) = to_v4(packet) else { return Ok(0) };
+            p.write(buf, max).map_err(|e| match e {
+                rumqttc::mqttbytes::Error::OutgoingPacketTooLarge { .. } => CodecError::TooLarge,
+                e => malformed(e),
+            })
+        }
+    }
+}
+
+fn to_v4(p: &v5::Packet) -> Option<v4::Packet> {
+    Some(match p {
+        v5::Packet::ConnAck(c) => v4::Packet::ConnAck(v4::ConnAck {
+            session_present: c.session_present,
+            code: match c.code {
+                ConnectReturnCode::Success => v4::ConnectReturnCode::Success,
+                ConnectReturnCode::UnsupportedProtocolVersion
+                | ConnectReturnCode::RefusedProtocolVersion => {
+                    v4::ConnectReturnCode::RefusedProtocolVersion
+                }
+                ConnectReturnCode::ClientIdentifierNotValid | ConnectReturnCode::BadClientId => {
+                    v4::ConnectReturnCode::BadClientId
+                }
+                ConnectReturnCode::BadUserNamePassword => {
+                    v4::ConnectReturnCode::BadUserNamePassword
+                }
+                ConnectReturnCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
+                _ => v4::ConnectReturnCode::ServiceUnavailable,
+            },
+        }),
+        v5::Packet::Publish(p) => v4::Packet::Publish(v4::Publish {
+            dup: p.dup,
+            qos: qos_to_v4(p.qos),
+            retain: p.retain,
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            pkid: p.pkid,
+            payload: p.payload.clone(),
+        }),
+        v5::Packet::PubAck(a) => v4::Packet::PubAck(v4::PubAck { pkid: a.pkid }),
+        v5::Packet::PubRec(a) => v4::Packet::PubRec(v4::PubRec { pkid: a.pkid }),
+        v5::Packet::PubRel(a) => v4::Packet::PubRel(v4::PubRel { pkid: a.pkid }),
+        v5::Packet::PubComp(a) => v4::Packet::PubComp(v4::PubComp { pkid: a.pkid }),
+        v5::Packet::SubAck(s) => v4::Packet::SubAck(v4::SubAck {
+            pkid: s.pkid,
+            return_codes: s
+                .return_codes
+                .iter()
+                .map(|c| match c {
+                    SubscribeReasonCode::Success(q) => {
+                        v4::SubscribeReasonCode::Success(qos_to_v4(*q))
+                    }
+                    _ => v4::SubscribeReasonCode::Failure,
+                })
+                .collect(),
+        }),
+        v5::Packet::UnsubAck(u) => v4::Packet::UnsubAck(v4::UnsubAck { pkid: u.pkid }),
+        v5::Packet::PingResp(_) => v4::Packet::PingResp,
+        _ => return None,
+    })
+}
+
+fn qos_from_v4(q: rumqttc::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn qos_to_v4(q: QoS) -> rumqttc::mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => rumqttc::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// Builders for the acks and replies the server sends, with empty properties.
+pub(crate) mod reply {
+    use super::*;
+
+    pub(crate) fn puback(pkid: u16, reason: v5::PubAckReason) -> v5::Packet {
+        v5::Packet::PubAck(PubAck {
+            pkid,
+            reason,
+            properties: None,
+        })
+    }
+
+    pub(crate) fn pubrec(pkid: u16, reason: v5::PubRecReason) -> v5::Packet {
+        v5::Packet::PubRec(PubRec {
+            pkid,
+            reason,
+            properties: None,
+        })
+    }
+
+    pub(crate) fn pubrel(pkid: u16) -> v5::Packet {
+        v5::Packet::PubRel(PubRel {
+            pkid,
+            reason: v5::PubRelReason::Success,
+            properties: None,
+        })
+    }
+
+    pub(crate) fn pubcomp(pkid: u16, found: bool) -> v5::Packet {
+        v5::Packet::PubComp(PubComp {
+            pkid,
+            reason: if found {
+                v5::PubCompReason::Success
+            } else {
+                v5::PubCompReason::PacketIdentifierNotFound
+            },
+            properties: None,
+        })
+    }
+
+    pub(crate) fn suback(pkid: u16, return_codes: Vec<SubscribeReasonCode>) -> v5::Packet {
+        v5::Packet::SubAck(SubAck {
+            pkid,
+            return_codes,
+            properties: None,
+        })
+    }
+
+    pub(crate) fn unsuback(pkid: u16, reasons: Vec<v5::UnsubAckReason>) -> v5::Packet {
+        v5::Packet::UnsubAck(UnsubAck {
+            pkid,
+            reasons,
+            properties: None,
+        })
+    }
+
+    pub(crate) fn disconnect(reason: DisconnectReasonCode) -> v5::Packet {
+        v5::Packet::Disconnect(Disconnect {
+            reason_code: reason,
+            properties: None,
+        })
+    }
+
+    /// CONNACK refusing the connection.
+    pub(crate) fn refuse(code: ConnectReturnCode) -> v5::Packet {
+        v5::Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_disconnect_carries_its_reason_and_an_empty_property_length() {
+        let mut buf = BytesMut::new();
+        let p = reply::disconnect(DisconnectReasonCode::SessionTakenOver);
+        write(&p, Version::V5, &mut buf, usize::MAX).expect("encode");
+        assert_eq!(&buf[..], &[0xE0, 0x02, 0x8E, 0x00]);
+        // And rumqttc's own reader accepts it.
+        let back = v5::Packet::read(&mut buf, None).expect("decodes");
+        assert!(
+            matches!(back, v5::Packet::Disconnect(d) if d.reason_code == DisconnectReasonCode::SessionTakenOver)
+        );
+        // MQTT 3.1.1 has no server DISCONNECT: nothing is written.
+        let mut v4buf = BytesMut::new();
+        assert_eq!(
+            write(&p, Version::V4, &mut v4buf, usize::MAX).expect("ok"),
+            0
+        );
+        assert!(v4buf.is_empty());
+    }
+
+    #[test]
+    fn v5_disconnect_with_remaining_length_zero_is_a_normal_disconnect() {
+        let mut buf = BytesMut::from(&[0xE0u8, 0x00][..]);
+        let p = read(&mut buf, Version::V5, 1024)
+            .expect("ok")
+            .expect("a packet");
+        assert!(matches!(
+            p,
+            Inbound::Disconnect {
+                reason: DisconnectReasonCode::NormalDisconnection,
+                ..
+            }
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn first_packet_other_than_connect_is_refused_without_waiting() {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert!(matches!(
+            read_connect(&mut buf, 1024),
+            Err(CodecError::NotConnect)
+        ));
+    }
+}

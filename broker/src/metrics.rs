@@ -1,0 +1,156 @@
+//! The broker's counters and gauges, registered into the server's Prometheus
+//! registry. Hot paths hold pre-resolved counters, never a label lookup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QosLabel {
+    qos: &'static str,
+}
+
+/// MQTT control packet types, as metric labels.
+pub(crate) const PACKET_TYPES: [&str; 15] = [
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+];
+
+/// Why a CONNECT was refused, as metric labels.
+pub(crate) const REFUSALS: [&str; 6] = [
+    "not_authorized",
+    "server_unavailable",
+    "bad_client_id",
+    "protocol",
+    "timeout",
+    "will_not_authorized",
+];
+
+/// Everything the broker counts.
+#[derive(Debug)]
+pub struct BrokerMetrics {
+    pub(crate) connections: Gauge,
+    pub(crate) sessions: Gauge,
+    pub(crate) subscriptions: Gauge,
+    pub(crate) retained: Gauge,
+    pub(crate) packets_in: Vec<Counter>,
+    pub(crate) packets_out: Vec<Counter>,
+    pub(crate) bytes_in: Counter,
+    pub(crate) bytes_out: Counter,
+    pub(crate) refused_connects: Vec<Counter>,
+    pub(crate) refused_subscriptions: Counter,
+    pub(crate) refused_publishes: Counter,
+    pub(crate) dropped_qos0: Counter,
+    pub(crate) dropped_qos12: Counter,
+    pub(crate) dropped_expired: Counter,
+    pub(crate) dropped_too_large: Counter,
+}
+
+impl BrokerMetrics {
+    /// Creates the metrics and registers them under `imqtt_mqtt_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let r = registry.sub_registry_with_prefix("mqtt");
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let connections = gauge(r, "connections", "Open MQTT connections");
+        let sessions = gauge(r, "sessions", "Sessions, connected or persisted");
+        let subscriptions = gauge(r, "subscriptions", "Subscriptions in the index");
+        let retained = gauge(r, "retained_messages", "Retained messages");
+        let by_type = |r: &mut Registry, name: &str, help: &str| {
+            let family = Family::<TypeLabel, Counter>::default();
+            r.register(name, help, family.clone());
+            PACKET_TYPES
+                .iter()
+                .map(|t| family.get_or_create(&TypeLabel { r#type: t }).clone())
+                .collect::<Vec<_>>()
+        };
+        let packets_in = by_type(r, "packets_received", "MQTT packets received, by type");
+        let packets_out = by_type(r, "packets_sent", "MQTT packets sent, by type");
+        let bytes_in = counter(r, "bytes_received", "Bytes received on MQTT connections");
+        let bytes_out = counter(r, "bytes_sent", "Bytes sent on MQTT connections");
+        let refused = Family::<ReasonLabel, Counter>::default();
+        r.register(
+            "connects_refused",
+            "CONNECTs refused, by reason",
+            refused.clone(),
+        );
+        let refused_connects = REFUSALS
+            .iter()
+            .map(|reason| refused.get_or_create(&ReasonLabel { reason }).clone())
+            .collect();
+        let refused_subscriptions = counter(
+            r,
+            "subscriptions_refused",
+            "SUBSCRIBE filters refused by the ACL or as invalid",
+        );
+        let refused_publishes = counter(r, "publishes_refused", "PUBLISHes refused by the ACL");
+        let drops = Family::<QosLabel, Counter>::default();
+        r.register(
+            "queue_drops",
+            "Messages dropped from full session queues, expired, or too large for the client",
+            drops.clone(),
+        );
+        let drop = |qos| drops.get_or_create(&QosLabel { qos }).clone();
+        BrokerMetrics {
+            connections,
+            sessions,
+            subscriptions,
+            retained,
+            packets_in,
+            packets_out,
+            bytes_in,
+            bytes_out,
+            refused_connects,
+            refused_subscriptions,
+            refused_publishes,
+            dropped_qos0: drop("0"),
+            dropped_qos12: drop("1_2"),
+            dropped_expired: drop("expired"),
+            dropped_too_large: drop("too_large"),
+        }
+    }
+
+    /// Metrics registered nowhere, for tests and embedders without `/metrics`.
+    pub fn unregistered() -> Self {
+        BrokerMetrics::register(&mut Registry::default())
+    }
+
+    pub(crate) fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refused_connects[i].inc();
+        }
+    }
+}
