@@ -15,6 +15,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A topic name that cannot be published to (empty, wildcards, NUL).
     #[error("invalid topic name {0:?}")]
     InvalidTopic(String),

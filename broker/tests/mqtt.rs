@@ -865,3 +865,21 @@ async fn a_thousand_connections_each_receive_one_publish() {
         assert_eq!(p.payload, uid.as_bytes());
     }
 }
+
+#[tokio::test]
+async fn packets_sent_together_with_connect_are_not_left_waiting() {
+    let b = start().await;
+    let mut bytes = connect_bytes("olga", "o1", 60, None);
+    v4::Subscribe::new("users/olga/inbox", rumqttc::QoS::AtLeastOnce)
+        .write(&mut bytes)
+        .expect("encode");
+    let mut s = TcpStream::connect(b.addr).await.expect("connect");
+    s.write_all(&bytes).await.expect("write");
+    let mut reply = [0u8; 9];
+    timeout(WAIT, s.read_exact(&mut reply))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(&reply[..4], &[0x20, 0x02, 0x00, 0x00], "CONNACK");
+    assert_eq!(reply[4], 0x90, "SUBACK follows without another write");
+}

@@ -112,8 +112,12 @@ struct Conn<S> {
 async fn write_now<S: Transport>(io: &mut S, packet: &v5::Packet, version: Version) {
     let mut buf = BytesMut::new();
     if codec::write(packet, version, &mut buf, usize::MAX).is_ok() {
-        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, io.write_all(&buf)).await;
-        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, io.shutdown()).await;
+        let farewell = async {
+            io.write_all(&buf).await?;
+            io.flush().await?;
+            io.shutdown().await
+        };
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
     }
 }
 
@@ -358,7 +362,9 @@ impl<S: Transport> Conn<S> {
     }
 
     async fn serve(&mut self) -> Result<(), Close> {
-        // Anything the CONNACK handshake queued (and a resumed session's backlog).
+        // Packets that arrived with CONNECT, then anything the handshake queued
+        // (and a resumed session's backlog).
+        self.handle_buffered()?;
         self.drain()?;
         self.flush().await?;
         loop {
@@ -402,6 +408,11 @@ impl<S: Transport> Conn<S> {
         };
         self.edge.hub.metrics.bytes_in.inc_by(n as u64);
         self.last_rx = Instant::now();
+        self.handle_buffered()
+    }
+
+    /// Handles every whole packet in the read buffer.
+    fn handle_buffered(&mut self) -> Result<(), Close> {
         let max = self.edge.cfg.max_packet_size.as_usize();
         loop {
             match codec::read(&mut self.rbuf, self.version, max) {
@@ -743,11 +754,14 @@ impl<S: Transport> Conn<S> {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.wbuf);
-        self.io.write_all(&buf).await.map_err(|_| Close {
+        let io_error = |_| Close {
             reason: DisconnectReason::Error,
             code: None,
             will: true,
-        })?;
+        };
+        self.io.write_all(&buf).await.map_err(io_error)?;
+        // TLS and WebSocket buffer writes; TCP's flush costs nothing.
+        self.io.flush().await.map_err(io_error)?;
         Ok(())
     }
 
@@ -759,7 +773,11 @@ impl<S: Transport> Conn<S> {
         }
         if !self.wbuf.is_empty() {
             let buf = std::mem::take(&mut self.wbuf);
-            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, self.io.write_all(&buf)).await;
+            let farewell = async {
+                self.io.write_all(&buf).await?;
+                self.io.flush().await
+            };
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
         }
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, self.io.shutdown()).await;
         drop(self.io);

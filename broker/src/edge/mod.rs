@@ -5,6 +5,8 @@
 pub(crate) mod codec;
 pub(crate) mod connection;
 pub(crate) mod listener;
+mod tls;
+mod ws;
 
 use std::future::Future;
 use std::io;

@@ -1,0 +1,147 @@
+//! MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`): the handshake, and an
+//! adapter that presents binary WebSocket messages as the byte stream the
+//! connection loop reads and writes (MQTT packets may span messages, and a message
+//! may hold several packets).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::Transport;
+
+/// The only path MQTT is served on.
+pub(crate) const PATH: &str = "/mqtt";
+
+/// Performs the server handshake on `io`: `GET /mqtt`, agreeing to the `mqtt`
+/// subprotocol when the client offers it. Messages are bounded by `max_message`.
+// The callback's error type is tungstenite's own HTTP response.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn accept<S>(io: S, max_message: usize) -> Result<WsTransport<S>, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != PATH {
+            let mut err = ErrorResponse::new(Some(format!("MQTT is served on {PATH}")));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        let offers_mqtt = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("mqtt"));
+        if offers_mqtt {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+        }
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config)).await?;
+    Ok(WsTransport {
+        ws,
+        pending: Bytes::new(),
+    })
+}
+
+/// A WebSocket carrying MQTT as binary messages.
+#[derive(Debug)]
+pub(crate) struct WsTransport<S> {
+    ws: WebSocketStream<S>,
+    /// The unread rest of the last binary message.
+    pending: Bytes,
+}
+
+fn ws_io(e: WsError) -> io::Error {
+    match e {
+        WsError::Io(e) => e,
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            io::ErrorKind::ConnectionAborted.into()
+        }
+        other => io::Error::other(other),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsTransport<S> {
+    /// Polls for the next binary payload; `Ok(false)` at a clean end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        while self.pending.is_empty() {
+            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(false)),
+                Some(Ok(Message::Binary(b))) => self.pending = b,
+                // Pings are answered by tungstenite itself.
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "MQTT over WebSocket uses binary messages",
+                    )));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(ws_io(e))),
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsTransport<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !ready!(self.poll_fill(cx))? {
+            return Poll::Ready(Ok(()));
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsTransport<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut ws = Pin::new(&mut self.ws);
+        ready!(ws.as_mut().poll_ready(cx)).map_err(ws_io)?;
+        ws.start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .map_err(ws_io)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(ws_io)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(ws_io)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
+    async fn ready(&mut self) -> io::Result<()> {
+        // Waits for the next message without a read buffer of ours; the message is
+        // kept for the read that follows.
+        std::future::poll_fn(|cx| self.poll_fill(cx))
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,299 @@
+//! MQTT over WebSocket, TLS and secure WebSocket: the same broker, real handshakes,
+//! raw MQTT 3.1.1 packets on top.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
+use broker::config::MqttConfig;
+use broker::units::ListenAddr;
+use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll, QoS};
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::mqttbytes::v4;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "transport-test-secret-0123456789abcdef0123";
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Tls {
+    _dir: tempfile::TempDir,
+    cert_der: CertificateDer<'static>,
+}
+
+struct Running {
+    addrs: Vec<(&'static str, SocketAddr)>,
+    handle: BrokerHandle,
+    _stop: oneshot::Sender<()>,
+    tls: Tls,
+}
+
+impl Running {
+    fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("listener")
+            .1
+    }
+
+    fn client_tls(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.tls.cert_der.clone()).expect("root");
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn verifier() -> Arc<TokenVerifier> {
+    Arc::new(
+        TokenVerifier::new(&AuthConfig {
+            jwt_secret: Secret::new(SECRET),
+            ..AuthConfig::default()
+        })
+        .expect("verifier"),
+    )
+}
+
+async fn start() -> Running {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).expect("write key");
+    let any = || ListenAddr::on("127.0.0.1:0".parse().expect("addr"));
+    let cfg = MqttConfig {
+        tcp: ListenAddr::default(),
+        ws: any(),
+        tls: any(),
+        wss: any(),
+        tls_cert: Some(cert_path),
+        tls_key: Some(key_path),
+        ..MqttConfig::default()
+    };
+    let broker = Broker::bind(
+        cfg,
+        verifier(),
+        Arc::new(DenyAll),
+        Arc::new(BrokerMetrics::unregistered()),
+    )
+    .await
+    .expect("bind");
+    let addrs = broker.local_addrs();
+    let handle = broker.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(broker.run(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addrs,
+        handle,
+        _stop: stop,
+        tls: Tls {
+            _dir: dir,
+            cert_der: ck.cert.der().clone(),
+        },
+    }
+}
+
+fn connect_and_subscribe(uid: &str) -> (BytesMut, BytesMut) {
+    let token = verifier()
+        .mint(uid, Role::User, Duration::from_secs(600))
+        .expect("mint");
+    let mut c = v4::Connect::new(format!("{uid}-dev"));
+    c.set_login(uid, token);
+    let mut connect = BytesMut::new();
+    c.write(&mut connect).expect("encode");
+    let mut sub = BytesMut::new();
+    v4::Subscribe::new(format!("users/{uid}/inbox"), rumqttc::QoS::AtLeastOnce)
+        .write(&mut sub)
+        .expect("encode");
+    (connect, sub)
+}
+
+/// Speaks MQTT 3.1.1 over any byte stream: CONNECT, SUBSCRIBE, then expects the
+/// publish made through the handle.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, running: &Running, uid: &str) {
+    let (connect, sub) = connect_and_subscribe(uid);
+    s.write_all(&connect).await.expect("connect");
+    s.write_all(&sub).await.expect("subscribe");
+    s.flush().await.expect("flush");
+    let mut buf = BytesMut::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while let Ok(p) = v4::Packet::read(&mut buf, 1 << 20) {
+            match p {
+                v4::Packet::SubAck(_) => {
+                    running
+                        .handle
+                        .publish(
+                            &format!("users/{uid}/inbox"),
+                            Bytes::from_static(b"hello"),
+                            QoS::AtLeastOnce,
+                            false,
+                        )
+                        .expect("publish");
+                }
+                v4::Packet::Publish(p) => {
+                    assert_eq!(&p.payload[..], b"hello");
+                    return;
+                }
+                other => seen.push(other),
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read_buf(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:?}"))
+            .expect("read");
+        assert!(n > 0, "closed; saw {seen:?}");
+    }
+}
+
+/// A WebSocket client as a byte stream: every write is one binary message.
+async fn ws_roundtrip<S>(stream: S, running: &Running, uid: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut req = "ws://localhost/mqtt"
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
+    let (mut ws, resp) = timeout(WAIT, tokio_tungstenite::client_async(req, stream))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"mqtt"[..])
+    );
+    let (connect, sub) = connect_and_subscribe(uid);
+    // CONNECT and SUBSCRIBE in one message: packets need not align with messages.
+    let mut both = connect.clone();
+    both.extend_from_slice(&sub);
+    ws.send(Message::Binary(both.freeze())).await.expect("send");
+    let mut buf = BytesMut::new();
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        if let Message::Binary(b) = msg {
+            buf.extend_from_slice(&b);
+        }
+        while let Ok(p) = v4::Packet::read(&mut buf, 1 << 20) {
+            match p {
+                v4::Packet::SubAck(_) => running
+                    .handle
+                    .publish(
+                        &format!("users/{uid}/inbox"),
+                        Bytes::from_static(b"hello"),
+                        QoS::AtLeastOnce,
+                        false,
+                    )
+                    .expect("publish"),
+                v4::Packet::Publish(p) => {
+                    assert_eq!(&p.payload[..], b"hello");
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_client_is_served_on_slash_mqtt() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.ws"))
+        .await
+        .expect("tcp");
+    ws_roundtrip(tcp, &running, "wsuser").await;
+}
+
+#[tokio::test]
+async fn websocket_on_another_path_is_refused() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.ws"))
+        .await
+        .expect("tcp");
+    let req = "ws://localhost/other"
+        .into_client_request()
+        .expect("request");
+    let err = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("404"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_client_is_served() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.tls"))
+        .await
+        .expect("tcp");
+    let mut tls = running
+        .client_tls()
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    exchange(&mut tls, &running, "tlsuser").await;
+}
+
+#[tokio::test]
+async fn secure_websocket_client_is_served() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.wss"))
+        .await
+        .expect("tcp");
+    let tls = running
+        .client_tls()
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    ws_roundtrip(tls, &running, "wssuser").await;
+}
+
+#[tokio::test]
+async fn plain_bytes_on_the_tls_port_fail_alone() {
+    let running = start().await;
+    let mut plain = TcpStream::connect(running.addr("mqtt.tls"))
+        .await
+        .expect("tcp");
+    let (connect, _) = connect_and_subscribe("oops");
+    plain.write_all(&connect).await.expect("write");
+    let mut buf = [0u8; 64];
+    let n = timeout(WAIT, plain.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    // A TLS alert at most, never a CONNACK.
+    assert!(n == 0 || buf[0] == 0x15, "{:?}", &buf[..n]);
+    let tcp = TcpStream::connect(running.addr("mqtt.tls"))
+        .await
+        .expect("tcp");
+    let mut tls = running
+        .client_tls()
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    exchange(&mut tls, &running, "after").await;
+}
