@@ -122,7 +122,7 @@ impl BrokerHandle {
         Ok(())
     }
 
-    /// Connection events from now on. A receiver that falls more than 65,536 events
+    /// Connection events from now on. A receiver that falls more than 16,384 events
     /// behind is told how many it missed and can resynchronise with
     /// [`BrokerHandle::connected_clients`].
     pub fn events(&self) -> broadcast::Receiver<Event> {

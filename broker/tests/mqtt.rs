@@ -883,3 +883,45 @@ async fn packets_sent_together_with_connect_are_not_left_waiting() {
     assert_eq!(&reply[..4], &[0x20, 0x02, 0x00, 0x00], "CONNACK");
     assert_eq!(reply[4], 0x90, "SUBACK follows without another write");
 }
+
+#[tokio::test]
+async fn retained_message_published_while_offline_reaches_the_resumed_session() {
+    let b = start().await;
+    let mut opts = v4_options(b.addr, "pat", "pat-phone", &token("pat", Role::User));
+    opts.set_clean_session(false);
+    let mut c = v4_connect(opts.clone()).await;
+    c.connack().await.expect("connack");
+    c.client
+        .subscribe("presence/pat", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    c.suback().await;
+    c.client.disconnect().await.expect("disconnect");
+    while c.next().await.is_ok() {}
+
+    b.handle
+        .publish(
+            "presence/pat",
+            Bytes::from_static(b"{\"status\":\"online\"}"),
+            QoS::AtLeastOnce,
+            true,
+        )
+        .expect("pub");
+    let mut back = v4_connect(opts).await;
+    assert_eq!(
+        back.connack().await.expect("connack"),
+        (v4::ConnectReturnCode::Success, true)
+    );
+    assert_eq!(
+        &back.next_publish().await.payload[..],
+        b"{\"status\":\"online\"}"
+    );
+    // Subscribing again (as apps do after reconnecting) also yields the retained copy.
+    back.client
+        .subscribe("presence/pat", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    back.suback().await;
+    let again = back.next_publish().await;
+    assert!(again.retain);
+}

@@ -138,7 +138,7 @@ pub(crate) struct Hub {
 
 /// Events buffered for a slow consumer before it starts missing them (it is told
 /// how many it missed and can resynchronise from [`Hub::connected_clients`]).
-const EVENT_BUFFER: usize = 65_536;
+const EVENT_BUFFER: usize = 16_384;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

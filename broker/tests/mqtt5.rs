@@ -1,0 +1,369 @@
+//! MQTT 5 behaviour through a real rumqttc v5 client: Assigned Client Identifier,
+//! Receive Maximum, Topic Alias, Message Expiry, Will Delay, Session Expiry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
+use broker::config::{Access, AclRule, MqttConfig};
+use broker::units::ListenAddr;
+use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll, QoS};
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+
+const SECRET: &str = "mqtt5-test-secret-0123456789abcdef01234567";
+const WAIT: Duration = Duration::from_secs(5);
+
+struct TestBroker {
+    addr: SocketAddr,
+    handle: BrokerHandle,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start() -> TestBroker {
+    let verifier = TokenVerifier::new(&AuthConfig {
+        jwt_secret: Secret::new(SECRET),
+        ..AuthConfig::default()
+    })
+    .expect("verifier");
+    let cfg = MqttConfig {
+        tcp: ListenAddr::on("127.0.0.1:0".parse().expect("addr")),
+        ws: ListenAddr::default(),
+        acl: vec![AclRule {
+            pattern: "t/#".into(),
+            access: Access::All,
+            users: vec![],
+        }],
+        ..MqttConfig::default()
+    };
+    let broker = Broker::bind(
+        cfg,
+        Arc::new(verifier),
+        Arc::new(DenyAll),
+        Arc::new(BrokerMetrics::unregistered()),
+    )
+    .await
+    .expect("bind");
+    let addr = broker.local_addrs()[0].1;
+    let handle = broker.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(broker.run(async move {
+        let _ = stopped.await;
+    }));
+    TestBroker {
+        addr,
+        handle,
+        _stop: stop,
+    }
+}
+
+fn token(uid: &str) -> String {
+    TokenVerifier::new(&AuthConfig {
+        jwt_secret: Secret::new(SECRET),
+        ..AuthConfig::default()
+    })
+    .expect("verifier")
+    .mint(uid, Role::User, Duration::from_secs(600))
+    .expect("mint")
+}
+
+fn options(b: &TestBroker, uid: &str, client_id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, b.addr.ip().to_string(), b.addr.port());
+    o.set_credentials(uid, token(uid));
+    o
+}
+
+struct V5 {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
+}
+
+fn connect(opts: MqttOptions) -> V5 {
+    let (client, mut el) = AsyncClient::new(opts, 100);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    if tx.send(Ok(p)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(_)) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    V5 { client, rx }
+}
+
+impl V5 {
+    async fn next(&mut self) -> Result<Incoming, String> {
+        timeout(WAIT, self.rx.recv())
+            .await
+            .expect("something arrives")
+            .unwrap_or_else(|| Err("ended".into()))
+    }
+
+    async fn until<T>(&mut self, mut want: impl FnMut(&Incoming) -> Option<T>) -> T {
+        loop {
+            let p = self
+                .next()
+                .await
+                .unwrap_or_else(|e| panic!("connection ended: {e}"));
+            if let Some(t) = want(&p) {
+                return t;
+            }
+        }
+    }
+
+    async fn publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        self.until(|p| match p {
+            Incoming::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn subscribe(&mut self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        self.until(|p| matches!(p, Incoming::SubAck(_)).then_some(()))
+            .await;
+    }
+
+    async fn quiet_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Incoming::PingResp(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_client_id_gets_an_assigned_one() {
+    let b = start().await;
+    let mut c = connect(options(&b, "ann", ""));
+    let assigned = c
+        .until(|p| match p {
+            Incoming::ConnAck(a) => Some(
+                a.properties
+                    .as_ref()
+                    .and_then(|pr| pr.assigned_client_identifier.clone()),
+            ),
+            _ => None,
+        })
+        .await;
+    let id = assigned.expect("Assigned Client Identifier");
+    assert!(!id.is_empty());
+    assert_eq!(b.handle.connected_clients("ann"), vec![id]);
+    // A client that chose its id gets none back.
+    let mut named = connect(options(&b, "ann", "ann-phone"));
+    let none = named
+        .until(|p| match p {
+            Incoming::ConnAck(a) => Some(
+                a.properties
+                    .as_ref()
+                    .and_then(|pr| pr.assigned_client_identifier.clone()),
+            ),
+            _ => None,
+        })
+        .await;
+    assert_eq!(none, None);
+}
+
+#[tokio::test]
+async fn receive_maximum_holds_back_messages_until_acked() {
+    let b = start().await;
+    let mut o = options(&b, "ben", "ben-phone");
+    o.set_receive_maximum(Some(1));
+    o.set_manual_acks(true);
+    let mut c = connect(o);
+    c.subscribe("users/ben/inbox").await;
+    for i in 0..3u8 {
+        b.handle
+            .publish(
+                "users/ben/inbox",
+                Bytes::from(vec![i]),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .expect("publish");
+    }
+    let first = c.publish().await;
+    assert_eq!(first.payload[..], [0]);
+    c.quiet_for(Duration::from_millis(300)).await;
+    c.client.ack(&first).await.expect("ack");
+    let second = c.publish().await;
+    assert_eq!(second.payload[..], [1]);
+    c.client.ack(&second).await.expect("ack");
+    assert_eq!(c.publish().await.payload[..], [2]);
+}
+
+#[tokio::test]
+async fn topic_alias_from_the_client_is_resolved() {
+    let b = start().await;
+    let mut sub = connect(options(&b, "cat", "cat-sub"));
+    sub.subscribe("t/alias").await;
+    let mut publisher = connect(options(&b, "dan", "dan-pub"));
+    publisher
+        .until(|p| matches!(p, Incoming::ConnAck(_)).then_some(()))
+        .await;
+    let with_alias = |alias| PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: Some(alias),
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: Vec::new(),
+        content_type: None,
+    };
+    publisher
+        .client
+        .publish_with_properties("t/alias", QoS::AtLeastOnce, false, "one", with_alias(1))
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish_with_properties("", QoS::AtLeastOnce, false, "two", with_alias(1))
+        .await
+        .expect("publish");
+    for want in ["one", "two"] {
+        let p = sub.publish().await;
+        assert_eq!(
+            (&p.topic[..], &p.payload[..]),
+            (&b"t/alias"[..], want.as_bytes())
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_messages_are_not_delivered_to_a_returning_session() {
+    let b = start().await;
+    let mut o = options(&b, "eve", "eve-phone");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    let mut c = connect(o.clone());
+    c.subscribe("t/news").await;
+    c.client.disconnect().await.expect("disconnect");
+    while c.rx.recv().await.is_some() {}
+
+    let mut publisher = connect(options(&b, "fay", "fay-pub"));
+    publisher
+        .until(|p| matches!(p, Incoming::ConnAck(_)).then_some(()))
+        .await;
+    let expiring = PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: Some(1),
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: Vec::new(),
+        content_type: None,
+    };
+    publisher
+        .client
+        .publish_with_properties("t/news", QoS::AtLeastOnce, false, "stale", expiring)
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("t/news", QoS::AtLeastOnce, false, "fresh")
+        .await
+        .expect("publish");
+    publisher
+        .until(|p| matches!(p, Incoming::PubAck(_)).then_some(()))
+        .await;
+    publisher
+        .until(|p| matches!(p, Incoming::PubAck(_)).then_some(()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut back = connect(o);
+    let present = back
+        .until(|p| match p {
+            Incoming::ConnAck(a) => Some(a.session_present),
+            _ => None,
+        })
+        .await;
+    assert!(present, "session kept for its expiry interval");
+    assert_eq!(&back.publish().await.payload[..], b"fresh");
+}
+
+fn will(delay: u32) -> LastWill {
+    LastWill::new(
+        "t/will",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+async fn raw_v5_connect_then_drop(b: &TestBroker, uid: &str, client_id: &str, delay: u32) {
+    // A rumqttc client whose socket simply goes away: abort its event loop task.
+    let mut o = options(b, uid, client_id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(30));
+    o.set_last_will(will(delay));
+    let (_client, mut el) = AsyncClient::new(o, 10);
+    loop {
+        if let Ok(Event::Incoming(Incoming::ConnAck(_))) =
+            timeout(WAIT, el.poll()).await.expect("in time")
+        {
+            break;
+        }
+    }
+    drop(el); // closes the socket without DISCONNECT
+}
+
+#[tokio::test]
+async fn will_delay_holds_the_will_and_a_quick_return_cancels_it() {
+    let b = start().await;
+    let mut watcher = connect(options(&b, "gus", "gus-watch"));
+    watcher.subscribe("t/will").await;
+
+    // Returns within the delay: no will.
+    raw_v5_connect_then_drop(&b, "hal", "hal-phone", 2).await;
+    let mut o = options(&b, "hal", "hal-phone");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(30));
+    let mut back = connect(o);
+    back.until(|p| matches!(p, Incoming::ConnAck(_)).then_some(()))
+        .await;
+    watcher.quiet_for(Duration::from_millis(2500)).await;
+
+    // Stays away: the will comes after the delay, not before.
+    raw_v5_connect_then_drop(&b, "ida", "ida-phone", 1).await;
+    let started = tokio::time::Instant::now();
+    let p = watcher.publish().await;
+    assert_eq!(&p.payload[..], b"gone");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,126 @@
+//! MQTT through the real `imqtt` binary: the listener it prints, token
+//! authentication, the admin superuser, and the broker's metrics.
+
+use std::time::Duration;
+
+use broker::auth::Role;
+use imqtt_tests::{Server, token};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn client(server: &Server, uid: &str, password: &str) -> (AsyncClient, EventLoop) {
+    let addr = server.addr("mqtt.tcp");
+    let mut o = MqttOptions::new(format!("{uid}-dev"), addr.ip().to_string(), addr.port());
+    o.set_credentials(uid, password);
+    AsyncClient::new(o, 10)
+}
+
+async fn until<T>(el: &mut EventLoop, mut want: impl FnMut(&Incoming) -> Option<T>) -> T {
+    loop {
+        match timeout(WAIT, el.poll()).await.expect("in time") {
+            Ok(Event::Incoming(i)) => {
+                if let Some(t) = want(&i) {
+                    return t;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn user_with_a_token_subscribes_to_its_inbox_and_an_admin_sees_everything() {
+    let server = Server::start().await;
+    let (alice, mut alice_loop) = client(
+        &server,
+        "alice",
+        &token("alice", Role::User, Duration::from_secs(600)),
+    );
+    alice
+        .subscribe("users/alice/inbox", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let codes = until(&mut alice_loop, |i| match i {
+        Incoming::SubAck(s) => Some(s.return_codes.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        codes,
+        vec![rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(
+            QoS::AtLeastOnce
+        )]
+    );
+
+    let (admin, mut admin_loop) = client(
+        &server,
+        "ops",
+        &token("ops", Role::Admin, Duration::from_secs(600)),
+    );
+    admin.subscribe("#", QoS::AtLeastOnce).await.expect("sub");
+    until(&mut admin_loop, |i| {
+        matches!(i, Incoming::SubAck(_)).then_some(())
+    })
+    .await;
+    admin
+        .publish("users/alice/inbox", QoS::AtLeastOnce, false, "from ops")
+        .await
+        .expect("publish");
+    // The admin's event loop sends the publish; its `#` sees the message too.
+    let seen = until(&mut admin_loop, |i| match i {
+        Incoming::Publish(p) => Some(p.topic.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, "users/alice/inbox");
+    let got = until(&mut alice_loop, |i| match i {
+        Incoming::Publish(p) => Some(p.payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&got[..], b"from ops");
+
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(metrics.contains("imqtt_mqtt_connections 2"), "{metrics}");
+    assert!(metrics.contains("imqtt_mqtt_subscriptions 2"), "{metrics}");
+    assert!(
+        metrics.contains("imqtt_mqtt_packets_received_total{type=\"subscribe\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn token_signed_with_another_secret_is_refused_and_counted() {
+    let server = Server::start().await;
+    let foreign = broker::auth::TokenVerifier::new(&broker::auth::AuthConfig {
+        jwt_secret: broker::auth::Secret::new("some-other-secret-0123456789abcdef0123456"),
+        ..broker::auth::AuthConfig::default()
+    })
+    .expect("verifier")
+    .mint("mallory", Role::Admin, Duration::from_secs(600))
+    .expect("mint");
+    let (_c, mut el) = client(&server, "mallory", &foreign);
+    let err = timeout(WAIT, el.poll())
+        .await
+        .expect("answer")
+        .expect_err("refused");
+    assert!(err.to_string().contains("NotAuthorized"), "{err}");
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("imqtt_mqtt_connects_refused_total{reason=\"not_authorized\"} 1"),
+        "{metrics}"
+    );
+}
