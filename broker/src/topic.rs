@@ -12,6 +12,15 @@ pub fn valid_filter(filter: &str) -> bool {
     !filter.contains('\0') && crate::config::check_filter(filter).is_ok()
 }
 
+/// Splits a shared subscription `$share/{group}/{filter}` (MQTT 5 §4.8.2) into
+/// group and filter; `None` if `filter` is not a well-formed shared subscription.
+pub fn parse_shared(filter: &str) -> Option<(&str, &str)> {
+    let rest = filter.strip_prefix("$share/")?;
+    let (group, inner) = rest.split_once('/')?;
+    let ok = !group.is_empty() && !group.contains(['+', '#']) && valid_filter(inner);
+    ok.then_some((group, inner))
+}
+
 /// Whether `filter` has a wildcard level.
 pub fn is_wildcard(filter: &str) -> bool {
     filter.contains(['+', '#'])

@@ -62,12 +62,16 @@ async fn start() -> TestBroker {
 }
 
 fn token(uid: &str) -> String {
+    token_with(uid, Role::User)
+}
+
+fn token_with(uid: &str, role: Role) -> String {
     TokenVerifier::new(&AuthConfig {
         jwt_secret: Secret::new(SECRET),
         ..AuthConfig::default()
     })
     .expect("verifier")
-    .mint(uid, Role::User, Duration::from_secs(600))
+    .mint(uid, role, Duration::from_secs(600))
     .expect("mint")
 }
 
@@ -365,5 +369,120 @@ async fn will_delay_holds_the_will_and_a_quick_return_cancels_it() {
         started.elapsed() >= Duration::from_millis(800),
         "{:?}",
         started.elapsed()
+    );
+}
+
+fn admin(b: &TestBroker, client_id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, b.addr.ip().to_string(), b.addr.port());
+    o.set_credentials("ops", token_with("ops", Role::Admin));
+    o
+}
+
+#[tokio::test]
+async fn shared_subscription_delivers_each_message_to_one_member() {
+    let b = start().await;
+    let mut w1 = connect(admin(&b, "worker-1"));
+    w1.subscribe("$share/workers/jobs/+").await;
+    let mut w2 = connect(admin(&b, "worker-2"));
+    w2.subscribe("$share/workers/jobs/+").await;
+    for i in 0..10u8 {
+        b.handle
+            .publish("jobs/x", Bytes::from(vec![i]), QoS::AtLeastOnce, false)
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        tokio::select! {
+            p = w1.publish() => got.push((1, p.payload[0])),
+            p = w2.publish() => got.push((2, p.payload[0])),
+        }
+    }
+    let mut payloads: Vec<u8> = got.iter().map(|(_, p)| *p).collect();
+    payloads.sort_unstable();
+    assert_eq!(
+        payloads,
+        (0..10).collect::<Vec<u8>>(),
+        "each message exactly once"
+    );
+    assert!(
+        got.iter().any(|(w, _)| *w == 1) && got.iter().any(|(w, _)| *w == 2),
+        "{got:?}"
+    );
+    w1.quiet_for(Duration::from_millis(200)).await;
+    w2.quiet_for(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn shared_subscriptions_are_refused_to_ordinary_users() {
+    let b = start().await;
+    let mut c = connect(options(&b, "joe", "joe-phone"));
+    c.client
+        .subscribe("$share/g/users/joe/inbox", QoS::AtLeastOnce)
+        .await
+        .expect("send");
+    let codes = c
+        .until(|p| match p {
+            Incoming::SubAck(s) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        codes,
+        vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::NotAuthorized]
+    );
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_carry_every_subscription_identifier() {
+    let b = start().await;
+    let mut c = connect(admin(&b, "ids"));
+    for (filter, id) in [("t/a", 2), ("t/#", 3)] {
+        let props = rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        };
+        c.client
+            .subscribe_with_properties(filter, QoS::AtLeastOnce, props)
+            .await
+            .expect("subscribe");
+        c.until(|p| matches!(p, Incoming::SubAck(_)).then_some(()))
+            .await;
+    }
+    b.handle
+        .publish("t/a", Bytes::from_static(b"x"), QoS::AtLeastOnce, false)
+        .expect("publish");
+    let p = c.publish().await;
+    let mut ids = p.properties.expect("properties").subscription_identifiers;
+    ids.sort_unstable();
+    assert_eq!(ids, vec![2, 3]);
+    c.quiet_for(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn server_uses_topic_aliases_when_the_client_accepts_them() {
+    let b = start().await;
+    let mut o = options(&b, "kay", "kay-phone");
+    o.set_topic_alias_max(Some(2));
+    let mut c = connect(o);
+    c.subscribe("users/kay/#").await;
+    for topic in ["users/kay/inbox", "users/kay/inbox", "users/kay/events"] {
+        b.handle
+            .publish(topic, Bytes::from_static(b"m"), QoS::AtLeastOnce, false)
+            .expect("publish");
+    }
+    let first = c.publish().await;
+    let second = c.publish().await;
+    let third = c.publish().await;
+    let alias = |p: &rumqttc::v5::mqttbytes::v5::Publish| {
+        p.properties.as_ref().and_then(|pr| pr.topic_alias)
+    };
+    assert_eq!(
+        (&first.topic[..], alias(&first)),
+        (&b"users/kay/inbox"[..], Some(1))
+    );
+    assert_eq!((&second.topic[..], alias(&second)), (&b""[..], Some(1)));
+    assert_eq!(
+        (&third.topic[..], alias(&third)),
+        (&b"users/kay/events"[..], Some(2))
     );
 }

@@ -63,6 +63,8 @@ pub(crate) struct ConnectInfo {
     pub(crate) session_expiry: Option<u32>,
     pub(crate) receive_max: Option<u16>,
     pub(crate) max_packet_size: Option<u32>,
+    /// Topic aliases the client accepts from us (MQTT 5 Topic Alias Maximum).
+    pub(crate) topic_alias_max: u16,
 }
 
 /// A packet from a connected client, in v5 terms.
@@ -174,6 +176,7 @@ fn from_v4_connect(c: v4::Connect) -> ConnectInfo {
         session_expiry: None,
         receive_max: None,
         max_packet_size: None,
+        topic_alias_max: 0,
     }
 }
 
@@ -214,6 +217,7 @@ fn from_v5_connect(
         session_expiry: props.and_then(|p| p.session_expiry_interval),
         receive_max: props.and_then(|p| p.receive_maximum),
         max_packet_size: props.and_then(|p| p.max_packet_size),
+        topic_alias_max: props.and_then(|p| p.topic_alias_max).unwrap_or(0),
     })
 }
 

@@ -30,6 +30,8 @@ use crate::topic;
 const READ_CHUNK: usize = 4096;
 /// Topic aliases a v5 client may use towards us.
 const TOPIC_ALIAS_MAX: u16 = 32;
+/// How long a closing v5 connection keeps reading after its DISCONNECT.
+const LINGER: Duration = Duration::from_secs(1);
 /// Longest a final DISCONNECT / CONNACK write may take.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -104,6 +106,8 @@ struct Conn<S> {
     client_max: usize,
     will: Option<Will>,
     aliases: Vec<Option<Arc<str>>>,
+    /// Aliases we assign to topics we send, when the client accepts them.
+    out_aliases: Option<Box<OutAliases>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     last_rx: Instant,
@@ -274,7 +278,7 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         user_properties: Vec::new(),
         wildcard_subscription_available: None,
         subscription_identifiers_available: None,
-        shared_subscription_available: Some(0),
+        shared_subscription_available: None,
         server_keep_alive,
         response_information: None,
         server_reference: None,
@@ -300,6 +304,12 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         client_max,
         will: connect.will,
         aliases: Vec::new(),
+        out_aliases: (connect.topic_alias_max > 0).then(|| {
+            Box::new(OutAliases {
+                max: connect.topic_alias_max,
+                by_topic: std::collections::HashMap::new(),
+            })
+        }),
         rbuf,
         wbuf: BytesMut::new(),
         last_rx: Instant::now(),
@@ -329,6 +339,33 @@ fn authenticate(edge: &Edge, c: &ConnectInfo) -> Result<(String, bool), &'static
         return Err("token subject is not the username");
     }
     Ok((claims.sub, claims.role == Role::Admin))
+}
+
+/// Topic aliases towards a v5 client: a topic's first PUBLISH carries topic and
+/// alias, later ones only the alias, up to the client's Topic Alias Maximum.
+#[derive(Debug)]
+struct OutAliases {
+    max: u16,
+    by_topic: std::collections::HashMap<Arc<str>, u16>,
+}
+
+impl OutAliases {
+    /// The alias to send with `topic`, and whether the topic name can be omitted.
+    /// A new alias counts only once [`OutAliases::commit`] records it, after the
+    /// PUBLISH that introduces it was written.
+    fn plan(&self, topic: &str) -> Option<(u16, bool)> {
+        if let Some(a) = self.by_topic.get(topic) {
+            return Some((*a, true));
+        }
+        let next = u16::try_from(self.by_topic.len() + 1).ok()?;
+        (next <= self.max).then_some((next, false))
+    }
+
+    fn commit(&mut self, topic: &Arc<str>, planned: Option<(u16, bool)>) {
+        if let Some((alias, false)) = planned {
+            self.by_topic.insert(topic.clone(), alias);
+        }
+    }
 }
 
 enum Wake {
@@ -631,8 +668,12 @@ impl<S: Transport> Conn<S> {
                 codes.push(refuse(SubscribeReasonCode::TopicFilterInvalid));
                 continue;
             }
-            if f.path.starts_with("$share/") && self.superuser {
-                codes.push(refuse(SubscribeReasonCode::SharedSubscriptionsNotSupported));
+            // Shared subscriptions are for superusers (monitoring, workers): a user's
+            // own topics have a single reader anyway.
+            let shared = f.path.starts_with("$share/");
+            if shared && topic::parse_shared(&f.path).is_none() {
+                self.edge.hub.metrics.refused_subscriptions.inc();
+                codes.push(refuse(SubscribeReasonCode::TopicFilterInvalid));
                 continue;
             }
             if !self.edge.acl.may_subscribe(who, &f.path) {
@@ -654,13 +695,14 @@ impl<S: Transport> Conn<S> {
                 RetainForwardRule::OnNewSubscribe => new,
                 RetainForwardRule::Never => false,
             };
-            if send_retained {
+            // MQTT 5 §4.8.2: no retained messages for a shared subscription.
+            if send_retained && !shared {
                 for msg in self.edge.hub.retained_matching(&f.path) {
                     retained.push(Outgoing {
                         qos: crate::min_qos(msg.qos, f.qos),
                         msg,
                         retain: true,
-                        sub_id,
+                        sub_ids: sub_id.into_iter().collect(),
                     });
                 }
             }
@@ -708,11 +750,18 @@ impl<S: Transport> Conn<S> {
             } else {
                 st.next_pkid()
             };
-            let packet = publish_packet(&out, pkid, false, self.version, now);
+            let alias = self
+                .out_aliases
+                .as_deref()
+                .and_then(|a| a.plan(&out.msg.topic));
+            let packet = publish_packet(&out, pkid, false, self.version, now, alias);
             match codec::write(&packet, self.version, &mut self.wbuf, self.client_max) {
                 Ok(n) => {
                     metrics.bytes_out.inc_by(n as u64);
                     metrics.packets_out[2].inc();
+                    if let Some(a) = self.out_aliases.as_deref_mut() {
+                        a.commit(&out.msg.topic, alias);
+                    }
                     if pkid != 0 {
                         st.inflight.push_back(Inflight {
                             pkid,
@@ -735,11 +784,12 @@ impl<S: Transport> Conn<S> {
     fn resend_inflight(&mut self) {
         let now = Instant::now();
         let st = self.session.state();
+        // Resent without aliases: simpler, and always valid.
         let packets: Vec<v5::Packet> = st
             .inflight
             .iter()
             .map(|i| match i.stage {
-                Stage::Published => publish_packet(&i.out, i.pkid, true, self.version, now),
+                Stage::Published => publish_packet(&i.out, i.pkid, true, self.version, now, None),
                 Stage::Released => reply::pubrel(i.pkid),
             })
             .collect();
@@ -780,6 +830,13 @@ impl<S: Transport> Conn<S> {
             let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
         }
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, self.io.shutdown()).await;
+        if close.code.is_some() && self.version == Version::V5 {
+            // Keep reading (and discarding) briefly so that a client still sending
+            // sees our DISCONNECT and its reason instead of a reset.
+            let mut sink = vec![0u8; 1024];
+            let linger = async { while matches!(self.io.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(LINGER, linger).await;
+        }
         drop(self.io);
         let hub = &self.edge.hub;
         let expiry = self.session.state().expiry;
@@ -869,13 +926,14 @@ fn publish_packet(
     dup: bool,
     version: Version,
     now: Instant,
+    alias: Option<(u16, bool)>,
 ) -> v5::Packet {
     let msg = &out.msg;
     let properties = if version == Version::V5 {
         let remaining = msg.expires_at.map(|t| {
             u32::try_from(t.saturating_duration_since(now).as_secs().max(1)).unwrap_or(u32::MAX)
         });
-        if msg.props.is_none() && remaining.is_none() && out.sub_id.is_none() {
+        if msg.props.is_none() && remaining.is_none() && out.sub_ids.is_empty() && alias.is_none() {
             None
         } else {
             let mut p = msg.props.as_deref().cloned().unwrap_or(PublishProperties {
@@ -889,7 +947,8 @@ fn publish_packet(
                 content_type: None,
             });
             p.message_expiry_interval = remaining;
-            p.subscription_identifiers = out.sub_id.map(|id| id as usize).into_iter().collect();
+            p.subscription_identifiers = out.sub_ids.iter().map(|id| *id as usize).collect();
+            p.topic_alias = alias.map(|(a, _)| a);
             Some(p)
         }
     } else {
@@ -899,7 +958,10 @@ fn publish_packet(
         dup,
         qos: out.qos,
         retain: out.retain,
-        topic: Bytes::copy_from_slice(msg.topic.as_bytes()),
+        topic: match alias {
+            Some((_, true)) => Bytes::new(),
+            _ => Bytes::copy_from_slice(msg.topic.as_bytes()),
+        },
         pkid,
         payload: msg.payload.clone(),
         properties,

@@ -4,8 +4,8 @@
 //! O(filter levels). Nothing here iterates over all filters or sessions.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::session::{Session, SessionId, SubOpts};
 
@@ -65,24 +65,149 @@ impl Subscribers {
     }
 }
 
+/// The members of one shared-subscription group (`$share/{group}/{filter}`); each
+/// message goes to one of them, round robin, preferring connected sessions.
+#[derive(Debug, Default)]
+struct Group {
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl Group {
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.members[(start + k) % n])
+            .find(|m| m.session.state().conn != 0)
+            .or_else(|| self.members.get(start % n))
+    }
+}
+
+/// Everything subscribed to one filter: plain subscribers and shared groups.
+#[derive(Debug, Default)]
+struct Entry {
+    subs: Option<Subscribers>,
+    // Boxed: 8 bytes on every filter instead of a 48-byte map, since almost no
+    // filter has shared groups.
+    #[allow(clippy::box_collection)]
+    shared: Option<Box<HashMap<Box<str>, Group>>>,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.subs.is_none() && self.shared.is_none()
+    }
+
+    fn insert(&mut self, group: Option<&str>, sub: Subscriber) -> bool {
+        match group {
+            None => match &mut self.subs {
+                Some(s) => s.insert(sub),
+                None => {
+                    self.subs = Some(Subscribers::One(sub));
+                    true
+                }
+            },
+            Some(g) => {
+                let group = self
+                    .shared
+                    .get_or_insert_with(Default::default)
+                    .entry(g.into())
+                    .or_default();
+                match group
+                    .members
+                    .iter_mut()
+                    .find(|m| m.session.id == sub.session.id)
+                {
+                    Some(m) => {
+                        *m = sub;
+                        false
+                    }
+                    None => {
+                        group.members.push(sub);
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, group: Option<&str>, session: SessionId) -> bool {
+        match group {
+            None => match &mut self.subs {
+                Some(subs) => {
+                    let (hit, empty) = subs.remove(session);
+                    if empty {
+                        self.subs = None;
+                    }
+                    hit
+                }
+                None => false,
+            },
+            Some(g) => {
+                let Some(groups) = &mut self.shared else {
+                    return false;
+                };
+                let Some(members) = groups.get_mut(g).map(|grp| &mut grp.members) else {
+                    return false;
+                };
+                let before = members.len();
+                members.retain(|m| m.session.id != session);
+                let hit = members.len() != before;
+                if members.is_empty() {
+                    groups.remove(g);
+                }
+                if groups.is_empty() {
+                    self.shared = None;
+                }
+                hit
+            }
+        }
+    }
+
+    fn for_each(&self, f: &mut impl FnMut(&Subscriber)) {
+        if let Some(subs) = &self.subs {
+            subs.for_each(f);
+        }
+        if let Some(groups) = &self.shared {
+            for group in groups.values() {
+                if let Some(m) = group.pick() {
+                    f(m);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
-    subs: Option<Subscribers>,
+    entry: Entry,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subs.is_none()
+        self.children.is_empty() && self.entry.is_empty()
     }
 }
 
 /// Exact map plus wildcard trie.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    exact: HashMap<Box<str>, Subscribers>,
+    exact: HashMap<Box<str>, Entry>,
     wild: Node,
     count: usize,
+}
+
+/// Splits `$share/{group}/{filter}` into its group and filter.
+fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match crate::topic::parse_shared(filter) {
+        Some((group, inner)) => (Some(group), inner),
+        None => (None, filter),
+    }
 }
 
 impl Index {
@@ -91,29 +216,20 @@ impl Index {
         self.count
     }
 
-    /// Adds or replaces a subscription; returns true when it is new.
+    /// Adds or replaces a subscription; returns true when it is new. `filter` may
+    /// be a shared subscription (`$share/{group}/{filter}`).
     pub(crate) fn insert(&mut self, filter: &str, sub: Subscriber) -> bool {
-        let new = if crate::topic::is_wildcard(filter) {
+        let (group, filter) = split_shared(filter);
+        let entry = if crate::topic::is_wildcard(filter) {
             let mut node = &mut self.wild;
             for level in filter.split('/') {
                 node = node.children.entry(level.into()).or_default();
             }
-            match &mut node.subs {
-                Some(s) => s.insert(sub),
-                None => {
-                    node.subs = Some(Subscribers::One(sub));
-                    true
-                }
-            }
+            &mut node.entry
         } else {
-            match self.exact.entry(filter.into()) {
-                Entry::Occupied(mut e) => e.get_mut().insert(sub),
-                Entry::Vacant(e) => {
-                    e.insert(Subscribers::One(sub));
-                    true
-                }
-            }
+            self.exact.entry(filter.into()).or_default()
         };
+        let new = entry.insert(group, sub);
         if new {
             self.count += 1;
         }
@@ -122,14 +238,15 @@ impl Index {
 
     /// Removes `session`'s subscription to `filter`; returns true if it existed.
     pub(crate) fn remove(&mut self, filter: &str, session: SessionId) -> bool {
+        let (group, filter) = split_shared(filter);
         let hit = if crate::topic::is_wildcard(filter) {
             let levels: Vec<&str> = filter.split('/').collect();
-            remove_in(&mut self.wild, &levels, session)
+            remove_in(&mut self.wild, &levels, group, session)
         } else {
             match self.exact.get_mut(filter) {
-                Some(subs) => {
-                    let (hit, empty) = subs.remove(session);
-                    if empty {
+                Some(entry) => {
+                    let hit = entry.remove(group, session);
+                    if entry.is_empty() {
                         self.exact.remove(filter);
                     }
                     hit
@@ -143,10 +260,11 @@ impl Index {
         hit
     }
 
-    /// Calls `f` for every subscription whose filter matches `topic`.
+    /// Calls `f` for every subscription whose filter matches `topic` (one member
+    /// per shared group).
     pub(crate) fn for_each_match(&self, topic: &str, mut f: impl FnMut(&Subscriber)) {
-        if let Some(subs) = self.exact.get(topic) {
-            subs.for_each(&mut f);
+        if let Some(entry) = self.exact.get(topic) {
+            entry.for_each(&mut f);
         }
         if !self.wild.children.is_empty() {
             let dollar = topic.starts_with('$');
@@ -155,25 +273,20 @@ impl Index {
     }
 }
 
-fn walk<'a>(
+fn walk(
     node: &Node,
-    mut levels: std::str::Split<'a, char>,
+    mut levels: std::str::Split<'_, char>,
     root: bool,
     dollar: bool,
     f: &mut impl FnMut(&Subscriber),
 ) {
     // Wildcards at the first level never match `$` topics (MQTT §4.7.2).
     let wild_ok = !(root && dollar);
-    if wild_ok
-        && let Some(hash) = node.children.get("#")
-        && let Some(subs) = &hash.subs
-    {
-        subs.for_each(f);
+    if wild_ok && let Some(hash) = node.children.get("#") {
+        hash.entry.for_each(f);
     }
     let Some(level) = levels.next() else {
-        if let Some(subs) = &node.subs {
-            subs.for_each(f);
-        }
+        node.entry.for_each(f);
         return;
     };
     if let Some(child) = node.children.get(level) {
@@ -184,23 +297,14 @@ fn walk<'a>(
     }
 }
 
-fn remove_in(node: &mut Node, levels: &[&str], session: SessionId) -> bool {
+fn remove_in(node: &mut Node, levels: &[&str], group: Option<&str>, session: SessionId) -> bool {
     match levels.split_first() {
-        None => match &mut node.subs {
-            Some(subs) => {
-                let (hit, empty) = subs.remove(session);
-                if empty {
-                    node.subs = None;
-                }
-                hit
-            }
-            None => false,
-        },
+        None => node.entry.remove(group, session),
         Some((first, rest)) => {
             let Some(child) = node.children.get_mut(*first) else {
                 return false;
             };
-            let hit = remove_in(child, rest, session);
+            let hit = remove_in(child, rest, group, session);
             if child.is_empty() {
                 node.children.remove(*first);
             }
@@ -245,6 +349,27 @@ mod tests {
         assert_eq!(matched(&index, "users/b/inbox"), vec![3, 4]);
         assert_eq!(matched(&index, "users/a"), vec![2, 4, 5]);
         assert_eq!(matched(&index, "$SYS/x"), Vec::<SessionId>::new());
+    }
+
+    #[test]
+    fn a_shared_group_gets_each_message_once() {
+        let mut index = Index::default();
+        assert!(index.insert("$share/g/t/x", sub(1)));
+        assert!(index.insert("$share/g/t/x", sub(2)));
+        assert!(index.insert("$share/h/t/+", sub(3)));
+        assert!(index.insert("t/x", sub(1)));
+        let first = matched(&index, "t/x");
+        let second = matched(&index, "t/x");
+        // Plain subscriber 1, one of group g, and 3 alone in group h.
+        assert_eq!(first.len(), 3, "{first:?}");
+        assert!(first.contains(&3) && second.contains(&3));
+        assert_ne!(first, second, "round robin within group g");
+        assert!(index.remove("$share/g/t/x", 1));
+        assert!(index.remove("$share/g/t/x", 2));
+        assert!(index.remove("$share/h/t/+", 3));
+        assert!(index.remove("t/x", 1));
+        assert_eq!(index.len(), 0);
+        assert!(index.exact.is_empty() && index.wild.children.is_empty());
     }
 
     #[test]

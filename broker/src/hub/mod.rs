@@ -364,23 +364,33 @@ impl Hub {
             });
         }
         if targets.len() > 1 {
-            // Overlapping subscriptions: one delivery per session at the highest QoS.
+            // Overlapping subscriptions: one delivery per session at the highest QoS,
+            // carrying the identifiers of all of them.
             targets.sort_by(|a, b| {
                 a.session
                     .id
                     .cmp(&b.session.id)
                     .then((b.opts.qos as u8).cmp(&(a.opts.qos as u8)))
             });
-            targets.dedup_by_key(|s| s.session.id);
         }
-        for t in targets {
+        let mut i = 0;
+        while i < targets.len() {
+            let first = &targets[i];
+            let mut j = i + 1;
+            while j < targets.len() && targets[j].session.id == first.session.id {
+                j += 1;
+            }
+            let ids: Box<[u32]> = targets[i..j].iter().filter_map(|t| t.opts.id).collect();
+            // Retain As Published if any matching subscription asks for it.
+            let keep_retain = targets[i..j].iter().any(|t| t.opts.retain_as_published);
             let out = Outgoing {
                 msg: p.clone(),
-                qos: crate::min_qos(p.qos, t.opts.qos),
-                retain: p.retain && t.opts.retain_as_published,
-                sub_id: t.opts.id,
+                qos: crate::min_qos(p.qos, first.opts.qos),
+                retain: p.retain && keep_retain,
+                sub_ids: ids,
             };
-            self.deliver(&t.session, out);
+            self.deliver(&first.session, out);
+            i = j;
         }
     }
 

@@ -42,7 +42,8 @@ pub(crate) struct Outgoing {
     pub(crate) msg: Arc<Publication>,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) sub_id: Option<u32>,
+    /// Subscription identifiers of every matching subscription (MQTT 5 §3.3.4).
+    pub(crate) sub_ids: Box<[u32]>,
 }
 
 /// Where a sent QoS 1/2 message stands.
