@@ -92,9 +92,21 @@ impl Broker {
         }
     }
 
-    /// Accepts and serves clients until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Accepts and serves clients until `shutdown` resolves; then stops accepting,
+    /// tells every client (v5: DISCONNECT 0x8B) and waits up to `grace` for the
+    /// connections to close.
+    pub async fn run(self, shutdown: impl Future<Output = ()>, grace: std::time::Duration) {
+        let edge = self.edge.clone();
         self.listeners.run(self.edge, shutdown).await;
+        edge.hub.close_all();
+        let closed = async {
+            while edge.connections.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(grace, closed).await.is_err() {
+            tracing::warn!("MQTT connections still open after the grace period");
+        }
     }
 }
 

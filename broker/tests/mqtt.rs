@@ -60,9 +60,12 @@ async fn start_with(tweak: impl FnOnce(&mut MqttConfig)) -> TestBroker {
     let addr = broker.local_addrs()[0].1;
     let handle = broker.handle();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(broker.run(async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(broker.run(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
     TestBroker {
         addr,
         handle,

@@ -51,9 +51,12 @@ async fn start() -> TestBroker {
     let addr = broker.local_addrs()[0].1;
     let handle = broker.handle();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(broker.run(async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(broker.run(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
     TestBroker {
         addr,
         handle,

@@ -96,9 +96,12 @@ async fn start() -> Running {
     let addrs = broker.local_addrs();
     let handle = broker.handle();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(broker.run(async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(broker.run(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
     Running {
         addrs,
         handle,

@@ -100,8 +100,8 @@ impl Server {
             // An error means the sender is gone, which also means stop.
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let mqtt_task = tokio::spawn(mqtt.run(stopped(stop_rx.clone())));
         let grace = state.config.http.shutdown_grace.get();
+        let mqtt_task = tokio::spawn(mqtt.run(stopped(stop_rx.clone()), grace));
         let ready = state.ready.clone();
         let http_task = tokio::spawn(
             axum::serve(http, api::app(state))

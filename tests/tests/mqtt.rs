@@ -124,3 +124,41 @@ async fn token_signed_with_another_secret_is_refused_and_counted() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_tells_mqtt_5_clients_the_server_is_shutting_down() {
+    let mut server = Server::start().await;
+    let addr = server.addr("mqtt.tcp");
+    let mut o = rumqttc::v5::MqttOptions::new("laptop", addr.ip().to_string(), addr.port());
+    o.set_credentials(
+        "quinn",
+        token("quinn", Role::User, Duration::from_secs(600)),
+    );
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    loop {
+        if let rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::ConnAck(_)) =
+            timeout(WAIT, el.poll())
+                .await
+                .expect("in time")
+                .expect("connects")
+        {
+            break;
+        }
+    }
+    let stop = tokio::spawn(async move {
+        let status = server.terminate().await;
+        (status, server)
+    });
+    let told = loop {
+        match timeout(WAIT, el.poll()).await.expect("told in time") {
+            Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::Disconnect(d))) => {
+                break format!("{:?}", d.reason_code);
+            }
+            Ok(_) => {}
+            Err(e) => break format!("{e:?}"),
+        }
+    };
+    assert!(told.contains("ServerShuttingDown"), "{told}");
+    let (status, server) = stop.await.expect("join");
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+}

@@ -727,12 +727,22 @@ impl<S: Transport> Conn<S> {
                 will: true,
             });
         }
-        if st.close == Some(CloseReason::Kicked) {
-            return Err(Close {
-                reason: DisconnectReason::Kicked,
-                code: Some(DisconnectReasonCode::AdministrativeAction),
-                will: false,
-            });
+        match st.close {
+            Some(CloseReason::Kicked) => {
+                return Err(Close {
+                    reason: DisconnectReason::Kicked,
+                    code: Some(DisconnectReasonCode::AdministrativeAction),
+                    will: false,
+                });
+            }
+            Some(CloseReason::ShuttingDown) => {
+                return Err(Close {
+                    reason: DisconnectReason::ServerShutdown,
+                    code: Some(DisconnectReasonCode::ServerShuttingDown),
+                    will: false,
+                });
+            }
+            None => {}
         }
         while let Some(front) = st.queue.front() {
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= usize::from(st.window) {

@@ -70,6 +70,8 @@ pub enum DisconnectReason {
     TakenOver,
     /// The bridge disconnected the user.
     Kicked,
+    /// The server is shutting down.
+    ServerShutdown,
     /// A protocol or I/O error, or the socket closed without DISCONNECT.
     Error,
 }
@@ -451,6 +453,20 @@ impl Hub {
             }
         }
         n
+    }
+
+    /// Asks every connection to close because the server stops. Runs once, at
+    /// shutdown, so visiting every session is fine here.
+    pub(crate) fn close_all(&self) {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).by_key.values().cloned().collect();
+        for s in sessions {
+            let mut st = s.state();
+            if st.conn != 0 {
+                st.close = Some(CloseReason::ShuttingDown);
+                drop(st);
+                s.wake.notify_one();
+            }
+        }
     }
 
     /// Client ids of `uid`'s connected sessions.

@@ -65,6 +65,8 @@ pub(crate) struct Inflight {
 /// Why the hub asks a connection to close (a takeover is seen by its generation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CloseReason {
+    /// The server is shutting down.
+    ShuttingDown,
     /// The bridge disconnected the user (blocked, say).
     Kicked,
 }
