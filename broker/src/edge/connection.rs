@@ -56,14 +56,13 @@ pub(crate) async fn serve<S: Transport>(edge: Arc<Edge>, io: S, peer: SocketAddr
         user = tracing::field::Empty,
         client_id = tracing::field::Empty
     );
-    async move {
-        let _counted = counted;
-        if let Some(conn) = handshake(edge, io).await {
-            conn.run().await;
-        }
-    }
-    .instrument(span)
-    .await;
+    let Some(mut conn) = handshake(edge, io).instrument(span.clone()).await else {
+        return;
+    };
+    conn.counted = Some(counted);
+    // The connection lives on in a task of its own, sized for the loop alone and
+    // not for the handshake before it: this is most of an idle connection's cost.
+    tokio::spawn(conn.run().instrument(span));
 }
 
 /// How a connection ends.
@@ -104,13 +103,15 @@ struct Conn<S> {
     keep_alive: Option<Duration>,
     /// The client's Maximum Packet Size (ours when it set none).
     client_max: usize,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     aliases: Vec<Option<Arc<str>>>,
     /// Aliases we assign to topics we send, when the client accepts them.
     out_aliases: Option<Box<OutAliases>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
     last_rx: Instant,
+    /// Releases the connection count when the connection ends.
+    counted: Option<Counted>,
 }
 
 async fn write_now<S: Transport>(io: &mut S, packet: &v5::Packet, version: Version) {
@@ -302,7 +303,7 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         superuser,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         client_max,
-        will: connect.will,
+        will: connect.will.map(Box::new),
         aliases: Vec::new(),
         out_aliases: (connect.topic_alias_max > 0).then(|| {
             Box::new(OutAliases {
@@ -313,6 +314,7 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         rbuf,
         wbuf: BytesMut::new(),
         last_rx: Instant::now(),
+        counted: None,
     };
     conn.push(&connack);
     edge.hub.emit(&conn.session, EventKind::Connected);
@@ -395,7 +397,7 @@ impl<S: Transport> Conn<S> {
             },
             Err(c) => c,
         };
-        self.finish(close).await;
+        Box::pin(self.finish(close)).await;
     }
 
     async fn serve(&mut self) -> Result<(), Close> {
@@ -857,7 +859,7 @@ impl<S: Transport> Conn<S> {
             return;
         };
         let delay = Duration::from_secs(u64::from(will.delay)).min(expiry);
-        let publication = will_publication(will);
+        let publication = will_publication(*will);
         if delay.is_zero() || close.reason == DisconnectReason::TakenOver {
             if delay.is_zero() {
                 hub.publish(publication);
@@ -991,5 +993,20 @@ fn out_type(p: &v5::Packet) -> usize {
         v5::Packet::PingResp(_) => 12,
         v5::Packet::Disconnect(_) => 13,
         _ => 14,
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// The size of the future `F` returns.
+    fn returned_size<S: super::Transport, R>(_: fn(super::Conn<S>) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        // The task of a connected client is this future (plus tokio's header): it
+        // is most of the per-connection memory DESIGN.md §9 budgets at 3 KiB.
+        let run = returned_size(super::Conn::<tokio::net::TcpStream>::run);
+        assert!(run <= 1024, "connection loop future is {run} bytes");
     }
 }
