@@ -928,3 +928,41 @@ async fn retained_message_published_while_offline_reaches_the_resumed_session() 
     let again = back.next_publish().await;
     assert!(again.retain);
 }
+
+#[tokio::test]
+async fn a_fast_publisher_does_not_overrun_an_online_subscriber() {
+    // More messages than a session queue holds (mqtt.max_queued = 1000): the
+    // publisher is paused instead of the subscriber losing messages.
+    const N: u32 = 5000;
+    let b = start_with(|c| {
+        c.acl.push(broker::config::AclRule {
+            pattern: "relay/#".into(),
+            access: broker::config::Access::All,
+            users: vec![],
+        })
+    })
+    .await;
+    let mut sub = subscribed(&b, "sink", "relay/x", rumqttc::QoS::AtLeastOnce).await;
+    let mut publisher = user(&b, "source").await;
+    let client = publisher.client.clone();
+    tokio::spawn(async move {
+        for i in 0..N {
+            client
+                .publish(
+                    "relay/x",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    i.to_be_bytes().to_vec(),
+                )
+                .await
+                .expect("queue publish");
+        }
+    });
+    tokio::spawn(async move { while publisher.next().await.is_ok() {} });
+    for i in 0..N {
+        let p = timeout(Duration::from_secs(20), sub.next_publish())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never arrived"));
+        assert_eq!(p.payload[..], i.to_be_bytes(), "in order, none lost");
+    }
+}

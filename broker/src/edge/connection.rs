@@ -14,7 +14,7 @@ use rumqttc::v5::mqttbytes::v5::{
     PubRecReason, Publish, PublishProperties, RetainForwardRule, SubscribeReasonCode,
     UnsubAckReason,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use super::codec::{self, CodecError, ConnectInfo, Inbound, Version, Will, reply};
@@ -26,10 +26,10 @@ use crate::hub::session::{CloseReason, Inflight, Outgoing, Session, Stage, SubOp
 use crate::hub::{AttachError, DisconnectReason, EventKind, Publication};
 use crate::topic;
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
 /// Topic aliases a v5 client may use towards us.
 const TOPIC_ALIAS_MAX: u16 = 32;
+/// Longest a publisher is paused for one congested subscriber.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// How long a closing v5 connection keeps reading after its DISCONNECT.
 const LINGER: Duration = Duration::from_secs(1);
 /// Longest a final DISCONNECT / CONNACK write may take.
@@ -112,6 +112,11 @@ struct Conn<S> {
     last_rx: Instant,
     /// Releases the connection count when the connection ends.
     counted: Option<Counted>,
+    /// A subscriber whose queue this client's publishes are filling.
+    congested: Option<Arc<Session>>,
+    /// A subscriber we waited on in vain, and when: not waited on again for
+    /// `MAX_PAUSE` × 10, so one stalled client cannot throttle a publisher.
+    gave_up_on: Option<(u64, Instant)>,
 }
 
 async fn write_now<S: Transport>(io: &mut S, packet: &v5::Packet, version: Version) {
@@ -135,11 +140,13 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
     let read = async {
         loop {
             io.ready().await?;
-            rbuf.reserve(READ_CHUNK);
-            if io.read_buf(&mut rbuf).await? == 0 {
-                return Ok::<_, std::io::Error>(None);
+            match io.try_read(&mut rbuf)? {
+                None => continue,
+                Some(0) => return Ok::<_, std::io::Error>(None),
+                Some(n) => {
+                    metrics.bytes_in.inc_by(n as u64);
+                }
             }
-            metrics.bytes_in.inc_by(rbuf.len() as u64);
             match codec::read_connect(&mut rbuf, max) {
                 Ok(Some(c)) => return Ok(Some(Ok(c))),
                 Ok(None) => continue,
@@ -303,7 +310,11 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         superuser,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         client_max,
-        will: connect.will.map(Box::new),
+        will: connect.will.map(|mut w| {
+            // Like a PUBLISH payload, the will must not pin the read buffer.
+            w.payload = Bytes::copy_from_slice(&w.payload);
+            Box::new(w)
+        }),
         aliases: Vec::new(),
         out_aliases: (connect.topic_alias_max > 0).then(|| {
             Box::new(OutAliases {
@@ -315,6 +326,8 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         wbuf: BytesMut::new(),
         last_rx: Instant::now(),
         counted: None,
+        congested: None,
+        gave_up_on: None,
     };
     conn.push(&connack);
     edge.hub.emit(&conn.session, EventKind::Connected);
@@ -417,7 +430,7 @@ impl<S: Transport> Conn<S> {
                 Wake::Readable(Err(_)) => {
                     return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
                 }
-                Wake::Readable(Ok(())) => self.read_packets().await?,
+                Wake::Readable(Ok(())) => self.read_packets()?,
                 Wake::Notified => {}
                 Wake::KeepAlive => {
                     tracing::info!("keepalive timeout");
@@ -430,20 +443,75 @@ impl<S: Transport> Conn<S> {
             }
             self.drain()?;
             self.flush().await?;
+            self.wait_for_room().await?;
         }
     }
 
-    async fn read_packets(&mut self) -> Result<(), Close> {
-        self.rbuf.reserve(READ_CHUNK);
-        let n = match self.io.read_buf(&mut self.rbuf).await {
-            Ok(0) | Err(_) => {
+    fn note_pressure(&mut self, target: Option<Arc<Session>>) {
+        if let Some(t) = target
+            && t.id != self.session.id
+            && !self
+                .gave_up_on
+                .is_some_and(|(id, at)| id == t.id && at.elapsed() < MAX_PAUSE * 10)
+            && self.congested.is_none()
+        {
+            self.congested = Some(t);
+        }
+    }
+
+    /// Flow control for MQTT publishers: while a subscriber this client publishes
+    /// to has more than half a queue pending, stop reading this client (TCP pushes
+    /// back) until that queue is down to a quarter, for at most `MAX_PAUSE`. Without
+    /// it a fast publisher outruns a subscriber and the full queue drops messages.
+    /// The bridge's publishes never wait (the store is the source of truth).
+    async fn wait_for_room(&mut self) -> Result<(), Close> {
+        let Some(target) = self.congested.take() else {
+            return Ok(());
+        };
+        let low = self.edge.hub.low_watermark();
+        let deadline = tokio::time::Instant::now() + MAX_PAUSE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            {
+                let st = target.state();
+                if st.conn == 0 || st.queue.len() <= low {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.gave_up_on = Some((target.id, Instant::now()));
+                return Ok(());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // Our own deliveries go on meanwhile.
+                () = self.session.wake.notified() => {
+                    self.drain()?;
+                    self.flush().await?;
+                }
+            }
+            pause = (pause * 2).min(Duration::from_millis(16));
+        }
+    }
+
+    /// Reads what the socket has without waiting (readiness can be stale, and a
+    /// read that waited here would not see the session's wake-ups).
+    fn read_packets(&mut self) -> Result<(), Close> {
+        let n = match self.io.try_read(&mut self.rbuf) {
+            Ok(None) => {
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                return Ok(());
+            }
+            Ok(Some(0)) | Err(_) => {
                 return Err(Close {
                     reason: DisconnectReason::Error,
                     code: None,
                     will: true,
                 });
             }
-            Ok(n) => n,
+            Ok(Some(n)) => n,
         };
         self.edge.hub.metrics.bytes_in.inc_by(n as u64);
         self.last_rx = Instant::now();
@@ -611,7 +679,9 @@ impl<S: Transport> Conn<S> {
         }
         let publication = Publication {
             topic,
-            payload: p.payload,
+            // A copy: the parsed payload shares the whole read buffer it came in,
+            // which a retained or queued message would otherwise keep alive.
+            payload: Bytes::copy_from_slice(&p.payload),
             qos: p.qos,
             retain: p.retain,
             props: props.filter(|pr| !is_empty_props(pr)).map(Box::new),
@@ -619,9 +689,13 @@ impl<S: Transport> Conn<S> {
             origin: Some(self.session.id),
         };
         match p.qos {
-            QoS::AtMostOnce => self.edge.hub.publish(publication),
+            QoS::AtMostOnce => {
+                let full = self.edge.hub.publish(publication);
+                self.note_pressure(full);
+            }
             QoS::AtLeastOnce => {
-                self.edge.hub.publish(publication);
+                let full = self.edge.hub.publish(publication);
+                self.note_pressure(full);
                 self.push(&reply::puback(p.pkid, PubAckReason::Success));
             }
             QoS::ExactlyOnce => {
@@ -634,7 +708,8 @@ impl<S: Transport> Conn<S> {
                     drop(st);
                     // Delivered on first receipt; the pkid stays until PUBREL so a
                     // retransmission is acknowledged without a second delivery.
-                    self.edge.hub.publish(publication);
+                    let full = self.edge.hub.publish(publication);
+                    self.note_pressure(full);
                 } else {
                     drop(st);
                 }
@@ -712,7 +787,7 @@ impl<S: Transport> Conn<S> {
         self.push(&reply::suback(s.pkid, codes));
         // After the SUBACK, in the session's own order.
         for out in retained {
-            self.edge.hub.deliver(&self.session, out);
+            let _ = self.edge.hub.deliver(&self.session, out);
         }
     }
 
@@ -845,8 +920,15 @@ impl<S: Transport> Conn<S> {
         if close.code.is_some() && self.version == Version::V5 {
             // Keep reading (and discarding) briefly so that a client still sending
             // sees our DISCONNECT and its reason instead of a reset.
-            let mut sink = vec![0u8; 1024];
-            let linger = async { while matches!(self.io.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let mut sink = BytesMut::new();
+            let linger = async {
+                while self.io.ready().await.is_ok() {
+                    match self.io.try_read(&mut sink) {
+                        Ok(Some(0)) | Err(_) => break,
+                        _ => sink.clear(),
+                    }
+                }
+            };
             let _ = tokio::time::timeout(LINGER, linger).await;
         }
         drop(self.io);
@@ -862,7 +944,7 @@ impl<S: Transport> Conn<S> {
         let publication = will_publication(*will);
         if delay.is_zero() || close.reason == DisconnectReason::TakenOver {
             if delay.is_zero() {
-                hub.publish(publication);
+                let _ = hub.publish(publication);
             }
             return;
         }
@@ -879,7 +961,7 @@ impl<S: Transport> Conn<S> {
             let resumed = st.last_conn != generation;
             drop(st);
             if !resumed {
-                hub.publish(publication);
+                let _ = hub.publish(publication);
             }
         });
     }

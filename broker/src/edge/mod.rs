@@ -13,7 +13,8 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::BytesMut;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::acl::Acl;
@@ -32,15 +33,32 @@ pub(crate) struct Edge {
     pub(crate) connections: AtomicUsize,
 }
 
-/// A byte stream a client connects over.
-pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Resolves when a read can make progress. Waiting here holds no read buffer,
-    /// which is what keeps an idle connection at a few KiB.
+/// A byte stream a client connects over. Reading is split in two so that waiting
+/// holds no buffer and never blocks the connection's other duties: `ready` waits,
+/// `try_read` takes what is there without waiting.
+pub(crate) trait Transport: AsyncWrite + Unpin + Send + 'static {
+    /// Resolves when input (or the end of the stream) may be available.
     fn ready(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Appends the available input to `buf`: `Some(0)` at the end of the stream,
+    /// `None` when nothing is there after all (readiness can be stale).
+    fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
 }
+
+/// Bytes asked of a socket per read.
+pub(crate) const READ_CHUNK: usize = 4096;
 
 impl Transport for TcpStream {
     async fn ready(&mut self) -> io::Result<()> {
         self.readable().await
+    }
+
+    fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        buf.reserve(READ_CHUNK);
+        match self.try_read_buf(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

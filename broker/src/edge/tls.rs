@@ -52,6 +52,7 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
 pub(crate) struct TlsTransport {
     inner: TlsStream<TcpStream>,
     pending: BytesMut,
+    eof: bool,
 }
 
 impl TlsTransport {
@@ -59,6 +60,7 @@ impl TlsTransport {
         TlsTransport {
             inner,
             pending: BytesMut::new(),
+            eof: false,
         }
     }
 }
@@ -101,13 +103,22 @@ impl AsyncWrite for TlsTransport {
 
 impl Transport for TlsTransport {
     async fn ready(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !self.eof {
             self.pending.reserve(4096);
             if self.inner.read_buf(&mut self.pending).await? == 0 {
-                // End of stream: the next read returns 0 as well.
-                return Ok(());
+                self.eof = true;
             }
         }
         Ok(())
+    }
+
+    fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            buf.extend_from_slice(&self.pending);
+            self.pending = BytesMut::new();
+            return Ok(Some(n));
+        }
+        Ok(self.eof.then_some(0))
     }
 }

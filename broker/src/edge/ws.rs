@@ -7,9 +7,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -55,6 +55,7 @@ where
     Ok(WsTransport {
         ws,
         pending: Bytes::new(),
+        eof: false,
     })
 }
 
@@ -64,6 +65,7 @@ pub(crate) struct WsTransport<S> {
     ws: WebSocketStream<S>,
     /// The unread rest of the last binary message.
     pending: Bytes,
+    eof: bool,
 }
 
 fn ws_io(e: WsError) -> io::Error {
@@ -98,22 +100,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsTransport<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsTransport<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !ready!(self.poll_fill(cx))? {
-            return Poll::Ready(Ok(()));
-        }
-        let n = self.pending.len().min(buf.remaining());
-        buf.put_slice(&self.pending[..n]);
-        self.pending.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsTransport<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -139,9 +125,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsTransport<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
     async fn ready(&mut self) -> io::Result<()> {
         // Waits for the next message without a read buffer of ours; the message is
-        // kept for the read that follows.
-        std::future::poll_fn(|cx| self.poll_fill(cx))
-            .await
-            .map(drop)
+        // kept for `try_read`.
+        if !self.eof {
+            self.eof = !std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
+        }
+        Ok(())
+    }
+
+    fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            buf.extend_from_slice(&self.pending);
+            self.pending = Bytes::new();
+            return Ok(Some(n));
+        }
+        Ok(self.eof.then_some(0))
     }
 }

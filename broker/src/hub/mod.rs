@@ -347,7 +347,9 @@ impl Hub {
 
     /// Routes a publication to every matching session (one copy per session, at
     /// the highest QoS among its matching subscriptions) and keeps it if retained.
-    pub(crate) fn publish(&self, publication: Publication) {
+    /// Returns a connected target whose queue is more than half full, if any, so
+    /// that an MQTT publisher can pause (see `connection::wait_for_room`).
+    pub(crate) fn publish(&self, publication: Publication) -> Option<Arc<Session>> {
         let p = Arc::new(publication);
         if p.retain {
             let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
@@ -375,6 +377,7 @@ impl Hub {
                     .then((b.opts.qos as u8).cmp(&(a.opts.qos as u8)))
             });
         }
+        let mut congested = None;
         let mut i = 0;
         while i < targets.len() {
             let first = &targets[i];
@@ -391,16 +394,21 @@ impl Hub {
                 retain: p.retain && keep_retain,
                 sub_ids: ids,
             };
-            self.deliver(&first.session, out);
+            if self.deliver(&first.session, out) && congested.is_none() {
+                congested = Some(first.session.clone());
+            }
             i = j;
         }
+        congested
     }
 
-    /// Queues `out` on `session` and wakes its connection.
-    pub(crate) fn deliver(&self, session: &Session, out: Outgoing) {
+    /// Queues `out` on `session` and wakes its connection. Returns whether the
+    /// session is connected and its queue more than half full.
+    pub(crate) fn deliver(&self, session: &Session, out: Outgoing) -> bool {
         let mut st = session.state();
         let dropped = st.enqueue(out, self.limits.max_queued);
         let online = st.conn != 0;
+        let filling = online && st.queue.len() > self.limits.max_queued / 2;
         drop(st);
         match dropped {
             Dropped::Nothing => {}
@@ -414,6 +422,12 @@ impl Hub {
         if online {
             session.wake.notify_one();
         }
+        filling
+    }
+
+    /// The queue length under which a paused publisher goes on.
+    pub(crate) fn low_watermark(&self) -> usize {
+        self.limits.max_queued / 4
     }
 
     /// Retained messages matching `filter`.
