@@ -1,0 +1,391 @@
+//! Scenario `relay`: one subscriber on `bench/relay` at QoS 1, one publisher sending
+//! M QoS 1 messages to it through a window of unacknowledged ones; measures the
+//! end-to-end rate and each message's latency. The payload carries the send time and
+//! a sequence number, so losses, duplicates and reordering are reported too.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Subscribe, SubscribeReasonCode};
+use tokio::time::Instant;
+
+use super::publisher::{self, Limits, PublishCounters};
+use super::{BenchError, Connection, Target, per_sec, secs};
+
+const TOPIC: &str = "bench/relay";
+/// Payload size: the 8-byte send time and 8-byte sequence number, padded.
+const PAYLOAD_BYTES: usize = 64;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayOptions {
+    /// Messages to send.
+    pub(crate) messages: usize,
+    /// QoS 1 messages the publisher keeps unacknowledged.
+    pub(crate) window: usize,
+    /// When the whole run must stop.
+    pub(crate) deadline: Instant,
+    /// How long deliveries may stop moving once the publisher has every PUBACK.
+    pub(crate) stall: Duration,
+}
+
+/// Everything measured, filled as far as the run got.
+#[derive(Debug, Default)]
+pub(crate) struct RelayResult {
+    /// Messages asked for.
+    pub(crate) messages: usize,
+    /// PUBLISHes the publisher wrote.
+    pub(crate) sent: usize,
+    /// PUBACKs received by the publisher.
+    pub(crate) acked: usize,
+    /// Distinct messages the subscriber received.
+    pub(crate) received: usize,
+    /// Further copies of messages already received.
+    pub(crate) duplicates: usize,
+    /// Messages that arrived with a lower sequence number than one before them.
+    pub(crate) out_of_order: usize,
+    /// The lowest sequence number never received, if any was sent and not received.
+    pub(crate) first_missing: Option<usize>,
+    /// From the first PUBLISH until the subscriber had all of them.
+    pub(crate) delivered_after: Option<Duration>,
+    /// From the first PUBLISH until the publisher had every PUBACK.
+    pub(crate) acked_after: Option<Duration>,
+    /// End-to-end latencies, sorted, in microseconds.
+    pub(crate) latencies_us: Vec<u64>,
+    /// The first error of either client.
+    pub(crate) error: Option<String>,
+    /// The phase in which the deadline passed.
+    pub(crate) timed_out: Option<&'static str>,
+    /// Deliveries stopped while the publisher had every PUBACK.
+    pub(crate) stalled: bool,
+}
+
+/// Runs the scenario; never fails as a whole, but reports how far it got.
+pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
+    let mut result = RelayResult {
+        messages: opts.messages,
+        ..RelayResult::default()
+    };
+    let clients = async {
+        let mut sub = target
+            .connect(
+                "bench-relay-sub",
+                "relay-sub",
+                Some("admin"),
+                None,
+                READ_CHUNK,
+            )
+            .await
+            .map_err(|e| format!("subscriber: {e}"))?;
+        subscribe(&target, &mut sub)
+            .await
+            .map_err(|e| format!("subscriber: {e}"))?;
+        let publisher = target
+            .connect("bench-relay-pub", "pub", Some("admin"), None, READ_CHUNK)
+            .await
+            .map_err(|e| format!("publisher: {e}"))?;
+        Ok::<_, String>((sub, publisher))
+    };
+    let (mut sub, mut publisher) = match tokio::time::timeout_at(opts.deadline, clients).await {
+        Ok(Ok(clients)) => clients,
+        Ok(Err(error)) => {
+            result.error = Some(error);
+            return result;
+        }
+        Err(_) => {
+            result.timed_out = Some("connect");
+            return result;
+        }
+    };
+
+    let start = Instant::now();
+    let messages = (0..opts.messages).map(|seq| {
+        let mut payload = BytesMut::with_capacity(PAYLOAD_BYTES);
+        payload.put_u64(start.elapsed().as_micros() as u64);
+        payload.put_u64(seq as u64);
+        payload.resize(PAYLOAD_BYTES, b'.');
+        (TOPIC.to_owned(), payload.freeze())
+    });
+    let counters = PublishCounters::default();
+    let mut tally = Tally::new(opts.messages);
+    let arrived = AtomicUsize::new(0);
+    let race = publisher::race(
+        start,
+        Limits {
+            deadline: opts.deadline,
+            stall: opts.stall,
+        },
+        async {
+            publisher::publish_all(&mut publisher, messages, opts.window, &counters)
+                .await
+                .map_err(|e| BenchError::Unexpected(format!("publisher: {e}")))
+        },
+        receive(&mut sub, start, &mut tally, &arrived),
+        || arrived.load(Ordering::Relaxed),
+    )
+    .await;
+    result.sent = counters.sent.load(Ordering::Relaxed);
+    result.acked = counters.acked.load(Ordering::Relaxed);
+    result.received = tally.received;
+    result.duplicates = tally.duplicates;
+    result.out_of_order = tally.out_of_order;
+    result.first_missing = tally.seen.iter().position(|seen| !seen);
+    for outcome in [&race.acked, &race.delivered] {
+        if let Some(Err(error)) = outcome {
+            result.error.get_or_insert_with(|| error.to_string());
+        }
+    }
+    result.acked_after = race.acked.and_then(Result::ok);
+    result.delivered_after = race.delivered.and_then(Result::ok);
+    if race.timed_out {
+        result.timed_out = Some("relay");
+    }
+    result.stalled = race.stalled;
+    tally.latencies.sort_unstable();
+    result.latencies_us = tally.latencies;
+    result
+}
+
+async fn subscribe(target: &Target, conn: &mut Connection) -> Result<(), BenchError> {
+    let mut subscribe = Subscribe::new(TOPIC, QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    conn.send(&Packet::Subscribe(subscribe)).await?;
+    match target.step("SUBACK", conn.recv()).await? {
+        Packet::SubAck(ack) => match ack.return_codes.first() {
+            Some(SubscribeReasonCode::Success(_)) => Ok(()),
+            _ => Err(BenchError::SubscribeRefused(TOPIC.to_owned())),
+        },
+        other => Err(BenchError::Unexpected(format!(
+            "{other:?} while waiting for SUBACK"
+        ))),
+    }
+}
+
+/// What the subscriber saw.
+#[derive(Debug)]
+struct Tally {
+    /// Indexed by sequence number.
+    seen: Vec<bool>,
+    received: usize,
+    duplicates: usize,
+    out_of_order: usize,
+    last_seq: Option<usize>,
+    latencies: Vec<u64>,
+}
+
+impl Tally {
+    fn new(messages: usize) -> Self {
+        Self {
+            seen: vec![false; messages],
+            received: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            last_seq: None,
+            latencies: Vec::with_capacity(messages),
+        }
+    }
+
+    /// Counts one message given its send time and sequence number, at `now` (both
+    /// times in microseconds from the start of publishing).
+    fn record(&mut self, sent: u64, seq: usize, now: u64) -> Result<(), BenchError> {
+        let Some(seen) = self.seen.get_mut(seq) else {
+            return Err(BenchError::Unexpected(format!(
+                "message with sequence number {seq}, never sent"
+            )));
+        };
+        if *seen {
+            self.duplicates += 1;
+            return Ok(());
+        }
+        *seen = true;
+        self.received += 1;
+        if self.last_seq.is_some_and(|last| seq < last) {
+            self.out_of_order += 1;
+        }
+        self.last_seq = Some(seq);
+        self.latencies.push(now.saturating_sub(sent));
+        Ok(())
+    }
+}
+
+/// Acknowledges and times messages until every one sent has arrived.
+async fn receive(
+    conn: &mut Connection,
+    start: Instant,
+    tally: &mut Tally,
+    arrived: &AtomicUsize,
+) -> Result<(), BenchError> {
+    let (mut reader, mut writer) = conn.split();
+    while tally.received < tally.seen.len() {
+        let mut next = Some(reader.recv().await.map_err(subscriber_error)?);
+        // Everything already read is handled before one write of all its PUBACKs.
+        while let Some(packet) = next {
+            match packet {
+                Packet::Publish(publish) => {
+                    if publish.qos == QoS::AtLeastOnce {
+                        writer.queue(&Packet::PubAck(PubAck::new(publish.pkid)))?;
+                    }
+                    if publish.topic == TOPIC {
+                        let now = start.elapsed().as_micros() as u64;
+                        let (sent, seq) = stamp(&publish.payload).ok_or_else(|| {
+                            subscriber_error(BenchError::Unexpected(format!(
+                                "payload of {} bytes, not the bench's",
+                                publish.payload.len()
+                            )))
+                        })?;
+                        tally.record(sent, seq, now).map_err(subscriber_error)?;
+                        arrived.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Packet::PingResp => {}
+                other => {
+                    return Err(subscriber_error(BenchError::Unexpected(format!(
+                        "{other:?} while receiving"
+                    ))));
+                }
+            }
+            next = reader.buffered().map_err(subscriber_error)?;
+        }
+        writer.flush().await.map_err(subscriber_error)?;
+    }
+    Ok(())
+}
+
+fn subscriber_error(error: BenchError) -> BenchError {
+    BenchError::Unexpected(format!("subscriber: {error}"))
+}
+
+/// The send time and sequence number at the head of a payload.
+fn stamp(payload: &Bytes) -> Option<(u64, usize)> {
+    let sent = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((sent, usize::try_from(seq).ok()?))
+}
+
+impl RelayResult {
+    /// Whether every message arrived and was acknowledged, in time.
+    pub(crate) fn complete(&self) -> bool {
+        self.timed_out.is_none()
+            && !self.stalled
+            && self.error.is_none()
+            && self.delivered_after.is_some()
+            && self.acked_after.is_some()
+    }
+
+    fn percentile(&self, p: f64) -> Option<Duration> {
+        let n = self.latencies_us.len();
+        let rank = ((n as f64 * p).ceil() as usize).clamp(1, n.max(1)) - 1;
+        self.latencies_us
+            .get(rank)
+            .map(|&us| Duration::from_micros(us))
+    }
+
+    /// The result as `key=value` lines, in a fixed order.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        let mut out = vec![
+            "scenario=relay".to_owned(),
+            format!("messages={}", self.messages),
+            format!("relay_sent={}", self.sent),
+            format!("relay_acked={}", self.acked),
+            format!("relay_received={}", self.received),
+            format!("relay_duplicates={}", self.duplicates),
+            format!("relay_out_of_order={}", self.out_of_order),
+        ];
+        if let Some(seq) = self.first_missing.filter(|_| self.sent > 0) {
+            out.push(format!("relay_first_missing_seq={seq}"));
+        }
+        if let Some(d) = self.delivered_after {
+            out.push(format!("relay_secs={}", secs(d)));
+            out.push(format!(
+                "relay_messages_per_sec={:.1}",
+                per_sec(self.received, d)
+            ));
+        }
+        if let Some(d) = self.acked_after {
+            out.push(format!("relay_publisher_acked_secs={}", secs(d)));
+        }
+        for (name, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+            if let Some(d) = self.percentile(p) {
+                out.push(format!(
+                    "relay_latency_{name}_ms={:.3}",
+                    d.as_secs_f64() * 1e3
+                ));
+            }
+        }
+        if let Some(e) = &self.error {
+            out.push(format!("error={e}"));
+        }
+        if let Some(phase) = self.timed_out {
+            out.push(format!("timed_out_in={phase}"));
+        }
+        if self.stalled {
+            out.push("stalled=true".to_owned());
+        }
+        out.push(format!("complete={}", self.complete()));
+        out
+    }
+
+    /// A sentence for a human.
+    pub(crate) fn summary(&self) -> String {
+        let mut s = match self.delivered_after {
+            Some(d) => format!(
+                "relay: {} messages in {} s = {:.0}/s end to end",
+                self.received,
+                secs(d),
+                per_sec(self.received, d)
+            ),
+            None => format!(
+                "relay: only {}/{} messages arrived",
+                self.received, self.messages
+            ),
+        };
+        if let (Some(p50), Some(p99)) = (self.percentile(0.5), self.percentile(0.99)) {
+            s += &format!(
+                ", latency p50 {:.2} ms, p99 {:.2} ms",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
+        s += ".";
+        if let Some(seq) = self.first_missing.filter(|_| self.sent > 0) {
+            s += &format!(" First missing: message #{seq}.");
+        }
+        if self.duplicates + self.out_of_order > 0 {
+            s += &format!(
+                " {} duplicates, {} out of order.",
+                self.duplicates, self.out_of_order
+            );
+        }
+        if let Some(e) = &self.error {
+            s += &format!(" Error: {e}.");
+        }
+        if let Some(phase) = self.timed_out {
+            s += &format!(" Timed out during {phase}.");
+        }
+        if self.stalled {
+            s += " Deliveries stopped although the publisher had every PUBACK.";
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_counts_duplicates_reordering_and_the_first_gap() {
+        let mut tally = Tally::new(5);
+        for seq in [0, 2, 1, 2, 4] {
+            tally.record(10, seq, 15).expect("known sequence number");
+        }
+        assert_eq!(tally.received, 4);
+        assert_eq!(tally.duplicates, 1);
+        assert_eq!(tally.out_of_order, 1);
+        assert_eq!(tally.seen.iter().position(|s| !s), Some(3));
+        assert!(tally.record(0, 5, 0).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! `imqtt-bench`: measures an MQTT broker (imqtt, mosquitto, rumqttd, ...) on the IM
+//! workload of DESIGN.md section 9, from its own process, over loopback only.
+//!
+//! Prints `key=value` lines on stdout, then a human summary; progress goes to stderr.
+//! Exits 0 when the run completed, 1 when it timed out or anything failed (the
+//! figures gathered so far are still printed), 2 on bad arguments.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+mod bench;
+
+use bench::{FanoutOptions, JwtSecret, RelayOptions, Target, fanout, relay};
+use tokio::time::Instant;
+
+/// File descriptors the bench keeps for itself beyond one per client.
+const SPARE_FDS: u64 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// N users connect, subscribe their inbox and publish presence; one message each.
+    Fanout,
+    /// One publisher, one subscriber, M messages.
+    Relay,
+}
+
+/// Load generator for MQTT brokers on the imqtt IM workload.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[arg(long, value_enum, default_value_t = Scenario::Fanout)]
+    scenario: Scenario,
+    /// Broker address; must be loopback ("localhost", 127.x.y.z or ::1).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// fanout: number of subscribing users.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// relay: number of messages.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// HS256 secret: clients then log in as username uid, password a JWT. Without
+    /// it they send no credentials.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// The broker's pid, to report its RSS per client and its CPU time.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The whole run stops after this long, printing what it has, exit code 1.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Give up waiting for deliveries when none arrives for this long after the
+    /// publisher has every PUBACK (the broker acknowledged messages it then lost).
+    #[arg(long, default_value_t = 10)]
+    stall_secs: u64,
+    /// Unacknowledged QoS 1 messages in flight [default: 1000 fanout, 100 relay].
+    #[arg(long)]
+    window: Option<usize>,
+    /// fanout: clients per timed connect block.
+    #[arg(long, default_value_t = 1000)]
+    block_size: usize,
+    /// fanout: connects in progress at once. Keep it within the broker's listen
+    /// backlog (mosquitto's is 100): past it, SYNs are dropped and retried after 1 s.
+    #[arg(long, default_value_t = 100)]
+    connect_concurrency: usize,
+    /// Keepalive announced in CONNECT, seconds; subscribers ping at half of it.
+    #[arg(long, default_value_t = 600)]
+    keep_alive: u16,
+    /// Longest one client may wait for one reply (CONNACK, SUBACK, PUBACK).
+    #[arg(long, default_value_t = 30)]
+    step_timeout_secs: u64,
+    /// Runtime worker threads of the bench (the broker shares the machine).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// fanout: a `role` claim in the subscribers' tokens (e.g. admin).
+    #[arg(long)]
+    client_role: Option<String>,
+    /// fanout: subscribers do not publish their retained presence.
+    #[arg(long)]
+    no_presence: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("imqtt-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the scenario and prints its result; `Ok(false)` when it is incomplete.
+fn run(args: Args) -> anyhow::Result<bool> {
+    let server = SocketAddr::new(loopback(&args.host)?, args.port);
+    let fds = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    if args.scenario == Scenario::Fanout && args.clients as u64 + SPARE_FDS > fds {
+        bail!(
+            "--clients {} needs about {} open files, the limit is {fds}",
+            args.clients,
+            args.clients as u64 + SPARE_FDS
+        );
+    }
+    let target = Target {
+        server,
+        jwt_secret: args.jwt_secret.map(JwtSecret::new),
+        keep_alive: args.keep_alive,
+        step_timeout: Duration::from_secs(args.step_timeout_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    println!("broker={server}");
+    println!("nofile_limit={fds}");
+    println!("bench_threads={}", args.threads.max(1));
+    let complete = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+        let stall = Duration::from_secs(args.stall_secs);
+        match args.scenario {
+            Scenario::Fanout => {
+                let opts = FanoutOptions {
+                    clients: args.clients,
+                    block_size: args.block_size,
+                    connect_concurrency: args.connect_concurrency,
+                    window: args.window.unwrap_or(1000),
+                    presence: !args.no_presence,
+                    client_role: args.client_role,
+                    server_pid: args.server_pid,
+                    deadline,
+                    stall,
+                };
+                let result = fanout::run(target, opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Relay => {
+                let opts = RelayOptions {
+                    messages: args.messages,
+                    window: args.window.unwrap_or(100),
+                    deadline,
+                    stall,
+                };
+                let result = relay::run(target, opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+        }
+    });
+    // Thousands of idle subscriber tasks are still parked: drop them without waiting.
+    runtime.shutdown_background();
+    Ok(complete)
+}
+
+/// The broker's address, refused unless it is a loopback one.
+fn loopback(host: &str) -> anyhow::Result<IpAddr> {
+    let ip = if host == "localhost" {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse()
+            .with_context(|| format!("--host {host}: not an IP address"))?
+    };
+    if !ip.is_loopback() {
+        bail!("--host {host}: only loopback targets are allowed");
+    }
+    Ok(ip)
+}
+
+fn print(lines: &[String], summary: &str) {
+    for line in lines {
+        println!("{line}");
+    }
+    println!();
+    println!("{summary}");
+}
