@@ -138,6 +138,21 @@ fn serve((config, origin): (Config, String), print_addrs: bool) -> anyhow::Resul
              set IMQTT_AUTH__JWT_SECRET for any real deployment"
         );
     }
+    // Every MQTT connection is a file descriptor: use all the hard limit allows
+    // (service managers often leave the soft limit at 1024).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(fds) => {
+            tracing::info!(open_files = fds, "file descriptor limit");
+            if (fds as usize) < config.mqtt.max_connections {
+                tracing::warn!(
+                    open_files = fds,
+                    max_connections = config.mqtt.max_connections,
+                    "the open-file limit is below mqtt.max_connections; raise it (ulimit -Hn) to reach that many clients"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
