@@ -56,10 +56,20 @@ pub(crate) async fn serve<S: Transport>(edge: Arc<Edge>, io: S, peer: SocketAddr
         user = tracing::field::Empty,
         client_id = tracing::field::Empty
     );
-    let Some(mut conn) = handshake(edge, io).instrument(span.clone()).await else {
+    let Some(mut conn) = handshake(edge, io).instrument(span).await else {
         return;
     };
     conn.counted = Some(counted);
+    // A span that lives as long as the connection costs about 500 bytes at the
+    // level it is enabled at, a sixth of the per-client budget (DESIGN.md §9); so
+    // the long-lived span is a debug one, and the connection's info-level events
+    // name their user and client id themselves.
+    let span = tracing::debug_span!(
+        "mqtt",
+        %peer,
+        user = %conn.session.uid,
+        client_id = conn.session.client_id()
+    );
     // The connection lives on in a task of its own, sized for the loop alone and
     // not for the handshake before it: this is most of an idle connection's cost.
     tokio::spawn(conn.run().instrument(span));
@@ -433,7 +443,11 @@ impl<S: Transport> Conn<S> {
                 Wake::Readable(Ok(())) => self.read_packets()?,
                 Wake::Notified => {}
                 Wake::KeepAlive => {
-                    tracing::info!("keepalive timeout");
+                    tracing::info!(
+                        user = %self.session.uid,
+                        client_id = self.session.client_id(),
+                        "keepalive timeout"
+                    );
                     return Err(Close {
                         reason: DisconnectReason::KeepaliveTimeout,
                         code: Some(DisconnectReasonCode::KeepAliveTimeout),
@@ -658,7 +672,12 @@ impl<S: Transport> Conn<S> {
         };
         if !self.edge.acl.may_publish(who, &topic) {
             self.edge.hub.metrics.refused_publishes.inc();
-            tracing::info!(%topic, "PUBLISH refused");
+            tracing::info!(
+                user = %self.session.uid,
+                client_id = self.session.client_id(),
+                %topic,
+                "PUBLISH refused"
+            );
             if self.version == Version::V4 {
                 // MQTT 3.1.1 has no negative ack: the connection is closed.
                 return Err(Close::error(DisconnectReasonCode::NotAuthorized));
@@ -755,7 +774,12 @@ impl<S: Transport> Conn<S> {
             }
             if !self.edge.acl.may_subscribe(who, &f.path) {
                 self.edge.hub.metrics.refused_subscriptions.inc();
-                tracing::info!(filter = %f.path, "SUBSCRIBE refused");
+                tracing::info!(
+                    user = %self.session.uid,
+                    client_id = self.session.client_id(),
+                    filter = %f.path,
+                    "SUBSCRIBE refused"
+                );
                 codes.push(refuse(SubscribeReasonCode::NotAuthorized));
                 continue;
             }
