@@ -3,81 +3,20 @@
 //! drive the `BrokerHandle` the bridge uses.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
-use broker::config::MqttConfig;
-use broker::units::ListenAddr;
-use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll, DisconnectReason, EventKind, QoS};
+use broker::auth::Role;
+use broker::{DisconnectReason, EventKind, QoS};
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const SECRET: &str = "broker-test-secret-0123456789abcdef012345";
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
+use common::{SECRET, TestBroker, WAIT, start, start_with, token};
 
-struct TestBroker {
-    addr: SocketAddr,
-    handle: BrokerHandle,
-    _stop: oneshot::Sender<()>,
-}
-
-fn verifier() -> Arc<TokenVerifier> {
-    Arc::new(
-        TokenVerifier::new(&AuthConfig {
-            jwt_secret: Secret::new(SECRET),
-            ..AuthConfig::default()
-        })
-        .expect("verifier"),
-    )
-}
-
-fn token(uid: &str, role: Role) -> String {
-    verifier()
-        .mint(uid, role, Duration::from_secs(600))
-        .expect("mint")
-}
-
-async fn start_with(tweak: impl FnOnce(&mut MqttConfig)) -> TestBroker {
-    let mut cfg = MqttConfig {
-        tcp: ListenAddr::on("127.0.0.1:0".parse().expect("addr")),
-        ws: ListenAddr::default(),
-        ..MqttConfig::default()
-    };
-    tweak(&mut cfg);
-    let broker = Broker::bind(
-        cfg,
-        verifier(),
-        Arc::new(DenyAll),
-        Arc::new(BrokerMetrics::unregistered()),
-    )
-    .await
-    .expect("bind");
-    let addr = broker.local_addrs()[0].1;
-    let handle = broker.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(broker.run(
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(1),
-    ));
-    TestBroker {
-        addr,
-        handle,
-        _stop: stop,
-    }
-}
-
-async fn start() -> TestBroker {
-    start_with(|_| {}).await
-}
-
-/// A v4 client whose event loop runs in a task, forwarding what arrives.
 struct V4 {
     client: rumqttc::AsyncClient,
     rx: mpsc::UnboundedReceiver<Result<rumqttc::Incoming, String>>,
@@ -170,7 +109,7 @@ impl V4 {
 
 async fn user(b: &TestBroker, uid: &str) -> V4 {
     let mut c = v4_connect(v4_options(
-        b.addr,
+        b.addr(),
         uid,
         &format!("{uid}-phone"),
         &token(uid, Role::User),
@@ -213,17 +152,17 @@ async fn every_bad_credential_is_refused_with_not_authorized() {
         ("bad/uid", token("alice", Role::User)),
     ];
     for (uid, password) in cases {
-        let mut c = v4_connect(v4_options(b.addr, uid, "dev", &password)).await;
+        let mut c = v4_connect(v4_options(b.addr(), uid, "dev", &password)).await;
         let err = c.connack().await.expect_err("refused");
         assert!(err.contains("NotAuthorized"), "{uid} {password}: {err}");
     }
     // No credentials at all.
-    let opts = rumqttc::MqttOptions::new("dev", b.addr.ip().to_string(), b.addr.port());
+    let opts = rumqttc::MqttOptions::new("dev", b.addr().ip().to_string(), b.addr().port());
     let err = v4_connect(opts).await.connack().await.expect_err("refused");
     assert!(err.contains("NotAuthorized"), "{err}");
 
     // MQTT 5 gets 0x87.
-    let mut o = rumqttc::v5::MqttOptions::new("dev", b.addr.ip().to_string(), b.addr.port());
+    let mut o = rumqttc::v5::MqttOptions::new("dev", b.addr().ip().to_string(), b.addr().port());
     o.set_credentials("alice", "garbage");
     let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
     let err = timeout(WAIT, el.poll())
@@ -237,7 +176,7 @@ async fn every_bad_credential_is_refused_with_not_authorized() {
 async fn two_users_with_one_client_id_both_stay_connected() {
     let b = start().await;
     let mut alice = v4_connect(v4_options(
-        b.addr,
+        b.addr(),
         "alice",
         "same-id",
         &token("alice", Role::User),
@@ -245,7 +184,7 @@ async fn two_users_with_one_client_id_both_stay_connected() {
     .await;
     alice.connack().await.expect("alice connects");
     let mut bob = v4_connect(v4_options(
-        b.addr,
+        b.addr(),
         "bob",
         "same-id",
         &token("bob", Role::User),
@@ -284,7 +223,7 @@ async fn same_user_same_client_id_takes_the_session_over() {
     let b = start().await;
     let mut events = b.handle.events();
     // v5 first connection, to see DISCONNECT 0x8E.
-    let mut o = rumqttc::v5::MqttOptions::new("phone", b.addr.ip().to_string(), b.addr.port());
+    let mut o = rumqttc::v5::MqttOptions::new("phone", b.addr().ip().to_string(), b.addr().port());
     o.set_credentials("alice", token("alice", Role::User));
     let (_old, mut old_loop) = rumqttc::v5::AsyncClient::new(o, 10);
     loop {
@@ -298,7 +237,7 @@ async fn same_user_same_client_id_takes_the_session_over() {
         }
     }
     let mut new = v4_connect(v4_options(
-        b.addr,
+        b.addr(),
         "alice",
         "phone",
         &token("alice", Role::User),
@@ -418,7 +357,7 @@ async fn forbidden_publish_closes_a_v4_connection() {
 #[tokio::test]
 async fn forbidden_publish_gets_puback_0x87_on_v5_and_the_connection_stays() {
     let b = start().await;
-    let mut o = rumqttc::v5::MqttOptions::new("phone", b.addr.ip().to_string(), b.addr.port());
+    let mut o = rumqttc::v5::MqttOptions::new("phone", b.addr().ip().to_string(), b.addr().port());
     o.set_credentials("alice", token("alice", Role::User));
     let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
     client
@@ -505,7 +444,7 @@ async fn handle_publishes_at_qos_0_1_2_to_v4_subscribers() {
 #[tokio::test]
 async fn handle_publishes_to_v5_subscribers() {
     let b = start().await;
-    let mut o = rumqttc::v5::MqttOptions::new("tab", b.addr.ip().to_string(), b.addr.port());
+    let mut o = rumqttc::v5::MqttOptions::new("tab", b.addr().ip().to_string(), b.addr().port());
     o.set_credentials("carol", token("carol", Role::User));
     let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
     client
@@ -551,7 +490,7 @@ async fn handle_publishes_to_v5_subscribers() {
 #[tokio::test]
 async fn persistent_session_gets_what_arrived_while_offline() {
     let b = start().await;
-    let mut opts = v4_options(b.addr, "dave", "laptop", &token("dave", Role::User));
+    let mut opts = v4_options(b.addr(), "dave", "laptop", &token("dave", Role::User));
     opts.set_clean_session(false);
     let mut c = v4_connect(opts.clone()).await;
     assert_eq!(
@@ -607,7 +546,7 @@ async fn disconnect_user_closes_every_session_of_that_user() {
     let b = start().await;
     let mut one = user(&b, "frank").await;
     let mut two = v4_connect(v4_options(
-        b.addr,
+        b.addr(),
         "frank",
         "tablet",
         &token("frank", Role::User),
@@ -643,7 +582,7 @@ async fn retained_message_reaches_new_and_wildcard_subscribers() {
     assert_eq!(&p.payload[..], b"online");
     // An admin's wildcard subscription finds it too.
     let mut admin = v4_connect(v4_options(
-        b.addr,
+        b.addr(),
         "ops",
         "console",
         &token("ops", Role::Admin),
@@ -682,7 +621,7 @@ fn connect_bytes(
 }
 
 async fn raw_connect(b: &TestBroker, bytes: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(b.addr).await.expect("connect");
+    let mut s = TcpStream::connect(b.addr()).await.expect("connect");
     s.write_all(bytes).await.expect("write");
     let mut ack = [0u8; 4];
     timeout(WAIT, s.read_exact(&mut ack))
@@ -730,7 +669,7 @@ async fn will_is_sent_on_abnormal_close_but_not_after_disconnect() {
 #[tokio::test]
 async fn will_topic_must_pass_the_publish_rule() {
     let b = start().await;
-    let mut s = TcpStream::connect(b.addr).await.expect("connect");
+    let mut s = TcpStream::connect(b.addr()).await.expect("connect");
     s.write_all(&connect_bytes(
         "jack",
         "j1",
@@ -778,7 +717,7 @@ async fn garbage_and_oversized_packets_close_only_their_own_socket() {
     let b = start_with(|c| c.max_packet_size = broker::units::ByteSize(1024)).await;
     let mut good = subscribed(&b, "lena", "users/lena/inbox", rumqttc::QoS::AtLeastOnce).await;
 
-    let mut garbage = TcpStream::connect(b.addr).await.expect("connect");
+    let mut garbage = TcpStream::connect(b.addr()).await.expect("connect");
     garbage
         .write_all(b"GET / HTTP/1.1\r\n\r\n\xff\xff\xff\xff\xff")
         .await
@@ -822,7 +761,7 @@ async fn connection_limit_answers_server_unavailable() {
     let b = start_with(|c| c.max_connections = 2).await;
     let _a = user(&b, "n1").await;
     let _b = user(&b, "n2").await;
-    let mut c = v4_connect(v4_options(b.addr, "n3", "d", &token("n3", Role::User))).await;
+    let mut c = v4_connect(v4_options(b.addr(), "n3", "d", &token("n3", Role::User))).await;
     let err = c.connack().await.expect_err("refused");
     assert!(err.contains("ServiceUnavailable"), "{err}");
 }
@@ -876,7 +815,7 @@ async fn packets_sent_together_with_connect_are_not_left_waiting() {
     v4::Subscribe::new("users/olga/inbox", rumqttc::QoS::AtLeastOnce)
         .write(&mut bytes)
         .expect("encode");
-    let mut s = TcpStream::connect(b.addr).await.expect("connect");
+    let mut s = TcpStream::connect(b.addr()).await.expect("connect");
     s.write_all(&bytes).await.expect("write");
     let mut reply = [0u8; 9];
     timeout(WAIT, s.read_exact(&mut reply))
@@ -890,7 +829,7 @@ async fn packets_sent_together_with_connect_are_not_left_waiting() {
 #[tokio::test]
 async fn retained_message_published_while_offline_reaches_the_resumed_session() {
     let b = start().await;
-    let mut opts = v4_options(b.addr, "pat", "pat-phone", &token("pat", Role::User));
+    let mut opts = v4_options(b.addr(), "pat", "pat-phone", &token("pat", Role::User));
     opts.set_clean_session(false);
     let mut c = v4_connect(opts.clone()).await;
     c.connack().await.expect("connack");

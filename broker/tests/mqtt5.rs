@@ -1,85 +1,41 @@
 //! MQTT 5 behaviour through a real rumqttc v5 client: Assigned Client Identifier,
 //! Receive Maximum, Topic Alias, Message Expiry, Will Delay, Session Expiry.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
-use broker::config::{Access, AclRule, MqttConfig};
-use broker::units::ListenAddr;
-use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll, QoS};
+use broker::QoS;
+use broker::auth::Role;
+use broker::config::{Access, AclRule};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-const SECRET: &str = "mqtt5-test-secret-0123456789abcdef01234567";
-const WAIT: Duration = Duration::from_secs(5);
-
-struct TestBroker {
-    addr: SocketAddr,
-    handle: BrokerHandle,
-    _stop: oneshot::Sender<()>,
-}
+mod common;
+use common::{TestBroker, WAIT};
 
 async fn start() -> TestBroker {
-    let verifier = TokenVerifier::new(&AuthConfig {
-        jwt_secret: Secret::new(SECRET),
-        ..AuthConfig::default()
-    })
-    .expect("verifier");
-    let cfg = MqttConfig {
-        tcp: ListenAddr::on("127.0.0.1:0".parse().expect("addr")),
-        ws: ListenAddr::default(),
-        acl: vec![AclRule {
+    common::start_with(|c| {
+        c.acl = vec![AclRule {
             pattern: "t/#".into(),
             access: Access::All,
             users: vec![],
-        }],
-        ..MqttConfig::default()
-    };
-    let broker = Broker::bind(
-        cfg,
-        Arc::new(verifier),
-        Arc::new(DenyAll),
-        Arc::new(BrokerMetrics::unregistered()),
-    )
+        }]
+    })
     .await
-    .expect("bind");
-    let addr = broker.local_addrs()[0].1;
-    let handle = broker.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(broker.run(
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(1),
-    ));
-    TestBroker {
-        addr,
-        handle,
-        _stop: stop,
-    }
 }
 
 fn token(uid: &str) -> String {
-    token_with(uid, Role::User)
+    common::token(uid, Role::User)
 }
 
 fn token_with(uid: &str, role: Role) -> String {
-    TokenVerifier::new(&AuthConfig {
-        jwt_secret: Secret::new(SECRET),
-        ..AuthConfig::default()
-    })
-    .expect("verifier")
-    .mint(uid, role, Duration::from_secs(600))
-    .expect("mint")
+    common::token(uid, role)
 }
 
 fn options(b: &TestBroker, uid: &str, client_id: &str) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, b.addr.ip().to_string(), b.addr.port());
+    let mut o = MqttOptions::new(client_id, b.addr().ip().to_string(), b.addr().port());
     o.set_credentials(uid, token(uid));
     o
 }
@@ -376,7 +332,7 @@ async fn will_delay_holds_the_will_and_a_quick_return_cancels_it() {
 }
 
 fn admin(b: &TestBroker, client_id: &str) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, b.addr.ip().to_string(), b.addr.port());
+    let mut o = MqttOptions::new(client_id, b.addr().ip().to_string(), b.addr().port());
     o.set_credentials("ops", token_with("ops", Role::Admin));
     o
 }

@@ -5,49 +5,37 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
-use broker::config::MqttConfig;
+use broker::QoS;
+use broker::auth::Role;
 use broker::units::ListenAddr;
-use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll, QoS};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::mqttbytes::v4;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const SECRET: &str = "transport-test-secret-0123456789abcdef0123";
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
+use common::{TestBroker, WAIT, any_port, verifier};
 
-struct Tls {
+struct Running {
+    broker: TestBroker,
     _dir: tempfile::TempDir,
     cert_der: CertificateDer<'static>,
 }
 
-struct Running {
-    addrs: Vec<(&'static str, SocketAddr)>,
-    handle: BrokerHandle,
-    _stop: oneshot::Sender<()>,
-    tls: Tls,
-}
-
 impl Running {
     fn addr(&self, name: &str) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(n, _)| *n == name)
-            .expect("listener")
-            .1
+        self.broker.listener(name)
     }
 
     fn client_tls(&self) -> tokio_rustls::TlsConnector {
         let mut roots = RootCertStore::empty();
-        roots.add(self.tls.cert_der.clone()).expect("root");
+        roots.add(self.cert_der.clone()).expect("root");
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -58,16 +46,8 @@ impl Running {
     }
 }
 
-fn verifier() -> Arc<TokenVerifier> {
-    Arc::new(
-        TokenVerifier::new(&AuthConfig {
-            jwt_secret: Secret::new(SECRET),
-            ..AuthConfig::default()
-        })
-        .expect("verifier"),
-    )
-}
-
+/// A broker with WebSocket, TLS and secure WebSocket listeners on a fresh
+/// self-signed certificate.
 async fn start() -> Running {
     let dir = tempfile::tempdir().expect("tmp");
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
@@ -75,41 +55,19 @@ async fn start() -> Running {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
     std::fs::write(&key_path, ck.signing_key.serialize_pem()).expect("write key");
-    let any = || ListenAddr::on("127.0.0.1:0".parse().expect("addr"));
-    let cfg = MqttConfig {
-        tcp: ListenAddr::default(),
-        ws: any(),
-        tls: any(),
-        wss: any(),
-        tls_cert: Some(cert_path),
-        tls_key: Some(key_path),
-        ..MqttConfig::default()
-    };
-    let broker = Broker::bind(
-        cfg,
-        verifier(),
-        Arc::new(DenyAll),
-        Arc::new(BrokerMetrics::unregistered()),
-    )
-    .await
-    .expect("bind");
-    let addrs = broker.local_addrs();
-    let handle = broker.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(broker.run(
-        async move {
-            let _ = stopped.await;
-        },
-        Duration::from_secs(1),
-    ));
+    let broker = common::start_with(|c| {
+        c.tcp = ListenAddr::default();
+        c.ws = any_port();
+        c.tls = any_port();
+        c.wss = any_port();
+        c.tls_cert = Some(cert_path);
+        c.tls_key = Some(key_path);
+    })
+    .await;
     Running {
-        addrs,
-        handle,
-        _stop: stop,
-        tls: Tls {
-            _dir: dir,
-            cert_der: ck.cert.der().clone(),
-        },
+        broker,
+        _dir: dir,
+        cert_der: ck.cert.der().clone(),
     }
 }
 
@@ -143,6 +101,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, running: &Runnin
             match p {
                 v4::Packet::SubAck(_) => {
                     running
+                        .broker
                         .handle
                         .publish(
                             &format!("users/{uid}/inbox"),
@@ -205,6 +164,7 @@ where
         while let Ok(p) = v4::Packet::read(&mut buf, 1 << 20) {
             match p {
                 v4::Packet::SubAck(_) => running
+                    .broker
                     .handle
                     .publish(
                         &format!("users/{uid}/inbox"),
