@@ -905,3 +905,44 @@ async fn a_fast_publisher_does_not_overrun_an_online_subscriber() {
         assert_eq!(p.payload[..], i.to_be_bytes(), "in order, none lost");
     }
 }
+
+#[tokio::test]
+async fn session_limit_refuses_new_sessions_but_not_resumed_ones() {
+    let b = start_with(|c| c.max_sessions = 1).await;
+    let mut first = v4_options(b.addr(), "ned", "ned-phone", &token("ned", Role::User));
+    first.set_clean_session(false);
+    let mut c = v4_connect(first.clone()).await;
+    c.connack().await.expect("first session");
+    let mut other = v4_connect(v4_options(
+        b.addr(),
+        "ola",
+        "ola-phone",
+        &token("ola", Role::User),
+    ))
+    .await;
+    let err = other.connack().await.expect_err("over mqtt.max_sessions");
+    assert!(err.contains("ServiceUnavailable"), "{err}");
+    // The existing session can still be taken over and resumed.
+    let mut again = v4_connect(first).await;
+    assert_eq!(
+        again.connack().await.expect("resumed"),
+        (v4::ConnectReturnCode::Success, true)
+    );
+}
+
+#[tokio::test]
+async fn persistent_3_1_1_sessions_expire_after_mqtt_session_expiry() {
+    let b = start_with(|c| c.session_expiry = broker::units::Duration::secs(1)).await;
+    let mut opts = v4_options(b.addr(), "pia", "pia-phone", &token("pia", Role::User));
+    opts.set_clean_session(false);
+    let mut c = v4_connect(opts.clone()).await;
+    c.connack().await.expect("connack");
+    c.client.disconnect().await.expect("disconnect");
+    while c.next().await.is_ok() {}
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut back = v4_connect(opts).await;
+    assert_eq!(
+        back.connack().await.expect("connack"),
+        (v4::ConnectReturnCode::Success, false)
+    );
+}

@@ -445,3 +445,60 @@ async fn server_uses_topic_aliases_when_the_client_accepts_them() {
         (&b"users/kay/events"[..], Some(2))
     );
 }
+
+#[tokio::test]
+async fn messages_over_the_clients_maximum_packet_size_are_not_sent() {
+    let b = start().await;
+    let mut o = options(&b, "lou", "lou-phone");
+    o.set_max_packet_size(Some(200));
+    let mut c = connect(o);
+    c.subscribe("users/lou/inbox").await;
+    b.handle
+        .publish(
+            "users/lou/inbox",
+            Bytes::from(vec![b'x'; 500]),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .expect("publish");
+    b.handle
+        .publish(
+            "users/lou/inbox",
+            Bytes::from_static(b"small"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .expect("publish");
+    assert_eq!(&c.publish().await.payload[..], b"small");
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_expiry_interval_runs_out() {
+    let b = start().await;
+    let mut o = options(&b, "max", "max-phone");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(1));
+    let mut c = connect(o.clone());
+    c.subscribe("users/max/inbox").await;
+    c.client.disconnect().await.expect("disconnect");
+    while c.rx.recv().await.is_some() {}
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut back = connect(o);
+    let present = back
+        .until(|p| match p {
+            Incoming::ConnAck(a) => Some(a.session_present),
+            _ => None,
+        })
+        .await;
+    assert!(!present, "expired session is gone");
+    // And its subscription went with it.
+    b.handle
+        .publish(
+            "users/max/inbox",
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .expect("publish");
+    back.quiet_for(Duration::from_millis(300)).await;
+}
