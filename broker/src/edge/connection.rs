@@ -429,13 +429,23 @@ impl<S: Transport> Conn<S> {
         self.handle_buffered()?;
         self.drain()?;
         self.flush().await?;
+        // One timer for the connection's life, re-armed only when it fires: a
+        // timer per loop turn cost a timer-wheel insert and removal per packet.
+        let timer = tokio::time::sleep_until(self.keep_alive_deadline().into());
+        tokio::pin!(timer);
         loop {
-            let deadline = self.keep_alive.map(|k| self.last_rx + k);
             let wake = tokio::select! {
                 r = self.io.ready() => Wake::Readable(r),
                 () = self.session.wake.notified() => Wake::Notified,
-                () = sleep_until(deadline) => Wake::KeepAlive,
+                () = &mut timer, if self.keep_alive.is_some() => Wake::KeepAlive,
             };
+            if let Wake::KeepAlive = wake {
+                let deadline = self.keep_alive_deadline();
+                if deadline > Instant::now() {
+                    timer.as_mut().reset(deadline.into());
+                    continue;
+                }
+            }
             match wake {
                 Wake::Readable(Err(_)) => {
                     return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
@@ -459,6 +469,15 @@ impl<S: Transport> Conn<S> {
             self.flush().await?;
             self.wait_for_room().await?;
         }
+    }
+
+    /// When the client must have sent something by (1.5 × its keepalive after the
+    /// last bytes); far in the future without a keepalive.
+    fn keep_alive_deadline(&self) -> Instant {
+        let k = self
+            .keep_alive
+            .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+        self.last_rx + k
     }
 
     fn note_pressure(&mut self, target: Option<Arc<Session>>) {
@@ -988,13 +1007,6 @@ impl<S: Transport> Conn<S> {
                 let _ = hub.publish(publication);
             }
         });
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
 
