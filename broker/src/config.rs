@@ -35,7 +35,8 @@ pub struct MqttConfig {
     pub max_packet_size: ByteSize,
     /// Time a new socket has to send CONNECT.
     pub connect_timeout: Duration,
-    /// Largest keepalive a client may ask for (seconds, MQTT 5 Server Keep Alive); 0 = any.
+    /// Largest keepalive an MQTT 5 client may use (seconds, sent as Server Keep Alive);
+    /// 0 = any. MQTT 3.1.1 has no way to tell a client, so it keeps its own.
     pub max_keepalive: u16,
     /// Unacknowledged QoS 1/2 messages in flight to one client (capped by its Receive Maximum).
     pub max_inflight: u16,

@@ -502,3 +502,18 @@ async fn a_session_ends_when_its_expiry_interval_runs_out() {
         .expect("publish");
     back.quiet_for(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn server_keep_alive_caps_mqtt_5_clients_only() {
+    let b = common::start_with(|c| c.max_keepalive = 30).await;
+    let mut o = options(&b, "rae", "rae-phone");
+    o.set_keep_alive(Duration::from_secs(120));
+    let mut c = connect(o);
+    let told = c
+        .until(|p| match p {
+            Incoming::ConnAck(a) => Some(a.properties.as_ref().and_then(|pr| pr.server_keep_alive)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(told, Some(30));
+}

@@ -272,9 +272,12 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         }
     };
 
+    // `mqtt.max_keepalive` can only be imposed where the client is told: MQTT 5's
+    // Server Keep Alive. A 3.1.1 client keeps the keepalive it asked for.
     let mut keep_alive = connect.keep_alive;
     let server_keep_alive = match edge.cfg.max_keepalive {
         0 => None,
+        _ if version == Version::V4 => None,
         cap if keep_alive == 0 || keep_alive > cap => {
             keep_alive = cap;
             Some(cap)
