@@ -260,3 +260,41 @@ async fn plain_bytes_on_the_tls_port_fail_alone() {
         .expect("TLS handshake");
     exchange(&mut tls, &running, "after").await;
 }
+
+#[tokio::test]
+async fn websocket_disconnect_ends_with_a_closing_handshake() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.ws"))
+        .await
+        .expect("tcp");
+    let mut req = "ws://localhost/mqtt"
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("handshake");
+    let (connect, _) = connect_and_subscribe("closer");
+    ws.send(Message::Binary(connect.freeze()))
+        .await
+        .expect("send");
+    let connack = timeout(WAIT, ws.next()).await.expect("in time");
+    assert!(
+        matches!(connack, Some(Ok(Message::Binary(_)))),
+        "{connack:?}"
+    );
+    ws.send(Message::Binary(Bytes::from_static(&[0xE0, 0x00])))
+        .await
+        .expect("DISCONNECT");
+    // The server closes the WebSocket properly: a Close frame, then the end, and
+    // never a reset without the closing handshake.
+    loop {
+        match timeout(WAIT, ws.next()).await.expect("closed in time") {
+            None => break,
+            Some(Ok(Message::Close(_))) => {}
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(e)) => panic!("closed without a handshake: {e}"),
+        }
+    }
+}

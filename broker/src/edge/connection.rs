@@ -963,21 +963,26 @@ impl<S: Transport> Conn<S> {
             let _ = tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await;
         }
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, self.io.shutdown()).await;
-        if close.code.is_some() && self.version == Version::V5 {
-            // Keep reading (and discarding) briefly so that a client still sending
-            // sees our DISCONNECT and its reason instead of a reset.
-            let mut sink = BytesMut::new();
-            let linger = async {
-                while self.io.ready().await.is_ok() {
-                    match self.io.try_read(&mut sink) {
-                        Ok(Some(0)) | Err(_) => break,
-                        _ => sink.clear(),
-                    }
+        // The hub learns at once (presence must follow within a second); only then
+        // does the socket linger.
+        self.release(&close);
+        // Keep reading (and discarding) briefly until the client closes too: a
+        // client still sending then sees our DISCONNECT and its reason instead of a
+        // reset, and a WebSocket gets its closing handshake.
+        let mut sink = BytesMut::new();
+        let linger = async {
+            while self.io.ready().await.is_ok() {
+                match self.io.try_read(&mut sink) {
+                    Ok(Some(0)) | Err(_) => break,
+                    _ => sink.clear(),
                 }
-            };
-            let _ = tokio::time::timeout(LINGER, linger).await;
-        }
-        drop(self.io);
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
+    }
+
+    /// Detaches the session, reports the disconnection and sends the will when due.
+    fn release(&mut self, close: &Close) {
         let hub = &self.edge.hub;
         let expiry = self.session.state().expiry;
         hub.detach(&self.session, self.generation);
