@@ -44,6 +44,8 @@ pub struct MqttConfig {
     pub max_queued: usize,
     /// Retained messages kept at most.
     pub max_retained: usize,
+    /// Subscriptions one session may hold (a user's inbox, events and one per group).
+    pub max_subscriptions: usize,
     /// Extra topic patterns opened beyond the IM namespace.
     pub acl: Vec<AclRule>,
 }
@@ -67,6 +69,7 @@ impl Default for MqttConfig {
             max_inflight: 32,
             max_queued: 1000,
             max_retained: 1_000_000,
+            max_subscriptions: 1000,
             acl: Vec::new(),
         }
     }

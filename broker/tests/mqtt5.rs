@@ -517,3 +517,39 @@ async fn server_keep_alive_caps_mqtt_5_clients_only() {
         .await;
     assert_eq!(told, Some(30));
 }
+
+#[tokio::test]
+async fn subscriptions_per_session_are_bounded() {
+    let b = common::start_with(|c| c.max_subscriptions = 2).await;
+    let mut c = connect(options(&b, "sam", "sam-phone"));
+    let mut codes = Vec::new();
+    for filter in [
+        "users/sam/inbox",
+        "users/sam/events",
+        "users/sam/inbox",
+        "users/sam/x",
+    ] {
+        c.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("send");
+        codes.push(
+            c.until(|p| match p {
+                Incoming::SubAck(s) => Some(s.return_codes[0].clone()),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as Code;
+    assert_eq!(
+        codes,
+        vec![
+            Code::Success(QoS::AtLeastOnce),
+            Code::Success(QoS::AtLeastOnce),
+            Code::Success(QoS::AtLeastOnce),
+            Code::QuotaExceeded
+        ],
+        "re-subscribing an existing filter is not a new one"
+    );
+}

@@ -331,7 +331,9 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         aliases: Vec::new(),
         out_aliases: (connect.topic_alias_max > 0).then(|| {
             Box::new(OutAliases {
-                max: connect.topic_alias_max,
+                // Ours to bound: the client allows up to its maximum, we use at
+                // most as many as we accept.
+                max: connect.topic_alias_max.min(TOPIC_ALIAS_MAX),
                 by_topic: std::collections::HashMap::new(),
             })
         }),
@@ -803,6 +805,16 @@ impl<S: Transport> Conn<S> {
                     "SUBSCRIBE refused"
                 );
                 codes.push(refuse(SubscribeReasonCode::NotAuthorized));
+                continue;
+            }
+            let at_quota = {
+                let st = self.session.state();
+                st.subscriptions.len() >= self.edge.cfg.max_subscriptions
+                    && !st.subscriptions.contains_key(f.path.as_str())
+            };
+            if at_quota {
+                self.edge.hub.metrics.refused_subscriptions.inc();
+                codes.push(refuse(SubscribeReasonCode::QuotaExceeded));
                 continue;
             }
             let opts = SubOpts {
