@@ -535,7 +535,7 @@ async fn subscriptions_per_session_are_bounded() {
             .expect("send");
         codes.push(
             c.until(|p| match p {
-                Incoming::SubAck(s) => Some(s.return_codes[0].clone()),
+                Incoming::SubAck(s) => Some(s.return_codes[0]),
                 _ => None,
             })
             .await,
