@@ -86,8 +86,9 @@ impl Server {
         addrs
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, gives in-flight
-    /// requests `http.shutdown_grace` to finish, and flushes the store.
+    /// Serves until `shutdown` resolves, then stops accepting, tells MQTT clients
+    /// (v5: DISCONNECT 0x8B), gives in-flight requests and connections
+    /// `http.shutdown_grace` to finish, and flushes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Server {
             state,
