@@ -946,3 +946,61 @@ async fn persistent_3_1_1_sessions_expire_after_mqtt_session_expiry() {
         (v4::ConnectReturnCode::Success, false)
     );
 }
+
+#[tokio::test]
+async fn stalled_subscribers_neither_block_the_publisher_nor_the_others() {
+    const N: u32 = 3000;
+    let b = start_with(|c| {
+        c.acl.push(broker::config::AclRule {
+            pattern: "relay/#".into(),
+            access: broker::config::Access::All,
+            users: vec![],
+        })
+    })
+    .await;
+    // Two clients subscribe, then never read again: their queues fill and drop.
+    let mut stalled = Vec::new();
+    for uid in ["stuck1", "stuck2"] {
+        let mut s = raw_connect(&b, &connect_bytes(uid, "s1", 0, None)).await;
+        let mut sub = BytesMut::new();
+        v4::Subscribe::new("relay/x", rumqttc::QoS::AtLeastOnce)
+            .write(&mut sub)
+            .expect("encode");
+        s.write_all(&sub).await.expect("subscribe");
+        let mut suback = [0u8; 5];
+        s.read_exact(&mut suback).await.expect("suback");
+        stalled.push(s);
+    }
+
+    let mut healthy = subscribed(&b, "fine", "relay/x", rumqttc::QoS::AtLeastOnce).await;
+    let mut publisher = user(&b, "source").await;
+    let client = publisher.client.clone();
+    tokio::spawn(async move {
+        for i in 0..N {
+            client
+                .publish(
+                    "relay/x",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    i.to_be_bytes().to_vec(),
+                )
+                .await
+                .expect("queue publish");
+        }
+    });
+    tokio::spawn(async move { while publisher.next().await.is_ok() {} });
+    let started = tokio::time::Instant::now();
+    for i in 0..N {
+        let p = timeout(Duration::from_secs(20), healthy.next_publish())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never reached the healthy subscriber"));
+        assert_eq!(p.payload[..], i.to_be_bytes());
+    }
+    // One bounded pause per stalled client at most, not one per message.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}

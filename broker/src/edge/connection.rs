@@ -30,6 +30,8 @@ use crate::topic;
 const TOPIC_ALIAS_MAX: u16 = 32;
 /// Longest a publisher is paused for one congested subscriber.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Stalled subscribers a publisher remembers not to wait for.
+const MAX_GIVE_UPS: usize = 64;
 /// How long a closing v5 connection keeps reading after its DISCONNECT.
 const LINGER: Duration = Duration::from_secs(1);
 /// Longest a final DISCONNECT / CONNACK write may take.
@@ -124,9 +126,10 @@ struct Conn<S> {
     counted: Option<Counted>,
     /// A subscriber whose queue this client's publishes are filling.
     congested: Option<Arc<Session>>,
-    /// A subscriber we waited on in vain, and when: not waited on again for
-    /// `MAX_PAUSE` × 10, so one stalled client cannot throttle a publisher.
-    gave_up_on: Option<(u64, Instant)>,
+    /// Subscribers we waited on in vain, and when: not waited on again for
+    /// `MAX_PAUSE` × 10, so stalled clients cannot throttle a publisher. At most
+    /// `MAX_GIVE_UPS`, oldest forgotten first; empty (no allocation) normally.
+    gave_up_on: Vec<(u64, Instant)>,
 }
 
 async fn write_now<S: Transport>(io: &mut S, packet: &v5::Packet, version: Version) {
@@ -342,7 +345,7 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
         last_rx: Instant::now(),
         counted: None,
         congested: None,
-        gave_up_on: None,
+        gave_up_on: Vec::new(),
     };
     conn.push(&connack);
     edge.hub.emit(&conn.session, EventKind::Connected);
@@ -485,16 +488,20 @@ impl<S: Transport> Conn<S> {
         self.last_rx + k
     }
 
-    fn note_pressure(&mut self, target: Option<Arc<Session>>) {
-        if let Some(t) = target
-            && t.id != self.session.id
-            && !self
-                .gave_up_on
-                .is_some_and(|(id, at)| id == t.id && at.elapsed() < MAX_PAUSE * 10)
-            && self.congested.is_none()
-        {
-            self.congested = Some(t);
+    /// Remembers the first congested subscriber worth waiting for: not this
+    /// session itself, and not one we recently gave up on.
+    fn note_pressure(&mut self, targets: Vec<Arc<Session>>) {
+        if self.congested.is_some() {
+            return;
         }
+        let skipped = |t: &Session| {
+            self.gave_up_on
+                .iter()
+                .any(|(id, at)| *id == t.id && at.elapsed() < MAX_PAUSE * 10)
+        };
+        self.congested = targets
+            .into_iter()
+            .find(|t| t.id != self.session.id && !skipped(t));
     }
 
     /// Flow control for MQTT publishers: while a subscriber this client publishes
@@ -517,7 +524,12 @@ impl<S: Transport> Conn<S> {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                self.gave_up_on = Some((target.id, Instant::now()));
+                self.gave_up_on
+                    .retain(|(_, at)| at.elapsed() < MAX_PAUSE * 10);
+                if self.gave_up_on.len() >= MAX_GIVE_UPS {
+                    self.gave_up_on.remove(0);
+                }
+                self.gave_up_on.push((target.id, Instant::now()));
                 return Ok(());
             }
             tokio::select! {

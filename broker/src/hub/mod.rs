@@ -347,9 +347,10 @@ impl Hub {
 
     /// Routes a publication to every matching session (one copy per session, at
     /// the highest QoS among its matching subscriptions) and keeps it if retained.
-    /// Returns a connected target whose queue is more than half full, if any, so
-    /// that an MQTT publisher can pause (see `connection::wait_for_room`).
-    pub(crate) fn publish(&self, publication: Publication) -> Option<Arc<Session>> {
+    /// Returns the connected targets whose queues are more than half full (empty,
+    /// and allocation-free, in the normal case), so that an MQTT publisher can
+    /// pause (see `connection::wait_for_room`).
+    pub(crate) fn publish(&self, publication: Publication) -> Vec<Arc<Session>> {
         let p = Arc::new(publication);
         if p.retain {
             let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
@@ -377,7 +378,7 @@ impl Hub {
                     .then((b.opts.qos as u8).cmp(&(a.opts.qos as u8)))
             });
         }
-        let mut congested = None;
+        let mut congested = Vec::new();
         let mut i = 0;
         while i < targets.len() {
             let first = &targets[i];
@@ -394,8 +395,8 @@ impl Hub {
                 retain: p.retain && keep_retain,
                 sub_ids: ids,
             };
-            if self.deliver(&first.session, out) && congested.is_none() {
-                congested = Some(first.session.clone());
+            if self.deliver(&first.session, out) {
+                congested.push(first.session.clone());
             }
             i = j;
         }
