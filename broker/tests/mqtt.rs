@@ -170,6 +170,8 @@ async fn every_bad_credential_is_refused_with_not_authorized() {
         .expect("answer")
         .expect_err("refused");
     assert!(err.to_string().contains("NotAuthorized"), "{err}");
+    // None of them reached the hub.
+    assert!(b.handle.connected_clients("alice").is_empty());
 }
 
 #[tokio::test]
@@ -764,6 +766,15 @@ async fn connection_limit_answers_server_unavailable() {
     let mut c = v4_connect(v4_options(b.addr(), "n3", "d", &token("n3", Role::User))).await;
     let err = c.connack().await.expect_err("refused");
     assert!(err.contains("ServiceUnavailable"), "{err}");
+    // MQTT 5 gets 0x88 Server unavailable.
+    let mut o = rumqttc::v5::MqttOptions::new("d5", b.addr().ip().to_string(), b.addr().port());
+    o.set_credentials("n4", token("n4", Role::User));
+    let (_c5, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    let err = timeout(WAIT, el.poll())
+        .await
+        .expect("answer")
+        .expect_err("refused");
+    assert!(err.to_string().contains("ServerUnavailable"), "{err}");
 }
 
 #[tokio::test]

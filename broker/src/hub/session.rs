@@ -189,3 +189,58 @@ impl Session {
         Arc::new(Session::new(id, "u".into(), format!("u:{id}").into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn out(qos: QoS, tag: u8) -> Outgoing {
+        Outgoing {
+            msg: Arc::new(Publication::new("t", Bytes::from(vec![tag]), qos, false)),
+            qos,
+            retain: false,
+            sub_ids: Box::new([]),
+        }
+    }
+
+    fn tags(st: &SessionState) -> Vec<u8> {
+        st.queue.iter().map(|o| o.msg.payload[0]).collect()
+    }
+
+    #[test]
+    fn a_full_queue_drops_qos_0_first_then_the_oldest_qos_1() {
+        let mut st = SessionState::default();
+        assert_eq!(st.enqueue(out(QoS::AtLeastOnce, 1), 3), Dropped::Nothing);
+        assert_eq!(st.enqueue(out(QoS::AtMostOnce, 2), 3), Dropped::Nothing);
+        assert_eq!(st.enqueue(out(QoS::AtLeastOnce, 3), 3), Dropped::Nothing);
+        // Full: a new QoS 0 message is the one dropped.
+        assert_eq!(st.enqueue(out(QoS::AtMostOnce, 4), 3), Dropped::Qos0);
+        assert_eq!(tags(&st), vec![1, 2, 3]);
+        // A QoS 1 message makes room by dropping the queued QoS 0 one...
+        assert_eq!(st.enqueue(out(QoS::ExactlyOnce, 5), 3), Dropped::Qos0);
+        assert_eq!(tags(&st), vec![1, 3, 5]);
+        // ...and then the oldest QoS 1/2 one.
+        assert_eq!(st.enqueue(out(QoS::AtLeastOnce, 6), 3), Dropped::Qos12);
+        assert_eq!(tags(&st), vec![3, 5, 6]);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_those_in_flight() {
+        let mut st = SessionState {
+            next_pkid: u16::MAX - 1,
+            ..SessionState::default()
+        };
+        st.inflight.push_back(Inflight {
+            pkid: u16::MAX,
+            out: out(QoS::AtLeastOnce, 0),
+            stage: Stage::Published,
+        });
+        st.inflight.push_back(Inflight {
+            pkid: 1,
+            out: out(QoS::AtLeastOnce, 0),
+            stage: Stage::Published,
+        });
+        assert_eq!(st.next_pkid(), 2);
+    }
+}
