@@ -879,24 +879,25 @@ async fn retained_message_published_while_offline_reaches_the_resumed_session() 
     assert!(again.retain);
 }
 
-#[tokio::test]
-async fn a_fast_publisher_does_not_overrun_an_online_subscriber() {
-    // More messages than a session queue holds (mqtt.max_queued = 1000): the
-    // publisher is paused instead of the subscriber losing messages.
-    const N: u32 = 5000;
-    let b = start_with(|c| {
+/// A broker where every user may publish and subscribe under `relay/`.
+async fn relay_broker() -> TestBroker {
+    start_with(|c| {
         c.acl.push(broker::config::AclRule {
             pattern: "relay/#".into(),
             access: broker::config::Access::All,
             users: vec![],
         })
     })
-    .await;
-    let mut sub = subscribed(&b, "sink", "relay/x", rumqttc::QoS::AtLeastOnce).await;
-    let mut publisher = user(&b, "source").await;
+    .await
+}
+
+/// Publishes `0..n` (big-endian payloads) at QoS 1 on `relay/x` as fast as the
+/// broker lets a rumqttc client, in the background.
+async fn relay_publisher(b: &TestBroker, n: u32) {
+    let mut publisher = user(b, "source").await;
     let client = publisher.client.clone();
     tokio::spawn(async move {
-        for i in 0..N {
+        for i in 0..n {
             client
                 .publish(
                     "relay/x",
@@ -909,12 +910,27 @@ async fn a_fast_publisher_does_not_overrun_an_online_subscriber() {
         }
     });
     tokio::spawn(async move { while publisher.next().await.is_ok() {} });
-    for i in 0..N {
+}
+
+/// Expects `0..n` in order on `sub`.
+async fn expect_relayed(sub: &mut V4, n: u32) {
+    for i in 0..n {
         let p = timeout(Duration::from_secs(20), sub.next_publish())
             .await
             .unwrap_or_else(|_| panic!("message {i} never arrived"));
         assert_eq!(p.payload[..], i.to_be_bytes(), "in order, none lost");
     }
+}
+
+#[tokio::test]
+async fn a_fast_publisher_does_not_overrun_an_online_subscriber() {
+    // More messages than a session queue holds (mqtt.max_queued = 1000): the
+    // publisher is paused instead of the subscriber losing messages.
+    const N: u32 = 5000;
+    let b = relay_broker().await;
+    let mut sub = subscribed(&b, "sink", "relay/x", rumqttc::QoS::AtLeastOnce).await;
+    relay_publisher(&b, N).await;
+    expect_relayed(&mut sub, N).await;
 }
 
 #[tokio::test]
@@ -961,14 +977,7 @@ async fn persistent_3_1_1_sessions_expire_after_mqtt_session_expiry() {
 #[tokio::test]
 async fn stalled_subscribers_neither_block_the_publisher_nor_the_others() {
     const N: u32 = 3000;
-    let b = start_with(|c| {
-        c.acl.push(broker::config::AclRule {
-            pattern: "relay/#".into(),
-            access: broker::config::Access::All,
-            users: vec![],
-        })
-    })
-    .await;
+    let b = relay_broker().await;
     // Two clients subscribe, then never read again: their queues fill and drop.
     let mut stalled = Vec::new();
     for uid in ["stuck1", "stuck2"] {
@@ -984,29 +993,9 @@ async fn stalled_subscribers_neither_block_the_publisher_nor_the_others() {
     }
 
     let mut healthy = subscribed(&b, "fine", "relay/x", rumqttc::QoS::AtLeastOnce).await;
-    let mut publisher = user(&b, "source").await;
-    let client = publisher.client.clone();
-    tokio::spawn(async move {
-        for i in 0..N {
-            client
-                .publish(
-                    "relay/x",
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    i.to_be_bytes().to_vec(),
-                )
-                .await
-                .expect("queue publish");
-        }
-    });
-    tokio::spawn(async move { while publisher.next().await.is_ok() {} });
+    relay_publisher(&b, N).await;
     let started = tokio::time::Instant::now();
-    for i in 0..N {
-        let p = timeout(Duration::from_secs(20), healthy.next_publish())
-            .await
-            .unwrap_or_else(|_| panic!("message {i} never reached the healthy subscriber"));
-        assert_eq!(p.payload[..], i.to_be_bytes());
-    }
+    expect_relayed(&mut healthy, N).await;
     // One bounded pause per stalled client at most, not one per message.
     assert!(
         started.elapsed() < Duration::from_secs(6),

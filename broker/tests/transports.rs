@@ -126,8 +126,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, running: &Runnin
     }
 }
 
-/// A WebSocket client as a byte stream: every write is one binary message.
-async fn ws_roundtrip<S>(stream: S, running: &Running, uid: &str)
+/// The WebSocket handshake a browser's MQTT client makes: `/mqtt`, subprotocol
+/// `mqtt`, which the server must agree to.
+async fn ws_connect<S>(stream: S) -> tokio_tungstenite::WebSocketStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -136,7 +137,7 @@ where
         .expect("request");
     req.headers_mut()
         .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
-    let (mut ws, resp) = timeout(WAIT, tokio_tungstenite::client_async(req, stream))
+    let (ws, resp) = timeout(WAIT, tokio_tungstenite::client_async(req, stream))
         .await
         .expect("handshake in time")
         .expect("handshake");
@@ -146,6 +147,15 @@ where
             .map(|v| v.as_bytes()),
         Some(&b"mqtt"[..])
     );
+    ws
+}
+
+/// A WebSocket client as a byte stream: every write is one binary message.
+async fn ws_roundtrip<S>(stream: S, running: &Running, uid: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ws = ws_connect(stream).await;
     let (connect, sub) = connect_and_subscribe(uid);
     // CONNECT and SUBSCRIBE in one message: packets need not align with messages.
     let mut both = connect.clone();
@@ -267,14 +277,7 @@ async fn websocket_disconnect_ends_with_a_closing_handshake() {
     let tcp = TcpStream::connect(running.addr("mqtt.ws"))
         .await
         .expect("tcp");
-    let mut req = "ws://localhost/mqtt"
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "mqtt".parse().expect("header"));
-    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("handshake");
+    let mut ws = ws_connect(tcp).await;
     let (connect, _) = connect_and_subscribe("closer");
     ws.send(Message::Binary(connect.freeze()))
         .await
