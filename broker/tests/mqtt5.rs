@@ -87,6 +87,14 @@ impl V5 {
         }
     }
 
+    async fn connack(&mut self) -> rumqttc::v5::mqttbytes::v5::ConnAck {
+        self.until(|p| match p {
+            Incoming::ConnAck(a) => Some(a.clone()),
+            _ => None,
+        })
+        .await
+    }
+
     async fn publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
         self.until(|p| match p {
             Incoming::Publish(p) => Some(p.clone()),
@@ -121,30 +129,20 @@ async fn empty_client_id_gets_an_assigned_one() {
     let b = start().await;
     let mut c = connect(options(&b, "ann", ""));
     let assigned = c
-        .until(|p| match p {
-            Incoming::ConnAck(a) => Some(
-                a.properties
-                    .as_ref()
-                    .and_then(|pr| pr.assigned_client_identifier.clone()),
-            ),
-            _ => None,
-        })
-        .await;
+        .connack()
+        .await
+        .properties
+        .and_then(|pr| pr.assigned_client_identifier);
     let id = assigned.expect("Assigned Client Identifier");
     assert!(!id.is_empty());
     assert_eq!(b.handle.connected_clients("ann"), vec![id]);
     // A client that chose its id gets none back.
     let mut named = connect(options(&b, "ann", "ann-phone"));
     let none = named
-        .until(|p| match p {
-            Incoming::ConnAck(a) => Some(
-                a.properties
-                    .as_ref()
-                    .and_then(|pr| pr.assigned_client_identifier.clone()),
-            ),
-            _ => None,
-        })
-        .await;
+        .connack()
+        .await
+        .properties
+        .and_then(|pr| pr.assigned_client_identifier);
     assert_eq!(none, None);
 }
 
@@ -182,9 +180,7 @@ async fn topic_alias_from_the_client_is_resolved() {
     let mut sub = connect(options(&b, "cat", "cat-sub"));
     sub.subscribe("t/alias").await;
     let mut publisher = connect(options(&b, "dan", "dan-pub"));
-    publisher
-        .until(|p| matches!(p, Incoming::ConnAck(_)).then_some(()))
-        .await;
+    publisher.connack().await;
     let with_alias = |alias| PublishProperties {
         payload_format_indicator: None,
         message_expiry_interval: None,
@@ -226,9 +222,7 @@ async fn expired_messages_are_not_delivered_to_a_returning_session() {
     while c.rx.recv().await.is_some() {}
 
     let mut publisher = connect(options(&b, "fay", "fay-pub"));
-    publisher
-        .until(|p| matches!(p, Incoming::ConnAck(_)).then_some(()))
-        .await;
+    publisher.connack().await;
     let expiring = PublishProperties {
         payload_format_indicator: None,
         message_expiry_interval: Some(1),
@@ -258,12 +252,7 @@ async fn expired_messages_are_not_delivered_to_a_returning_session() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let mut back = connect(o);
-    let present = back
-        .until(|p| match p {
-            Incoming::ConnAck(a) => Some(a.session_present),
-            _ => None,
-        })
-        .await;
+    let present = back.connack().await.session_present;
     assert!(present, "session kept for its expiry interval");
     assert_eq!(&back.publish().await.payload[..], b"fresh");
 }
@@ -315,8 +304,7 @@ async fn will_delay_holds_the_will_and_a_quick_return_cancels_it() {
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(30));
     let mut back = connect(o);
-    back.until(|p| matches!(p, Incoming::ConnAck(_)).then_some(()))
-        .await;
+    back.connack().await;
     watcher.quiet_for(Duration::from_millis(2500)).await;
 
     // Stays away: the will comes after the delay, not before.
@@ -484,12 +472,7 @@ async fn a_session_ends_when_its_expiry_interval_runs_out() {
     while c.rx.recv().await.is_some() {}
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let mut back = connect(o);
-    let present = back
-        .until(|p| match p {
-            Incoming::ConnAck(a) => Some(a.session_present),
-            _ => None,
-        })
-        .await;
+    let present = back.connack().await.session_present;
     assert!(!present, "expired session is gone");
     // And its subscription went with it.
     b.handle
@@ -510,11 +493,10 @@ async fn server_keep_alive_caps_mqtt_5_clients_only() {
     o.set_keep_alive(Duration::from_secs(120));
     let mut c = connect(o);
     let told = c
-        .until(|p| match p {
-            Incoming::ConnAck(a) => Some(a.properties.as_ref().and_then(|pr| pr.server_keep_alive)),
-            _ => None,
-        })
-        .await;
+        .connack()
+        .await
+        .properties
+        .and_then(|pr| pr.server_keep_alive);
     assert_eq!(told, Some(30));
 }
 

@@ -33,6 +33,15 @@ impl Running {
         self.broker.listener(name)
     }
 
+    /// A TLS connection to listener `name`, trusting the test certificate.
+    async fn tls_connect(&self, name: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(self.addr(name)).await.expect("tcp");
+        self.client_tls()
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake")
+    }
+
     fn client_tls(&self) -> tokio_rustls::TlsConnector {
         let mut roots = RootCertStore::empty();
         roots.add(self.cert_der.clone()).expect("root");
@@ -220,28 +229,14 @@ async fn websocket_on_another_path_is_refused() {
 #[tokio::test]
 async fn tls_client_is_served() {
     let running = start().await;
-    let tcp = TcpStream::connect(running.addr("mqtt.tls"))
-        .await
-        .expect("tcp");
-    let mut tls = running
-        .client_tls()
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = running.tls_connect("mqtt.tls").await;
     exchange(&mut tls, &running, "tlsuser").await;
 }
 
 #[tokio::test]
 async fn secure_websocket_client_is_served() {
     let running = start().await;
-    let tcp = TcpStream::connect(running.addr("mqtt.wss"))
-        .await
-        .expect("tcp");
-    let tls = running
-        .client_tls()
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake");
+    let tls = running.tls_connect("mqtt.wss").await;
     ws_roundtrip(tls, &running, "wssuser").await;
 }
 
@@ -260,14 +255,7 @@ async fn plain_bytes_on_the_tls_port_fail_alone() {
         .unwrap_or(0);
     // A TLS alert at most, never a CONNACK.
     assert!(n == 0 || buf[0] == 0x15, "{:?}", &buf[..n]);
-    let tcp = TcpStream::connect(running.addr("mqtt.tls"))
-        .await
-        .expect("tcp");
-    let mut tls = running
-        .client_tls()
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = running.tls_connect("mqtt.tls").await;
     exchange(&mut tls, &running, "after").await;
 }
 
