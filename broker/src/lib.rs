@@ -3,20 +3,24 @@
 //! not grow with the number of users.
 //!
 //! Modules: `edge` (listeners, the per-connection loop, the codec boundary), `hub`
-//! (sessions, the subscription index, retained messages), `acl` (who may subscribe
-//! and publish where), `auth` (JWT verification, shared with the HTTP API), `topic`
-//! (filter syntax and matching), `config` (the `[mqtt]` section), `metrics`, `units`
-//! (durations, sizes, listen addresses in config), `error`.
+//! (sessions, the subscription index, retained messages), `events` (connection
+//! events for presence), `uplink` (users' outbox publishes for the IM side), `acl`
+//! (who may subscribe and publish where), `auth` (JWT verification, shared with the
+//! HTTP API), `topic` (filter syntax and matching), `config` (the `[mqtt]`
+//! section), `metrics`, `units` (durations, sizes, listen addresses in config),
+//! `error`.
 
 pub mod acl;
 pub mod auth;
 pub mod config;
 mod edge;
 pub mod error;
+pub mod events;
 mod hub;
 pub mod metrics;
 pub mod topic;
 pub mod units;
+pub mod uplink;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,11 +31,12 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 pub use acl::{Authorizer, DenyAll};
-pub use error::Error;
-pub use hub::{DisconnectReason, Event, EventKind};
+pub use error::{PublishError, StartError};
+pub use events::{Device, DisconnectReason, Event, EventKind, PresenceSnapshot};
 pub use metrics::BrokerMetrics;
 /// Quality of service, as on the wire.
 pub use rumqttc::v5::mqttbytes::QoS;
+pub use uplink::{Answer, Refusal, Uplink, UplinkMessage};
 
 use crate::acl::Acl;
 use crate::auth::TokenVerifier;
@@ -39,6 +44,7 @@ use crate::config::MqttConfig;
 use crate::edge::Edge;
 use crate::edge::listener::Listeners;
 use crate::hub::{Hub, HubLimits, Publication};
+use crate::uplink::UplinkSlot;
 
 /// The lower of two QoS levels.
 pub(crate) fn min_qos(a: QoS, b: QoS) -> QoS {
@@ -60,7 +66,7 @@ impl Broker {
         verifier: Arc<TokenVerifier>,
         authorizer: Arc<dyn Authorizer>,
         metrics: Arc<BrokerMetrics>,
-    ) -> Result<Broker, Error> {
+    ) -> Result<Broker, StartError> {
         let listeners = Listeners::bind(&cfg).await?;
         let hub = Hub::new(
             HubLimits {
@@ -75,6 +81,7 @@ impl Broker {
             cfg,
             verifier,
             hub,
+            uplink: Arc::new(UplinkSlot::default()),
             connections: AtomicUsize::new(0),
         });
         Ok(Broker { listeners, edge })
@@ -85,10 +92,12 @@ impl Broker {
         self.listeners.local_addrs()
     }
 
-    /// What the bridge uses to publish and to follow connections.
+    /// What the bridge uses to publish, to follow connections and to take the
+    /// uplink.
     pub fn handle(&self) -> BrokerHandle {
         BrokerHandle {
             hub: self.edge.hub.clone(),
+            uplink: self.edge.uplink.clone(),
         }
     }
 
@@ -110,49 +119,90 @@ impl Broker {
     }
 }
 
-/// The bridge's side of the broker: publish, follow connections, and act on a
-/// user's sessions. Cheap to clone.
+/// The bridge's side of the broker: publish, follow connections, take users'
+/// outbox publishes, and act on a user's sessions. Cheap to clone. No method
+/// waits, and none visits more than the sessions of the user it names, except
+/// [`BrokerHandle::presence_snapshot`].
 #[derive(Clone, Debug)]
 pub struct BrokerHandle {
     hub: Arc<Hub>,
+    uplink: Arc<UplinkSlot>,
 }
 
 impl BrokerHandle {
-    /// Publishes `payload` on `topic` to every matching subscriber at up to `qos`.
+    /// Publishes `payload` on `topic` to every matching subscriber at up to `qos`,
+    /// retained if `retain`. Never waits: each subscriber's message goes on its
+    /// session's bounded queue, and a full queue drops per DESIGN.md §9 (counted),
+    /// so the store stays the source of truth. Messages published by one caller
+    /// reach each subscriber in publish order. An outbox topic is refused.
     pub fn publish(
         &self,
         topic: &str,
         payload: Bytes,
         qos: QoS,
         retain: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<(), PublishError> {
         if !topic::valid_topic(topic) {
-            return Err(Error::InvalidTopic(topic.to_owned()));
+            return Err(PublishError::InvalidTopic(topic.to_owned()));
+        }
+        if topic::outbox_owner(topic).is_some() {
+            return Err(PublishError::Outbox(topic.to_owned()));
         }
         self.hub
             .publish(Publication::new(topic, payload, qos, retain));
         Ok(())
     }
 
-    /// Connection events from now on. A receiver that falls more than 16,384 events
-    /// behind is told how many it missed and can resynchronise with
-    /// [`BrokerHandle::connected_clients`].
+    /// The users' outbox publishes, from now on; `Some` the first time only. Until
+    /// it is taken (or once it is dropped), an outbox publish is refused like a
+    /// forbidden topic (v5 PUBACK / PUBREC 0x87, 3.1.1 a closed connection).
+    ///
+    /// Guarantees: every message gets exactly one [`Answer`]; the publisher's ack
+    /// leaves only after it (so it can mean "stored durably"), and one
+    /// connection's acks leave in its publish order. A consumer slower than the
+    /// publishers pauses them (they are not read) once 1,024 messages wait;
+    /// nothing is dropped and other connections do not wait.
+    pub fn uplink(&self) -> Option<Uplink> {
+        self.uplink.take()
+    }
+
+    /// Connection events from now on (see [`Event`] for what they guarantee). A
+    /// receiver that falls more than 16,384 events behind is told how many it
+    /// missed (`RecvError::Lagged`); it then rebuilds its view from
+    /// [`BrokerHandle::presence_snapshot`], applying only events with a later `seq`.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.hub.subscribe_events()
     }
 
-    /// Removes `filter` from every session of `uid`; returns how many had it.
-    pub fn unsubscribe_user(&self, uid: &str, filter: &str) -> usize {
-        self.hub.unsubscribe_user(uid, filter)
+    /// How many connections `uid` holds now (0: offline). Kept where sessions are
+    /// attached and detached, so it is a fact, not an inference from events.
+    pub fn connections(&self, uid: &str) -> usize {
+        self.hub.connections(uid)
     }
 
-    /// Closes every connection of `uid`; returns how many there were.
-    pub fn disconnect_user(&self, uid: &str) -> usize {
-        self.hub.kick_user(uid)
+    /// Every connected user with its devices, and the `seq` of the last event it
+    /// reflects. Visits every connected user: for recovery after lag, not for a
+    /// hot path.
+    pub fn presence_snapshot(&self) -> PresenceSnapshot {
+        self.hub.presence_snapshot()
     }
 
     /// Client ids of `uid`'s connected devices.
     pub fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.hub.connected_clients(uid)
+    }
+
+    /// Removes `filter` from every session of `uid` (connected or not), at once:
+    /// no message published after this returns reaches them through it. Returns
+    /// how many sessions had it.
+    pub fn unsubscribe_user(&self, uid: &str, filter: &str) -> usize {
+        self.hub.unsubscribe_user(uid, filter)
+    }
+
+    /// Closes every connection of `uid` (v5: DISCONNECT 0x98 Administrative
+    /// action; no will); returns how many there were. Each reports
+    /// `Disconnected(Disconnected)`.
+    pub fn disconnect_user(&self, uid: &str) -> usize {
+        self.hub.disconnect_user(uid)
     }
 }

@@ -22,8 +22,39 @@ struct QosLabel {
     qos: &'static str,
 }
 
+/// MQTT control packet types, in the order of [`PACKET_TYPES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PacketKind {
+    Connect,
+    ConnAck,
+    Publish,
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    PingReq,
+    PingResp,
+    Disconnect,
+    Auth,
+}
+
+/// Why a CONNECT was refused, in the order of [`REFUSALS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectRefusal {
+    NotAuthorized,
+    ServerUnavailable,
+    BadClientId,
+    Protocol,
+    Timeout,
+    WillNotAuthorized,
+}
+
 /// MQTT control packet types, as metric labels.
-pub(crate) const PACKET_TYPES: [&str; 15] = [
+const PACKET_TYPES: [&str; 15] = [
     "connect",
     "connack",
     "publish",
@@ -42,7 +73,7 @@ pub(crate) const PACKET_TYPES: [&str; 15] = [
 ];
 
 /// Why a CONNECT was refused, as metric labels.
-pub(crate) const REFUSALS: [&str; 6] = [
+const REFUSALS: [&str; 6] = [
     "not_authorized",
     "server_unavailable",
     "bad_client_id",
@@ -58,17 +89,19 @@ pub struct BrokerMetrics {
     pub(crate) sessions: Gauge,
     pub(crate) subscriptions: Gauge,
     pub(crate) retained: Gauge,
-    pub(crate) packets_in: Vec<Counter>,
-    pub(crate) packets_out: Vec<Counter>,
+    packets_in: Vec<Counter>,
+    packets_out: Vec<Counter>,
     pub(crate) bytes_in: Counter,
     pub(crate) bytes_out: Counter,
-    pub(crate) refused_connects: Vec<Counter>,
+    refused_connects: Vec<Counter>,
     pub(crate) refused_subscriptions: Counter,
     pub(crate) refused_publishes: Counter,
     pub(crate) dropped_qos0: Counter,
     pub(crate) dropped_qos12: Counter,
     pub(crate) dropped_expired: Counter,
     pub(crate) dropped_too_large: Counter,
+    pub(crate) uplinked: Counter,
+    pub(crate) uplink_refused: Counter,
 }
 
 impl BrokerMetrics {
@@ -124,6 +157,12 @@ impl BrokerMetrics {
             drops.clone(),
         );
         let drop = |qos| drops.get_or_create(&QosLabel { qos }).clone();
+        let uplinked = counter(
+            r,
+            "uplink_messages",
+            "Publishes on users' outboxes handed to the IM side",
+        );
+        let uplink_refused = counter(r, "uplink_refused", "Outbox publishes the IM side refused");
         BrokerMetrics {
             connections,
             sessions,
@@ -140,6 +179,8 @@ impl BrokerMetrics {
             dropped_qos12: drop("1_2"),
             dropped_expired: drop("expired"),
             dropped_too_large: drop("too_large"),
+            uplinked,
+            uplink_refused,
         }
     }
 
@@ -148,9 +189,23 @@ impl BrokerMetrics {
         BrokerMetrics::register(&mut Registry::default())
     }
 
-    pub(crate) fn refused(&self, reason: &str) {
-        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
-            self.refused_connects[i].inc();
-        }
+    /// Counts a refused CONNECT.
+    pub(crate) fn refused(&self, why: ConnectRefusal) {
+        self.refused_connects[why as usize].inc();
+    }
+
+    /// Counts a packet received.
+    pub(crate) fn received(&self, kind: PacketKind) {
+        self.packets_in[kind as usize].inc();
+    }
+
+    /// Counts `n` PUBLISH packets sent.
+    pub(crate) fn sent_publishes(&self, n: u64) {
+        self.packets_out[PacketKind::Publish as usize].inc_by(n);
+    }
+
+    /// Counts a packet sent.
+    pub(crate) fn sent(&self, kind: PacketKind) {
+        self.packets_out[kind as usize].inc();
     }
 }

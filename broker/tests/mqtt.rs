@@ -359,6 +359,13 @@ async fn forbidden_publish_closes_a_v4_connection() {
 #[tokio::test]
 async fn forbidden_publish_gets_puback_0x87_on_v5_and_the_connection_stays() {
     let b = start().await;
+    // The IM side accepts everything on the outbox.
+    let mut uplink = b.handle.uplink().expect("uplink");
+    tokio::spawn(async move {
+        while let Some(m) = uplink.recv().await {
+            m.answer.accept();
+        }
+    });
     let mut o = rumqttc::v5::MqttOptions::new("phone", b.addr().ip().to_string(), b.addr().port());
     o.set_credentials("alice", token("alice", Role::User));
     let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 10);

@@ -87,24 +87,6 @@ pub(crate) enum Inbound {
     Unexpected(&'static str),
 }
 
-impl Inbound {
-    /// Index into `metrics::PACKET_TYPES`.
-    pub(crate) fn type_index(&self) -> usize {
-        match self {
-            Inbound::Publish(_) => 2,
-            Inbound::PubAck(_) => 3,
-            Inbound::PubRec(_) => 4,
-            Inbound::PubRel(_) => 5,
-            Inbound::PubComp(_) => 6,
-            Inbound::Subscribe(_) => 7,
-            Inbound::Unsubscribe(_) => 9,
-            Inbound::PingReq => 11,
-            Inbound::Disconnect { .. } => 13,
-            Inbound::Unexpected(_) => 14,
-        }
-    }
-}
-
 /// Reads the first packet, which must be CONNECT; `Ok(None)` means more bytes are
 /// needed. The protocol level byte decides which codec parses it.
 pub(crate) fn read_connect(

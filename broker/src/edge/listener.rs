@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{Edge, connection, tls, ws};
 use crate::config::MqttConfig;
-use crate::error::Error;
+use crate::error::StartError;
 
 /// How a listener's connections speak MQTT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Listeners {
 impl Listeners {
     /// Binds every enabled listener of `cfg`, loading the TLS certificate first
     /// when a TLS listener is enabled.
-    pub(crate) async fn bind(cfg: &MqttConfig) -> Result<Listeners, Error> {
+    pub(crate) async fn bind(cfg: &MqttConfig) -> Result<Listeners, StartError> {
         let wanted = [
             ("mqtt.tcp", Kind::Tcp, cfg.tcp),
             ("mqtt.ws", Kind::Ws, cfg.ws),
@@ -61,7 +61,7 @@ impl Listeners {
             let Some(addr) = addr.0 else { continue };
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| Error::Bind {
+                .map_err(|source| StartError::Bind {
                     listener,
                     addr,
                     source,

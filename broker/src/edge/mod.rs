@@ -21,6 +21,7 @@ use crate::acl::Acl;
 use crate::auth::TokenVerifier;
 use crate::config::MqttConfig;
 use crate::hub::Hub;
+use crate::uplink::UplinkSlot;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub(crate) struct Edge {
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) acl: Acl,
     pub(crate) hub: Arc<Hub>,
+    /// Where outbox publishes go, once the IM side listens.
+    pub(crate) uplink: Arc<UplinkSlot>,
     /// Open connections, counted at accept.
     pub(crate) connections: AtomicUsize,
 }

@@ -19,17 +19,17 @@ use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::server::TlsStream;
 
 use super::Transport;
-use crate::error::Error;
+use crate::error::StartError;
 
 /// Builds the acceptor from PEM files: a certificate chain and its private key.
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
-    let tls_err = |what: &str, e: &dyn std::fmt::Display| Error::Tls(format!("{what}: {e}"));
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
+    let tls_err = |what: &str, e: &dyn std::fmt::Display| StartError::Tls(format!("{what}: {e}"));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| tls_err(&format!("mqtt.tls_cert {}", cert.display()), &e))?
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err(&format!("mqtt.tls_cert {}", cert.display()), &e))?;
     if certs.is_empty() {
-        return Err(Error::Tls(format!(
+        return Err(StartError::Tls(format!(
             "mqtt.tls_cert {}: no certificate found",
             cert.display()
         )));

@@ -82,7 +82,7 @@ impl Group {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| &self.members[(start + k) % n])
-            .find(|m| m.session.state().conn != 0)
+            .find(|m| m.session.is_online())
             .or_else(|| self.members.get(start % n))
     }
 }

@@ -21,9 +21,13 @@ use tokio::sync::broadcast;
 
 use self::index::{Index, Subscriber};
 use self::retained::Retained;
-use self::session::{CloseReason, Dropped, Outgoing, Session, SessionId, SubOpts};
+use self::session::{
+    CloseRequest, Dropped, Generation, Outgoing, QuotaExceeded, Session, SessionId, Stale, SubOpts,
+};
 use crate::QoS;
+use crate::events::{Device, DisconnectReason, Event, EventKind, PresenceSnapshot};
 use crate::metrics::BrokerMetrics;
+use crate::topic;
 
 /// A message as published, shared by every session it is queued to.
 #[derive(Debug)]
@@ -59,43 +63,6 @@ impl Publication {
     }
 }
 
-/// Why a connection ended, as reported in [`Event`]s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The client sent DISCONNECT.
-    Normal,
-    /// Nothing arrived for 1.5 times the keepalive.
-    KeepaliveTimeout,
-    /// The same user connected again with the same client id.
-    TakenOver,
-    /// The bridge disconnected the user.
-    Kicked,
-    /// The server is shutting down.
-    ServerShutdown,
-    /// A protocol or I/O error, or the socket closed without DISCONNECT.
-    Error,
-}
-
-/// What happened to a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// CONNECT was accepted.
-    Connected,
-    /// The connection ended.
-    Disconnected(DisconnectReason),
-}
-
-/// A connection event, for presence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// The user.
-    pub uid: String,
-    /// The device (the client id).
-    pub client_id: String,
-    /// Connected or disconnected, and why.
-    pub kind: EventKind,
-}
-
 /// Limits the hub enforces.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HubLimits {
@@ -115,7 +82,7 @@ pub(crate) enum AttachError {
 #[derive(Debug)]
 pub(crate) struct Attached {
     pub(crate) session: Arc<Session>,
-    pub(crate) generation: u64,
+    pub(crate) generation: Generation,
     pub(crate) present: bool,
 }
 
@@ -123,6 +90,10 @@ pub(crate) struct Attached {
 struct Sessions {
     by_key: HashMap<Arc<str>, Arc<Session>>,
     by_user: HashMap<Arc<str>, Vec<Arc<Session>>>,
+    /// Live connections per user; a user is a key only while it has one.
+    online: HashMap<Arc<str>, usize>,
+    /// `seq` of the last event sent.
+    event_seq: u64,
 }
 
 /// The hub.
@@ -139,7 +110,7 @@ pub(crate) struct Hub {
 }
 
 /// Events buffered for a slow consumer before it starts missing them (it is told
-/// how many it missed and can resynchronise from [`Hub::connected_clients`]).
+/// how many it missed and rebuilds from [`Hub::presence_snapshot`]).
 const EVENT_BUFFER: usize = 16_384;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,7 +132,8 @@ impl Hub {
         })
     }
 
-    /// A number never returned before (for generated client ids).
+    /// A number never returned before (for generated client ids and generations,
+    /// which are therefore never zero).
     pub(crate) fn unique_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -170,12 +142,41 @@ impl Hub {
         self.events.subscribe()
     }
 
-    pub(crate) fn emit(&self, session: &Session, kind: EventKind) {
-        // No receiver is fine: nobody listens for presence.
+    /// Applies a connection change to the user's count and sends its event; under
+    /// the sessions lock, so counts, events and snapshots agree.
+    fn emit_locked(
+        &self,
+        sessions: &mut Sessions,
+        session: &Session,
+        generation: Generation,
+        kind: EventKind,
+    ) {
+        let connections = match kind {
+            EventKind::Connected => {
+                let n = sessions.online.entry(session.uid.clone()).or_insert(0);
+                *n += 1;
+                *n
+            }
+            EventKind::Disconnected(_) => match sessions.online.get_mut(&session.uid) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    *n
+                }
+                _ => {
+                    sessions.online.remove(&session.uid);
+                    0
+                }
+            },
+        };
+        sessions.event_seq += 1;
+        // No receiver is fine: nobody follows presence.
         let _ = self.events.send(Event {
+            seq: sessions.event_seq,
             uid: session.uid.to_string(),
             client_id: session.client_id().to_owned(),
+            generation,
             kind,
+            connections,
         });
     }
 
@@ -190,21 +191,15 @@ impl Hub {
         window: u16,
     ) -> Result<Attached, AttachError> {
         let key: Arc<str> = format!("{uid}:{client_id}").into();
-        let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let generation = self.unique_id();
         let mut sessions = lock(&self.sessions);
         if let Some(old) = sessions.by_key.get(&key).cloned() {
             if !clean_start {
-                let mut st = old.state();
-                // A different generation tells the older connection it was taken over.
-                let was_online = st.conn != 0;
-                st.conn = generation;
-                st.last_conn = generation;
-                st.close = None;
-                st.expiry = expiry;
-                st.window = window;
-                drop(st);
-                if was_online {
-                    old.wake.notify_one();
+                let before = old.attach(generation, expiry, window);
+                self.emit_locked(&mut sessions, &old, generation, EventKind::Connected);
+                if let Some(before) = before {
+                    let taken = EventKind::Disconnected(DisconnectReason::TakenOver);
+                    self.emit_locked(&mut sessions, &old, before, taken);
                 }
                 return Ok(Attached {
                     session: old,
@@ -212,38 +207,24 @@ impl Hub {
                     present: true,
                 });
             }
-            let mut st = old.state();
-            let was_online = st.conn != 0;
-            st.conn = generation; // never ours: makes the old connection close
-            drop(st);
-            if was_online {
-                old.wake.notify_one();
-            }
+            let before = old.evict(generation);
             self.end_locked(&mut sessions, &old);
+            if let Some(before) = before {
+                let session =
+                    self.start_locked(&mut sessions, uid, key, generation, expiry, window);
+                let taken = EventKind::Disconnected(DisconnectReason::TakenOver);
+                self.emit_locked(&mut sessions, &old, before, taken);
+                return Ok(Attached {
+                    session,
+                    generation,
+                    present: false,
+                });
+            }
         }
         if sessions.by_key.len() >= self.limits.max_sessions {
             return Err(AttachError::TooManySessions);
         }
-        let uid: Arc<str> = sessions
-            .by_user
-            .get_key_value(uid)
-            .map(|(k, _)| k.clone())
-            .unwrap_or_else(|| uid.into());
-        let session = Arc::new(Session::new(generation, uid.clone(), key.clone()));
-        {
-            let mut st = session.state();
-            st.conn = generation;
-            st.last_conn = generation;
-            st.expiry = expiry;
-            st.window = window;
-        }
-        sessions.by_key.insert(key, session.clone());
-        sessions
-            .by_user
-            .entry(uid)
-            .or_default()
-            .push(session.clone());
-        self.metrics.sessions.set(sessions.by_key.len() as i64);
+        let session = self.start_locked(&mut sessions, uid, key, generation, expiry, window);
         Ok(Attached {
             session,
             generation,
@@ -251,19 +232,53 @@ impl Hub {
         })
     }
 
-    /// The connection of `generation` ended. The session ends with it unless it has
-    /// an expiry, in which case it is kept (and queues messages) until then.
-    pub(crate) fn detach(&self, session: &Arc<Session>, generation: u64) {
+    /// A new session attached to `generation`, in the maps, `Connected` sent.
+    fn start_locked(
+        &self,
+        sessions: &mut Sessions,
+        uid: &str,
+        key: Arc<str>,
+        generation: Generation,
+        expiry: Duration,
+        window: u16,
+    ) -> Arc<Session> {
+        let uid: Arc<str> = sessions
+            .by_user
+            .get_key_value(uid)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| uid.into());
+        let session = Arc::new(Session::new(generation, uid.clone(), key.clone()));
+        session.attach(generation, expiry, window);
+        sessions.by_key.insert(key, session.clone());
+        sessions
+            .by_user
+            .entry(uid)
+            .or_default()
+            .push(session.clone());
+        self.metrics.sessions.set(sessions.by_key.len() as i64);
+        self.emit_locked(sessions, &session, generation, EventKind::Connected);
+        session
+    }
+
+    /// The connection of `generation` ended for `reason`. Unless it had been taken
+    /// over, `Disconnected` is sent and the session ends with it, or, when it has
+    /// an expiry, is kept (and queues messages) until then.
+    pub(crate) fn detach(
+        &self,
+        session: &Arc<Session>,
+        generation: Generation,
+        reason: DisconnectReason,
+    ) {
         let mut sessions = lock(&self.sessions);
-        let mut st = session.state();
-        if st.conn != generation {
+        let Some(expiry) = session.detach(generation) else {
             return; // taken over: the session lives on with its new connection
-        }
-        st.conn = 0;
-        st.close = None;
-        let expiry = st.expiry;
-        st.shrink_if_idle();
-        drop(st);
+        };
+        self.emit_locked(
+            &mut sessions,
+            session,
+            generation,
+            EventKind::Disconnected(reason),
+        );
         if expiry.is_zero() {
             self.end_locked(&mut sessions, session);
             return;
@@ -281,12 +296,9 @@ impl Hub {
 
     /// Ends a persistent session whose expiry ran out, unless a connection came
     /// back since (it would have a newer generation).
-    fn expire(&self, session: &Arc<Session>, detached_generation: u64) {
+    fn expire(&self, session: &Arc<Session>, detached: Generation) {
         let mut sessions = lock(&self.sessions);
-        let st = session.state();
-        let untouched = st.conn == 0 && st.last_conn == detached_generation;
-        drop(st);
-        if untouched {
+        if session.expired_since(detached) {
             self.end_locked(&mut sessions, session);
         }
     }
@@ -306,24 +318,34 @@ impl Hub {
                 sessions.by_user.remove(&session.uid);
             }
         }
-        let filters = std::mem::take(&mut session.state().subscriptions);
+        // Under the index lock: a subscribe racing this one either went in before
+        // (and is removed here) or sees its generation gone (and changes nothing).
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for filter in filters.keys() {
+        for filter in session.end().keys() {
             index.remove(filter, session.id);
         }
         self.metrics.subscriptions.set(index.len() as i64);
         drop(index);
-        let mut st = session.state();
-        st.queue.clear();
-        st.inflight.clear();
-        st.incoming_qos2.clear();
-        st.shrink_if_idle();
         self.metrics.sessions.set(sessions.by_key.len() as i64);
     }
 
-    /// Subscribes; returns true when the subscription is new (for Retain Handling 1).
-    pub(crate) fn subscribe(&self, session: &Arc<Session>, filter: &str, opts: SubOpts) -> bool {
+    /// Subscribes for the connection of `generation`, unless the session has
+    /// `max` other filters; returns whether the subscription is new (for Retain
+    /// Handling 1). A connection that was taken over gets `Stale` and nothing
+    /// changes: the check and both inserts happen under the index lock, which
+    /// ending a session also takes, so an ended session never re-enters the index.
+    pub(crate) fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        generation: Generation,
+        filter: &str,
+        opts: SubOpts,
+        max: usize,
+    ) -> Result<Result<bool, QuotaExceeded>, Stale> {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        if let Err(quota) = session.add_subscription(generation, filter, opts, max)? {
+            return Ok(Err(quota));
+        }
         let new = index.insert(
             filter,
             Subscriber {
@@ -332,17 +354,22 @@ impl Hub {
             },
         );
         self.metrics.subscriptions.set(index.len() as i64);
-        session.state().subscriptions.insert(filter.into(), opts);
-        new
+        Ok(Ok(new))
     }
 
-    /// Unsubscribes; returns true when the subscription existed.
-    pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &str) -> bool {
+    /// Unsubscribes for the connection of `generation` (or, with `None`, for the
+    /// bridge); returns whether the subscription existed.
+    pub(crate) fn unsubscribe(
+        &self,
+        session: &Arc<Session>,
+        generation: Option<Generation>,
+        filter: &str,
+    ) -> Result<bool, Stale> {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let had = session.remove_subscription(generation, filter)?;
         let hit = index.remove(filter, session.id);
         self.metrics.subscriptions.set(index.len() as i64);
-        session.state().subscriptions.remove(filter);
-        hit
+        Ok(had || hit)
     }
 
     /// Routes a publication to every matching session (one copy per session, at
@@ -351,6 +378,11 @@ impl Hub {
     /// and allocation-free, in the normal case), so that an MQTT publisher can
     /// pause (see `connection::wait_for_room`).
     pub(crate) fn publish(&self, publication: Publication) -> Vec<Arc<Session>> {
+        // The outbox is the server's uplink (DESIGN.md §3): never routed, never
+        // retained, whoever publishes there.
+        if topic::outbox_owner(&publication.topic).is_some() {
+            return Vec::new();
+        }
         let p = Arc::new(publication);
         if p.retain {
             let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
@@ -406,11 +438,8 @@ impl Hub {
     /// Queues `out` on `session` and wakes its connection. Returns whether the
     /// session is connected and its queue more than half full.
     pub(crate) fn deliver(&self, session: &Session, out: Outgoing) -> bool {
-        let mut st = session.state();
-        let dropped = st.enqueue(out, self.limits.max_queued);
-        let online = st.conn != 0;
-        let filling = online && st.queue.len() > self.limits.max_queued / 2;
-        drop(st);
+        let max = self.limits.max_queued;
+        let (dropped, filling) = session.enqueue(out, max, max / 2);
         match dropped {
             Dropped::Nothing => {}
             Dropped::Qos0 => {
@@ -419,9 +448,6 @@ impl Hub {
             Dropped::Qos12 => {
                 self.metrics.dropped_qos12.inc();
             }
-        }
-        if online {
-            session.wake.notify_one();
         }
         filling
     }
@@ -447,27 +473,20 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Removes `filter` from every session of `uid`.
+    /// Removes `filter` from every session of `uid`; returns how many had it.
     pub(crate) fn unsubscribe_user(&self, uid: &str, filter: &str) -> usize {
         self.sessions_of(uid)
             .iter()
-            .filter(|s| self.unsubscribe(s, filter))
+            .filter(|s| self.unsubscribe(s, None, filter).unwrap_or(false))
             .count()
     }
 
-    /// Asks every connection of `uid` to close.
-    pub(crate) fn kick_user(&self, uid: &str) -> usize {
-        let mut n = 0;
-        for s in self.sessions_of(uid) {
-            let mut st = s.state();
-            if st.conn != 0 {
-                st.close = Some(CloseReason::Kicked);
-                n += 1;
-                drop(st);
-                s.wake.notify_one();
-            }
-        }
-        n
+    /// Asks every connection of `uid` to close; returns how many there were.
+    pub(crate) fn disconnect_user(&self, uid: &str) -> usize {
+        self.sessions_of(uid)
+            .iter()
+            .filter(|s| s.request_close(CloseRequest::Disconnected))
+            .count()
     }
 
     /// Asks every connection to close because the server stops. Runs once, at
@@ -475,12 +494,7 @@ impl Hub {
     pub(crate) fn close_all(&self) {
         let sessions: Vec<Arc<Session>> = lock(&self.sessions).by_key.values().cloned().collect();
         for s in sessions {
-            let mut st = s.state();
-            if st.conn != 0 {
-                st.close = Some(CloseReason::ShuttingDown);
-                drop(st);
-                s.wake.notify_one();
-            }
+            s.request_close(CloseRequest::ShuttingDown);
         }
     }
 
@@ -488,8 +502,42 @@ impl Hub {
     pub(crate) fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.sessions_of(uid)
             .iter()
-            .filter(|s| s.state().conn != 0)
+            .filter(|s| s.is_online())
             .map(|s| s.client_id().to_owned())
             .collect()
+    }
+
+    /// How many connections `uid` holds now.
+    pub(crate) fn connections(&self, uid: &str) -> usize {
+        lock(&self.sessions).online.get(uid).copied().unwrap_or(0)
+    }
+
+    /// Every connected user with its devices, and the last event reflected. Visits
+    /// every connected user: for a consumer recovering from lag, not a hot path.
+    pub(crate) fn presence_snapshot(&self) -> PresenceSnapshot {
+        let sessions = lock(&self.sessions);
+        let users = sessions
+            .online
+            .keys()
+            .map(|uid| {
+                let devices = sessions
+                    .by_user
+                    .get(uid)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| {
+                        s.attached().map(|generation| Device {
+                            client_id: s.client_id().to_owned(),
+                            generation,
+                        })
+                    })
+                    .collect();
+                (uid.to_string(), devices)
+            })
+            .collect();
+        PresenceSnapshot {
+            as_of: sessions.event_seq,
+            users,
+        }
     }
 }
