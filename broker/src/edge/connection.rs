@@ -174,21 +174,12 @@ async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Option<Conn<S>> 
             return None;
         }
         Ok(Err(_) | Ok(None)) => return None,
-        Ok(Ok(Some(Err(CodecError::UnsupportedVersion(level))))) => {
-            metrics.refused("protocol");
-            tracing::debug!(level, "unsupported protocol level");
-            // MQTT 3.1.1 §3.1.2.2: answer CONNACK 0x01 in the 3.1.1 format.
-            write_now(
-                &mut io,
-                &reply::refuse(ConnectReturnCode::RefusedProtocolVersion),
-                Version::V4,
-            )
-            .await;
-            return None;
-        }
         Ok(Ok(Some(Err(e)))) => {
             metrics.refused("protocol");
             tracing::debug!(error = %e, "bad CONNECT");
+            if let Some((code, version)) = codec::connect_refusal(&e) {
+                write_now(&mut io, &reply::refuse(code), version).await;
+            }
             return None;
         }
         Ok(Ok(Some(Ok(c)))) => c,
