@@ -31,7 +31,8 @@ pub struct MqttConfig {
     pub session_expiry: Duration,
     /// Cap on the MQTT 5 Session Expiry Interval a client may ask for.
     pub max_session_expiry: Duration,
-    /// Largest packet accepted or sent (MQTT 5 Maximum Packet Size).
+    /// Largest packet accepted or sent (MQTT 5 Maximum Packet Size); CONNECT, read
+    /// before login, is held to 64 KiB or this, whichever is smaller.
     pub max_packet_size: ByteSize,
     /// Time a new socket has to send CONNECT.
     pub connect_timeout: Duration,

@@ -13,6 +13,8 @@ use rumqttc::v5::mqttbytes::v5::{
 
 use crate::QoS;
 
+mod connect;
+
 /// The protocol level a client connected with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Version {
@@ -21,6 +23,11 @@ pub(crate) enum Version {
     /// MQTT 5.0 (protocol level 5).
     V5,
 }
+
+/// Most a CONNECT may take: the bound on what a client can make the server hold
+/// before it has authenticated, ample for a client id, a token and a will.
+/// `mqtt.max_packet_size` (1 MiB by default) applies from CONNACK on.
+pub(crate) const CONNECT_MAX: usize = 64 * 1024;
 
 /// Why bytes could not become a packet.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,60 @@ pub(crate) enum CodecError {
     UnsupportedVersion(u8),
     #[error("the first packet was not CONNECT")]
     NotConnect,
+    /// A CONNECT of a known protocol level, refused for what it says;
+    /// [`connect_refusal`] gives its CONNACK.
+    #[error("{fault} ({version:?})")]
+    Connect {
+        version: Version,
+        fault: ConnectFault,
+    },
+}
+
+/// What is wrong with a CONNECT.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectFault {
+    /// Its Remaining Length is over [`CONNECT_MAX`] (or `mqtt.max_packet_size`,
+    /// if smaller); refused from the fixed header, before the rest is read.
+    #[error("CONNECT announces {0} bytes, more than is read before login")]
+    TooLarge(usize),
+    /// Does not parse: a bad flag, an unknown property, a field cut short.
+    #[error("malformed CONNECT: {0}")]
+    Malformed(String),
+    /// Parses, but breaks a rule that MQTT 5 calls a Protocol Error (§4.13).
+    #[error("protocol error in CONNECT: {0}")]
+    Protocol(&'static str),
+    /// A property other than User Property appears twice (MQTT 5 §3.1.2.11,
+    /// §3.1.3.2), a Protocol Error.
+    #[error("protocol error in CONNECT: {0} appears more than once")]
+    Duplicate(&'static str),
+    /// Asks for enhanced authentication (MQTT 5 §4.12), which is not offered:
+    /// the user name and a token are the only login.
+    #[error("CONNECT asks for an Authentication Method, which is not supported")]
+    AuthMethod,
+}
+
+/// The CONNACK code answering a CONNECT that [`read_connect`] refused, and the
+/// version to write it in; `None`: close without one. MQTT 3.1.1 has a code only
+/// for the protocol level (§3.1.2.2) and otherwise just closes (§3.1.4), and a
+/// stream whose level is unknown gets no answer.
+pub(crate) fn connect_refusal(e: &CodecError) -> Option<(ConnectReturnCode, Version)> {
+    let fault = match e {
+        CodecError::UnsupportedVersion(_) => {
+            return Some((ConnectReturnCode::RefusedProtocolVersion, Version::V4));
+        }
+        CodecError::Connect {
+            version: Version::V5,
+            fault,
+        } => fault,
+        _ => return None,
+    };
+    let code = match fault {
+        ConnectFault::TooLarge(_) => ConnectReturnCode::PacketTooLarge,
+        ConnectFault::Malformed(_) => ConnectReturnCode::MalformedPacket,
+        ConnectFault::Protocol(_) | ConnectFault::Duplicate(_) => ConnectReturnCode::ProtocolError,
+        ConnectFault::AuthMethod => ConnectReturnCode::BadAuthenticationMethod,
+    };
+    Some((code, Version::V5))
 }
 
 fn malformed(e: impl std::fmt::Display) -> CodecError {
@@ -88,7 +149,8 @@ pub(crate) enum Inbound {
 }
 
 /// Reads the first packet, which must be CONNECT; `Ok(None)` means more bytes are
-/// needed. The protocol level byte decides which codec parses it.
+/// needed. The protocol level byte decides which codec parses it, after the
+/// checks rumqttc does not make (`connect::check`).
 pub(crate) fn read_connect(
     buf: &mut BytesMut,
     max: usize,
@@ -98,40 +160,51 @@ pub(crate) fn read_connect(
     if buf.first().is_some_and(|b| b >> 4 != 1) {
         return Err(CodecError::NotConnect);
     }
-    match rumqttc::mqttbytes::check(buf.iter(), max) {
-        Ok(_) => {}
+    // The bound is applied to the Remaining Length the fixed header announces, so
+    // a CONNECT that would be too large is refused before the rest is read: the
+    // buffer of an unauthenticated socket never holds more than the bound plus
+    // one read.
+    let header = match rumqttc::mqttbytes::check(buf.iter(), max.min(CONNECT_MAX)) {
+        Ok(header) => header,
         Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
-        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
-            return Err(CodecError::TooLarge);
+        Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(len)) => {
+            // The level is a dozen bytes in, normally in the same read: a v5
+            // client is then told 0x95. It is not waited for.
+            return Err(match connect::protocol_level(buf).and_then(version_of) {
+                Some(version) => CodecError::Connect {
+                    version,
+                    fault: ConnectFault::TooLarge(len),
+                },
+                None => CodecError::TooLarge,
+            });
         }
         Err(e) => return Err(malformed(e)),
-    }
-    // Variable header: protocol name (length-prefixed), then the level byte.
-    // Fixed header: the type byte, then a 1-4 byte variable length.
-    let at = 1
-        + buf[1..]
-            .iter()
-            .take(4)
-            .take_while(|b| *b & 0x80 != 0)
-            .count()
-        + 1;
-    let name_len = buf
-        .get(at..at + 2)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        .ok_or_else(|| malformed("short CONNECT"))?;
-    let level = *buf
-        .get(at + 2 + name_len)
-        .ok_or_else(|| malformed("short CONNECT"))?;
-    match level {
-        4 => match v4::Packet::read(buf, max).map_err(malformed)? {
+    };
+    let frame = &buf[..header.frame_length()];
+    let level = connect::protocol_level(frame).ok_or_else(|| malformed("short CONNECT"))?;
+    let version = version_of(level).ok_or(CodecError::UnsupportedVersion(level))?;
+    let refused = |fault| CodecError::Connect { version, fault };
+    connect::check(frame, version).map_err(refused)?;
+    let unreadable = |e: &dyn std::fmt::Display| refused(ConnectFault::Malformed(e.to_string()));
+    match version {
+        Version::V4 => match v4::Packet::read(buf, max).map_err(|e| unreadable(&e))? {
             v4::Packet::Connect(c) => Ok(Some(from_v4_connect(c))),
             _ => Err(CodecError::NotConnect),
         },
-        5 => match v5::Packet::read(buf, Some(max as u32)).map_err(malformed)? {
-            v5::Packet::Connect(c, will, login) => from_v5_connect(c, will, login).map(Some),
+        Version::V5 => match v5::Packet::read(buf, None).map_err(|e| unreadable(&e))? {
+            v5::Packet::Connect(c, will, login) => from_v5_connect(c, will, login)
+                .map(Some)
+                .map_err(|e| unreadable(&e)),
             _ => Err(CodecError::NotConnect),
         },
-        other => Err(CodecError::UnsupportedVersion(other)),
+    }
+}
+
+fn version_of(level: u8) -> Option<Version> {
+    match level {
+        4 => Some(Version::V4),
+        5 => Some(Version::V5),
+        _ => None,
     }
 }
 
@@ -166,12 +239,11 @@ fn from_v5_connect(
     c: v5::Connect,
     will: Option<v5::LastWill>,
     login: Option<v5::Login>,
-) -> Result<ConnectInfo, CodecError> {
+) -> Result<ConnectInfo, &'static str> {
     let props = c.properties.as_ref();
     let will = match will {
         Some(w) => Some(Will {
-            topic: String::from_utf8(w.topic.to_vec())
-                .map_err(|_| malformed("will topic is not UTF-8"))?,
+            topic: String::from_utf8(w.topic.to_vec()).map_err(|_| "will topic is not UTF-8")?,
             payload: w.message,
             qos: w.qos,
             retain: w.retain,
@@ -632,6 +704,118 @@ mod tests {
                 while let Ok(Some(_)) = read(&mut buf, v, 1 << 16) {}
             }
         }
+    }
+
+    #[test]
+    fn oversized_connect_is_refused_from_its_fixed_header() {
+        // Remaining Length 1 MiB, then the protocol name and level: no body.
+        let start = |level| {
+            let mut b = vec![0x10, 0x80, 0x80, 0x40, 0, 4, b'M', b'Q', b'T', b'T'];
+            b.push(level);
+            BytesMut::from(&b[..])
+        };
+        let e = read_connect(&mut start(5), 1 << 20).expect_err("refused");
+        assert!(matches!(
+            e,
+            CodecError::Connect {
+                version: Version::V5,
+                fault: ConnectFault::TooLarge(1_048_576)
+            }
+        ));
+        assert!(matches!(
+            connect_refusal(&e),
+            Some((ConnectReturnCode::PacketTooLarge, Version::V5))
+        ));
+        // 3.1.1 has no code for it; without a level there is no version to answer in.
+        let e = read_connect(&mut start(4), 1 << 20).expect_err("refused");
+        assert!(connect_refusal(&e).is_none());
+        let e = read_connect(
+            &mut BytesMut::from(&[0x10u8, 0x80, 0x80, 0x40][..]),
+            1 << 20,
+        )
+        .expect_err("refused");
+        assert!(matches!(e, CodecError::TooLarge));
+        assert!(connect_refusal(&e).is_none());
+        // A smaller `mqtt.max_packet_size` bounds it further.
+        let mut buf = BytesMut::from(&[0x10u8, 0x64, 0, 4, b'M', b'Q', b'T', b'T', 5][..]);
+        assert!(read_connect(&mut buf, 64).is_err());
+    }
+
+    #[test]
+    fn connect_up_to_the_bound_waits_for_the_rest() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[0x10, 0x80, 0x80, 0x04, 0, 4, b'M', b'Q', b'T', b'T', 5]);
+        assert!(matches!(read_connect(&mut b, 1 << 20), Ok(None)));
+    }
+
+    #[test]
+    fn valid_connects_of_both_versions_are_read() {
+        let mut buf = BytesMut::new();
+        let mut c = v4::Connect::new("dev");
+        c.set_login("alice", "token");
+        v4::Packet::Connect(c)
+            .write(&mut buf, 1 << 20)
+            .expect("encode");
+        let info = read_connect(&mut buf, 1 << 20).expect("ok").expect("whole");
+        assert_eq!(
+            (info.version, info.client_id.as_str()),
+            (Version::V4, "dev")
+        );
+        let mut props = v5::ConnectProperties::new();
+        props.receive_maximum = Some(5);
+        props.topic_alias_max = Some(0);
+        props.user_properties = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
+        let connect = v5::Connect {
+            keep_alive: 30,
+            client_id: "dev".into(),
+            clean_start: true,
+            properties: Some(props),
+        };
+        v5::Packet::Connect(connect, None, Some(v5::Login::new("alice", "token")))
+            .write(&mut buf, None)
+            .expect("encode");
+        let info = read_connect(&mut buf, 1 << 20).expect("ok").expect("whole");
+        assert_eq!((info.version, info.receive_max), (Version::V5, Some(5)));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn refusals_map_to_their_connack_codes() {
+        let v5 = |fault| CodecError::Connect {
+            version: Version::V5,
+            fault,
+        };
+        let cases = [
+            (
+                v5(ConnectFault::Protocol("x")),
+                ConnectReturnCode::ProtocolError,
+            ),
+            (
+                v5(ConnectFault::Duplicate("x")),
+                ConnectReturnCode::ProtocolError,
+            ),
+            (
+                v5(ConnectFault::Malformed("x".into())),
+                ConnectReturnCode::MalformedPacket,
+            ),
+            (
+                v5(ConnectFault::AuthMethod),
+                ConnectReturnCode::BadAuthenticationMethod,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(connect_refusal(&e), Some((code, Version::V5)));
+        }
+        assert_eq!(
+            connect_refusal(&CodecError::UnsupportedVersion(3)),
+            Some((ConnectReturnCode::RefusedProtocolVersion, Version::V4))
+        );
+        let v4 = CodecError::Connect {
+            version: Version::V4,
+            fault: ConnectFault::Protocol("x"),
+        };
+        assert_eq!(connect_refusal(&v4), None);
+        assert_eq!(connect_refusal(&CodecError::NotConnect), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
@@ -58,7 +58,10 @@ impl Transport for TcpStream {
 
     fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         buf.reserve(READ_CHUNK);
-        match self.try_read_buf(buf) {
+        // At most one chunk, though `reserve` may leave as much room as the buffer
+        // already holds: so one read adds at most READ_CHUNK to what a bound (the
+        // CONNECT limit before login) was checked against.
+        match self.try_read_buf(&mut (&mut *buf).limit(READ_CHUNK)) {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),

@@ -65,20 +65,23 @@ pub(crate) fn any_port() -> ListenAddr {
 
 /// Starts a broker with MQTT over TCP only, after `tweak` adjusts its config.
 pub(crate) async fn start_with(tweak: impl FnOnce(&mut MqttConfig)) -> TestBroker {
+    start_counted(tweak, Arc::new(BrokerMetrics::unregistered())).await
+}
+
+/// As [`start_with`], counting into `metrics` (registered by the test to read them).
+pub(crate) async fn start_counted(
+    tweak: impl FnOnce(&mut MqttConfig),
+    metrics: Arc<BrokerMetrics>,
+) -> TestBroker {
     let mut cfg = MqttConfig {
         tcp: any_port(),
         ws: ListenAddr::default(),
         ..MqttConfig::default()
     };
     tweak(&mut cfg);
-    let broker = Broker::bind(
-        cfg,
-        verifier(),
-        Arc::new(DenyAll),
-        Arc::new(BrokerMetrics::unregistered()),
-    )
-    .await
-    .expect("bind");
+    let broker = Broker::bind(cfg, verifier(), Arc::new(DenyAll), metrics)
+        .await
+        .expect("bind");
     let addrs = broker.local_addrs();
     let handle = broker.handle();
     let (stop, stopped) = oneshot::channel::<()>();
