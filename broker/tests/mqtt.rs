@@ -265,18 +265,39 @@ async fn same_user_same_client_id_takes_the_session_over() {
             .is_some_and(|r| r.contains("SessionTakenOver")),
         "{reason:?}"
     );
+    // Exactly: the old generation connected, the new one connected, the old one
+    // taken over; nothing later for the old one once its socket is gone.
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let e = timeout(WAIT, events.recv())
             .await
             .expect("event")
             .expect("open");
-        seen.push(e.kind);
+        seen.push(e);
     }
-    assert!(
-        seen.contains(&EventKind::Disconnected(DisconnectReason::TakenOver)),
-        "{seen:?}"
+    let (old, new_gen) = (seen[0].generation, seen[1].generation);
+    assert_ne!(old, new_gen);
+    let kinds: Vec<_> = seen
+        .iter()
+        .map(|e| (e.generation, e.kind, e.connections))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (old, EventKind::Connected, 1),
+            (new_gen, EventKind::Connected, 2),
+            (old, EventKind::Disconnected(DisconnectReason::TakenOver), 1),
+        ]
     );
+    assert!(seen.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    drop(old_loop);
+    assert!(
+        timeout(Duration::from_millis(1500), events.recv())
+            .await
+            .is_err(),
+        "no second Disconnected for the old generation"
+    );
+    assert_eq!(b.handle.connections("alice"), 1);
     assert_eq!(
         b.handle.connected_clients("alice"),
         vec!["phone".to_owned()]
@@ -988,15 +1009,7 @@ async fn stalled_subscribers_neither_block_the_publisher_nor_the_others() {
     // Two clients subscribe, then never read again: their queues fill and drop.
     let mut stalled = Vec::new();
     for uid in ["stuck1", "stuck2"] {
-        let mut s = raw_connect(&b, &connect_bytes(uid, "s1", 0, None)).await;
-        let mut sub = BytesMut::new();
-        v4::Subscribe::new("relay/x", rumqttc::QoS::AtLeastOnce)
-            .write(&mut sub)
-            .expect("encode");
-        s.write_all(&sub).await.expect("subscribe");
-        let mut suback = [0u8; 5];
-        s.read_exact(&mut suback).await.expect("suback");
-        stalled.push(s);
+        stalled.push(stalled_subscriber(&b, uid, "relay/x").await);
     }
 
     let mut healthy = subscribed(&b, "fine", "relay/x", rumqttc::QoS::AtLeastOnce).await;
@@ -1009,5 +1022,104 @@ async fn stalled_subscribers_neither_block_the_publisher_nor_the_others() {
         "{:?}",
         started.elapsed()
     );
+    drop(stalled);
+}
+
+/// A client that subscribes to `filter` at QoS 1 and then never reads again.
+async fn stalled_subscriber(b: &TestBroker, uid: &str, filter: &str) -> TcpStream {
+    let mut s = raw_connect(b, &connect_bytes(uid, "s1", 0, None)).await;
+    let mut sub = BytesMut::new();
+    v4::Subscribe::new(filter, rumqttc::QoS::AtLeastOnce)
+        .write(&mut sub)
+        .expect("encode");
+    s.write_all(&sub).await.expect("subscribe");
+    let mut suback = [0u8; 5];
+    s.read_exact(&mut suback).await.expect("suback");
+    s
+}
+
+#[tokio::test]
+async fn a_fan_out_publisher_is_not_throttled_by_twenty_stalled_subscribers() {
+    // The reported scenario, scaled to a test: 20 subscribers stop reading, 10
+    // read; one publisher sends 1 KB QoS 1 messages round robin to all 30 inboxes.
+    // Each stalled queue overflows (max_queued = 100), so each stalled inbox
+    // congests; waiting up to a second for each of them cost 20 s and more.
+    const STALLED: usize = 20;
+    const HEALTHY: usize = 10;
+    const PER_INBOX: u32 = 300;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = std::sync::Arc::new(broker::BrokerMetrics::register(&mut registry));
+    let b = common::start_counted(|c| c.max_queued = 100, metrics).await;
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let uid = format!("stuck{i}");
+        stalled.push(stalled_subscriber(&b, &uid, &format!("users/{uid}/inbox")).await);
+    }
+    let mut healthy = Vec::new();
+    for i in 0..HEALTHY {
+        let uid = format!("fine{i}");
+        let filter = format!("users/{uid}/inbox");
+        healthy.push(subscribed(&b, &uid, &filter, rumqttc::QoS::AtLeastOnce).await);
+    }
+    let mut publisher = v4_connect(v4_options(
+        b.addr(),
+        "ops",
+        "fanout",
+        &token("ops", Role::Admin),
+    ))
+    .await;
+    publisher.connack().await.expect("publisher");
+    let client = publisher.client.clone();
+    let inboxes: Vec<String> = (0..STALLED)
+        .map(|i| format!("users/stuck{i}/inbox"))
+        .chain((0..HEALTHY).map(|i| format!("users/fine{i}/inbox")))
+        .collect();
+    let started = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        for n in 0..PER_INBOX {
+            for topic in &inboxes {
+                let mut payload = vec![0u8; 1024];
+                payload[..4].copy_from_slice(&n.to_be_bytes());
+                client
+                    .publish(topic.as_str(), rumqttc::QoS::AtLeastOnce, false, payload)
+                    .await
+                    .expect("queue publish");
+            }
+        }
+    });
+    tokio::spawn(async move { while publisher.next().await.is_ok() {} });
+    let readers: Vec<_> = healthy
+        .into_iter()
+        .map(|mut sub| {
+            tokio::spawn(async move {
+                for n in 0..PER_INBOX {
+                    let p = timeout(Duration::from_secs(30), sub.next_publish())
+                        .await
+                        .unwrap_or_else(|_| panic!("message {n} never arrived"));
+                    assert_eq!(p.payload[..4], n.to_be_bytes(), "in order, none lost");
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.expect("every healthy subscriber gets everything");
+    }
+    let took = started.elapsed();
+    // The publisher's pauses are bounded in total (100 ms per subscriber that
+    // stalls while waited for), not a second per stalled subscriber.
+    assert!(
+        took < Duration::from_secs(10),
+        "healthy subscribers waited {took:?}"
+    );
+    // The stalled ones paid: their queues dropped, counted.
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    let drops: f64 = text
+        .lines()
+        .find(|l| l.starts_with("mqtt_queue_drops_total{qos=\"1_2\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no drop counter in {text}"));
+    assert!(drops > 0.0, "stalled queues overflowed: {drops}");
     drop(stalled);
 }

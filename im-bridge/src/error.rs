@@ -65,7 +65,7 @@ pub enum Error {
     },
     /// The broker could not start.
     #[error(transparent)]
-    Broker(#[from] broker::Error),
+    Broker(#[from] broker::StartError),
     /// The durable store failed.
     #[error("store: {0}")]
     Store(#[from] sled::Error),

@@ -541,3 +541,166 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(
+            HubLimits {
+                max_sessions: 100,
+                max_queued: 100,
+                max_retained: 100,
+            },
+            Arc::new(BrokerMetrics::unregistered()),
+        )
+    }
+
+    /// The sessions the index routes `topic` to.
+    fn routed(hub: &Hub, topic: &str) -> Vec<SessionId> {
+        let mut ids = Vec::new();
+        hub.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .for_each_match(topic, |s| ids.push(s.session.id));
+        ids
+    }
+
+    fn live(hub: &Hub, key: &str) -> Option<SessionId> {
+        lock(&hub.sessions).by_key.get(key).map(|s| s.id)
+    }
+
+    #[test]
+    fn a_subscribe_racing_a_clean_takeover_never_resurrects_the_ended_session() {
+        let opts = SubOpts::new(QoS::AtLeastOnce);
+        for round in 0..500 {
+            let hub = hub();
+            let old = hub
+                .attach("alice", "phone", true, Duration::ZERO, 10)
+                .expect("attach");
+            let barrier = Arc::new(Barrier::new(2));
+            let subscriber = {
+                let (hub, barrier, session) = (hub.clone(), barrier.clone(), old.session.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    hub.subscribe(&session, old.generation, "users/alice/inbox", opts, 10)
+                })
+            };
+            barrier.wait();
+            let new = hub
+                .attach("alice", "phone", true, Duration::ZERO, 10)
+                .expect("takeover");
+            let outcome = subscriber.join().expect("thread");
+            // Whichever came first, only the live session may be in the index.
+            let routed = routed(&hub, "users/alice/inbox");
+            assert!(
+                routed
+                    .iter()
+                    .all(|id| Some(*id) == live(&hub, "alice:phone")),
+                "round {round}: {outcome:?}, index routes to {routed:?}, live is {:?}",
+                live(&hub, "alice:phone")
+            );
+            assert!(
+                routed.is_empty(),
+                "round {round}: the new session never subscribed"
+            );
+            assert_eq!(live(&hub, "alice:phone"), Some(new.session.id));
+        }
+    }
+
+    #[test]
+    fn a_subscribe_after_the_takeover_is_refused_as_stale() {
+        let hub = hub();
+        let old = hub
+            .attach("alice", "phone", false, Duration::from_secs(60), 10)
+            .expect("attach");
+        let new = hub
+            .attach("alice", "phone", false, Duration::from_secs(60), 10)
+            .expect("resume");
+        assert!(Arc::ptr_eq(&old.session, &new.session));
+        let opts = SubOpts::new(QoS::AtMostOnce);
+        assert_eq!(
+            hub.subscribe(&old.session, old.generation, "a/b", opts, 10),
+            Err(Stale)
+        );
+        assert_eq!(
+            hub.unsubscribe(&old.session, Some(old.generation), "a/b"),
+            Err(Stale)
+        );
+        assert!(routed(&hub, "a/b").is_empty());
+        assert_eq!(
+            hub.subscribe(&new.session, new.generation, "a/b", opts, 10),
+            Ok(Ok(true))
+        );
+        assert_eq!(routed(&hub, "a/b"), vec![new.session.id]);
+    }
+
+    #[test]
+    fn takeovers_and_disconnects_keep_counts_events_and_snapshots_in_step() {
+        let hub = hub();
+        let mut events = hub.subscribe_events();
+        let a = hub
+            .attach("ann", "phone", true, Duration::ZERO, 10)
+            .expect("a");
+        let b = hub
+            .attach("ann", "laptop", true, Duration::ZERO, 10)
+            .expect("b");
+        assert_eq!(hub.connections("ann"), 2);
+        // The phone reconnects: the new generation connects, then the old one goes.
+        let a2 = hub
+            .attach("ann", "phone", true, Duration::ZERO, 10)
+            .expect("a2");
+        assert_eq!(hub.connections("ann"), 2);
+        // The old phone connection ends late: nothing more is reported for it.
+        hub.detach(&a.session, a.generation, DisconnectReason::Error);
+        let snap = hub.presence_snapshot();
+        assert_eq!(snap.users.len(), 1);
+        let mut devices: Vec<_> = snap.users[0].1.iter().map(|d| d.generation).collect();
+        devices.sort_unstable();
+        assert_eq!(devices, vec![b.generation, a2.generation]);
+        hub.detach(&b.session, b.generation, DisconnectReason::Normal);
+        hub.detach(
+            &a2.session,
+            a2.generation,
+            DisconnectReason::KeepaliveTimeout,
+        );
+        assert_eq!(hub.connections("ann"), 0);
+        assert!(hub.presence_snapshot().users.is_empty());
+
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seen.push((e.seq, e.client_id, e.generation, e.kind, e.connections));
+        }
+        let (on, off) = (EventKind::Connected, EventKind::Disconnected);
+        let expected = vec![
+            (1, "phone".to_owned(), a.generation, on, 1),
+            (2, "laptop".to_owned(), b.generation, on, 2),
+            (3, "phone".to_owned(), a2.generation, on, 3),
+            (
+                4,
+                "phone".to_owned(),
+                a.generation,
+                off(DisconnectReason::TakenOver),
+                2,
+            ),
+            (
+                5,
+                "laptop".to_owned(),
+                b.generation,
+                off(DisconnectReason::Normal),
+                1,
+            ),
+            (
+                6,
+                "phone".to_owned(),
+                a2.generation,
+                off(DisconnectReason::KeepaliveTimeout),
+                0,
+            ),
+        ];
+        assert_eq!(seen, expected);
+        assert_eq!(hub.presence_snapshot().as_of, 6);
+    }
+}

@@ -5,7 +5,7 @@
 //! Only subscribers that keep taking messages are waited for. One that stopped
 //! (it does not read, its window is full) costs only itself: its queue fills and
 //! then drops by the policy of DESIGN.md §9, counted, and no publisher waits for
-//! it. So a publisher's pause is bounded in total: by `PATIENCE` for each
+//! it. So a publisher's pause is bounded in total: by `STALL` for each
 //! subscriber that stops while being waited for, and `MAX_PAUSE` per wait.
 
 use std::sync::Arc;
@@ -21,9 +21,6 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// A subscriber that has not taken a message for this long is stalled: nobody
 /// waits for it.
 const STALL: Duration = Duration::from_millis(100);
-/// How long a waiting publisher gives a subscriber to shorten its queue before
-/// counting it as stalled.
-const PATIENCE: Duration = Duration::from_millis(20);
 
 impl<S: Transport> Conn<S> {
     /// Remembers the first congested subscriber worth waiting for: not this
@@ -40,7 +37,7 @@ impl<S: Transport> Conn<S> {
     }
 
     /// While the congested subscriber is above the low watermark and keeps
-    /// shortening its queue, this client is not read (TCP pushes back). Our own
+    /// taking messages, this client is not read (TCP pushes back). Our own
     /// deliveries go on meanwhile.
     pub(super) async fn wait_for_room(&mut self) -> Result<(), Close> {
         let Some(target) = self.congested.take() else {
@@ -48,23 +45,13 @@ impl<S: Transport> Conn<S> {
         };
         let low = self.edge.hub.low_watermark();
         let start = Instant::now();
-        let mut best = usize::MAX;
-        let mut improved_at = start;
         let mut pause = Duration::from_millis(1);
         loop {
             let now = Instant::now();
-            let Some(len) = target.backlog(now, STALL) else {
-                return Ok(());
-            };
-            if len <= low {
-                return Ok(());
-            }
-            if len < best {
-                best = len;
-                improved_at = now;
-            }
-            if now - improved_at > PATIENCE || now - start > MAX_PAUSE {
-                return Ok(());
+            match target.backlog(now, STALL) {
+                Some(len) if len > low && now - start < MAX_PAUSE => {}
+                // Room enough, gone, stalled, or waited long enough.
+                _ => return Ok(()),
             }
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}

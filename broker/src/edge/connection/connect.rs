@@ -41,17 +41,12 @@ pub(super) async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Optio
     let connect = match read_connect(&edge, &mut io, &mut rbuf).await {
         Ok(Some(c)) => c,
         Ok(None) => return None,
-        Err(CodecError::UnsupportedVersion(level)) => {
-            metrics.refused(ConnectRefusal::Protocol);
-            tracing::debug!(level, "unsupported protocol level");
-            // MQTT 3.1.1 §3.1.2.2: answer CONNACK 0x01 in the 3.1.1 format.
-            let p = reply::refuse(ConnectReturnCode::RefusedProtocolVersion);
-            write_now(&mut io, &p, Version::V4).await;
-            return None;
-        }
         Err(e) => {
             metrics.refused(ConnectRefusal::Protocol);
             tracing::debug!(error = %e, "bad CONNECT");
+            if let Some((code, version)) = codec::connect_refusal(&e) {
+                write_now(&mut io, &reply::refuse(code), version).await;
+            }
             return None;
         }
     };
@@ -205,8 +200,7 @@ fn accept<S: Transport>(
         last_rx: Instant::now(),
         counted: None,
         congested: None,
-        acks: Default::default(),
-        held: None,
+        owing: None,
     };
     conn.push(&connack);
     tracing::debug!(present = attached.present, "connected");

@@ -18,6 +18,7 @@ use super::super::codec::{self, Inbound, Version, reply};
 use super::Conn;
 use super::close::Close;
 use super::outbound::TOPIC_ALIAS_MAX;
+use super::uplink::Ack;
 use crate::QoS;
 use crate::acl::Principal;
 use crate::hub::Publication;
@@ -187,7 +188,7 @@ impl<S: Transport> Conn<S> {
             QoS::AtLeastOnce => {
                 let full = self.edge.hub.publish(publication);
                 self.note_pressure(full);
-                self.owe(reply::puback(p.pkid, PubAckReason::Success));
+                self.owe(Ack::PubAck(p.pkid, PubAckReason::Success));
             }
             QoS::ExactlyOnce => {
                 let max = usize::from(self.edge.cfg.max_inflight);
@@ -207,7 +208,7 @@ impl<S: Transport> Conn<S> {
                     }
                     Receipt::Duplicate => {}
                 }
-                self.owe(reply::pubrec(p.pkid, PubRecReason::Success));
+                self.owe(Ack::PubRec(p.pkid, PubRecReason::Success));
             }
         }
         Ok(())
@@ -222,8 +223,8 @@ impl<S: Transport> Conn<S> {
         }
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.owe(reply::puback(pkid, PubAckReason::NotAuthorized)),
-            QoS::ExactlyOnce => self.owe(reply::pubrec(pkid, PubRecReason::NotAuthorized)),
+            QoS::AtLeastOnce => self.owe(Ack::PubAck(pkid, PubAckReason::NotAuthorized)),
+            QoS::ExactlyOnce => self.owe(Ack::PubRec(pkid, PubRecReason::NotAuthorized)),
         }
         Ok(())
     }

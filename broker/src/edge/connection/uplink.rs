@@ -43,35 +43,67 @@ pub(super) enum Owed {
         verdict: Option<Verdict>,
     },
     /// An ack ready to go, behind an earlier one.
-    Ready(v5::Packet),
+    Ready(Ack),
+}
+
+/// An ack of an incoming PUBLISH.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Ack {
+    PubAck(u16, PubAckReason),
+    PubRec(u16, PubRecReason),
+}
+
+impl Ack {
+    fn packet(self) -> v5::Packet {
+        match self {
+            Ack::PubAck(pkid, reason) => reply::puback(pkid, reason),
+            Ack::PubRec(pkid, reason) => reply::pubrec(pkid, reason),
+        }
+    }
 }
 
 /// An outbox publish that found the uplink queue full, with the ack it will owe.
 #[derive(Debug)]
-pub(super) struct Held {
+struct Held {
     msg: UplinkMessage,
     owed: Option<Owed>,
 }
 
+/// What a connection owes its client on the uplink's account; boxed and only
+/// there while something is owed, so that an idle connection pays 8 bytes.
+#[derive(Debug, Default)]
+pub(super) struct Owing {
+    acks: VecDeque<Owed>,
+    held: Option<Held>,
+}
+
+impl Owing {
+    fn front_is_asked(&self) -> bool {
+        matches!(self.acks.front(), Some(Owed::Asked { .. }))
+    }
+}
+
 impl<S: Transport> Conn<S> {
     /// Sends `packet` (an ack) now, or behind the acks still owed.
-    pub(super) fn owe(&mut self, packet: v5::Packet) {
-        if self.acks.is_empty() {
-            self.push(&packet);
-        } else {
-            self.acks.push_back(Owed::Ready(packet));
+    pub(super) fn owe(&mut self, ack: Ack) {
+        match self.owing.as_deref_mut() {
+            Some(o) if !o.acks.is_empty() => o.acks.push_back(Owed::Ready(ack)),
+            _ => self.push(&ack.packet()),
         }
     }
 
     /// Whether the client must not be read now: an outbox publish waits for room
     /// in the uplink, or as many acks are owed as we let a client have in flight.
     pub(super) fn reading_paused(&self) -> bool {
-        self.held.is_some() || self.acks.len() >= usize::from(self.edge.cfg.max_inflight)
+        let cap = usize::from(self.edge.cfg.max_inflight);
+        self.owing
+            .as_deref()
+            .is_some_and(|o| o.held.is_some() || o.acks.len() >= cap)
     }
 
     /// Whether the oldest owed ack waits for an answer.
     pub(super) fn awaiting_answer(&self) -> bool {
-        matches!(self.acks.front(), Some(Owed::Asked { .. }))
+        self.owing.as_deref().is_some_and(Owing::front_is_asked)
     }
 
     /// A PUBLISH on the client's own outbox.
@@ -83,10 +115,11 @@ impl<S: Transport> Conn<S> {
                 .map_err(|Stale| Close::taken_over())?;
             if held {
                 // Accepted before; the client did not see our PUBREC.
-                self.owe(reply::pubrec(pkid, PubRecReason::Success));
+                self.owe(Ack::PubRec(pkid, PubRecReason::Success));
                 return Ok(());
             }
-            if self.acks.iter().any(|o| o.is_qos2(pkid)) {
+            let pending = self.owing.as_deref().map(|o| &o.acks);
+            if pending.is_some_and(|acks| acks.iter().any(|o| o.is_qos2(pkid))) {
                 // A retransmission while the IM side is still answering.
                 return Ok(());
             }
@@ -115,11 +148,13 @@ impl<S: Transport> Conn<S> {
         match tx.try_send(msg) {
             Ok(()) => {
                 self.edge.hub.metrics.uplinked.inc();
-                self.acks.extend(owed);
+                if let Some(owed) = owed {
+                    self.owing.get_or_insert_default().acks.push_back(owed);
+                }
                 Ok(())
             }
             Err(TrySendError::Full(msg)) => {
-                self.held = Some(Box::new(Held { msg, owed }));
+                self.owing.get_or_insert_default().held = Some(Held { msg, owed });
                 Ok(())
             }
             Err(TrySendError::Closed(_)) => self.refuse_publish(pkid, qos),
@@ -129,22 +164,20 @@ impl<S: Transport> Conn<S> {
     /// Waits for room in the uplink for the held publish, serving our deliveries
     /// and earlier answers meanwhile.
     pub(super) async fn wait_for_uplink(&mut self) -> Result<(), Close> {
-        while let Some(held) = self.held.take() {
+        while self.owing.as_deref().is_some_and(|o| o.held.is_some()) {
             let Some(tx) = self.edge.uplink.sender().cloned() else {
-                let (pkid, qos) = held.owed.as_ref().map_or((0, QoS::AtMostOnce), Owed::id);
-                return self.refuse_publish(pkid, qos);
+                return self.refuse_held();
             };
-            self.held = Some(held);
             tokio::select! {
                 permit = tx.reserve_owned() => {
-                    let Some(held) = self.held.take() else { break };
                     let Ok(permit) = permit else {
-                        let (pkid, qos) = held.owed.as_ref().map_or((0, QoS::AtMostOnce), Owed::id);
-                        return self.refuse_publish(pkid, qos);
+                        return self.refuse_held();
                     };
+                    let Some(o) = self.owing.as_deref_mut() else { break };
+                    let Some(held) = o.held.take() else { break };
                     permit.send(held.msg);
+                    o.acks.extend(held.owed);
                     self.edge.hub.metrics.uplinked.inc();
-                    self.acks.extend(held.owed);
                     // Packets that waited in the buffer (which may hold again).
                     self.handle_buffered()?;
                 }
@@ -152,7 +185,7 @@ impl<S: Transport> Conn<S> {
                     self.drain()?;
                     self.flush().await?;
                 }
-                () = answered(&mut self.acks), if self.awaiting_answer() => {
+                () = answered(&mut self.owing), if self.awaiting_answer() => {
                     self.settle()?;
                     self.flush().await?;
                 }
@@ -161,25 +194,39 @@ impl<S: Transport> Conn<S> {
         Ok(())
     }
 
+    /// The held publish cannot be uplinked (the consumer is gone): refused.
+    fn refuse_held(&mut self) -> Result<(), Close> {
+        let held = self.owing.as_deref_mut().and_then(|o| o.held.take());
+        let (pkid, qos) = held
+            .and_then(|h| h.owed)
+            .map_or((0, QoS::AtMostOnce), |o| o.id());
+        self.refuse_publish(pkid, qos)
+    }
+
     /// Sends every owed ack from the front whose answer is in.
     pub(super) fn settle(&mut self) -> Result<(), Close> {
         loop {
-            if let Some(Owed::Asked { pkid, qos, answer }) = self.acks.front_mut() {
+            let Some(o) = self.owing.as_deref_mut() else {
+                return Ok(());
+            };
+            if let Some(Owed::Asked { pkid, qos, answer }) = o.acks.front_mut() {
                 let verdict = match answer.try_recv() {
                     Ok(v) => Some(v),
                     Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
                     Err(oneshot::error::TryRecvError::Closed) => None,
                 };
                 let (pkid, qos) = (*pkid, *qos);
-                self.acks[0] = Owed::Answered { pkid, qos, verdict };
+                o.acks[0] = Owed::Answered { pkid, qos, verdict };
             }
-            match self.acks.pop_front() {
+            match o.acks.pop_front() {
                 None => {
-                    // An idle connection holds no buffer.
-                    self.acks = VecDeque::new();
+                    if o.held.is_none() {
+                        // Nothing owed: the connection holds nothing for it.
+                        self.owing = None;
+                    }
                     return Ok(());
                 }
-                Some(Owed::Ready(packet)) => self.push(&packet),
+                Some(Owed::Ready(ack)) => self.push(&ack.packet()),
                 Some(Owed::Answered { pkid, qos, verdict }) => self.answer(pkid, qos, verdict)?,
                 Some(Owed::Asked { .. }) => return Ok(()),
             }
@@ -240,8 +287,11 @@ impl Owed {
 }
 
 /// Resolves once the oldest owed ack has its answer (which stays for `settle`).
-pub(super) async fn answered(acks: &mut VecDeque<Owed>) {
+pub(super) async fn answered(owing: &mut Option<Box<Owing>>) {
     poll_fn(|cx| {
+        let Some(acks) = owing.as_deref_mut().map(|o| &mut o.acks) else {
+            return Poll::Ready(());
+        };
         let Some(Owed::Asked { pkid, qos, answer }) = acks.front_mut() else {
             return Poll::Ready(());
         };
