@@ -209,3 +209,25 @@ impl BrokerMetrics {
         self.packets_out[kind as usize].inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_kinds_and_refusals_index_their_labels() {
+        assert_eq!(PACKET_TYPES[PacketKind::Connect as usize], "connect");
+        assert_eq!(PACKET_TYPES[PacketKind::PubRel as usize], "pubrel");
+        assert_eq!(PACKET_TYPES[PacketKind::UnsubAck as usize], "unsuback");
+        assert_eq!(PACKET_TYPES[PacketKind::Auth as usize], "auth");
+        assert_eq!(
+            REFUSALS[ConnectRefusal::NotAuthorized as usize],
+            "not_authorized"
+        );
+        assert_eq!(REFUSALS[ConnectRefusal::Timeout as usize], "timeout");
+        assert_eq!(
+            REFUSALS[ConnectRefusal::WillNotAuthorized as usize],
+            "will_not_authorized"
+        );
+    }
+}

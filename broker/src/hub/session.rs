@@ -417,16 +417,7 @@ impl Session {
 
     /// PUBACK for a QoS 1 delivery: frees its window slot.
     pub(crate) fn acked(&self, generation: Generation, pkid: u16) -> Result<(), Stale> {
-        let mut st = self.owned(generation)?;
-        if let Some(i) = st
-            .inflight
-            .iter()
-            .position(|i| i.pkid == pkid && i.stage == Stage::Published)
-        {
-            st.inflight.remove(i);
-            st.progressed_at = Some(Instant::now());
-        }
-        Ok(())
+        self.free_slot(generation, pkid, Stage::Published)
     }
 
     /// PUBREC for a QoS 2 delivery: the message stays in flight until PUBCOMP.
@@ -440,11 +431,16 @@ impl Session {
 
     /// PUBCOMP for a QoS 2 delivery: frees its window slot.
     pub(crate) fn completed(&self, generation: Generation, pkid: u16) -> Result<(), Stale> {
+        self.free_slot(generation, pkid, Stage::Released)
+    }
+
+    /// Ends the flight of `pkid` if it is at `stage`.
+    fn free_slot(&self, generation: Generation, pkid: u16, stage: Stage) -> Result<(), Stale> {
         let mut st = self.owned(generation)?;
         if let Some(i) = st
             .inflight
             .iter()
-            .position(|i| i.pkid == pkid && i.stage == Stage::Released)
+            .position(|i| i.pkid == pkid && i.stage == stage)
         {
             st.inflight.remove(i);
             st.progressed_at = Some(Instant::now());
