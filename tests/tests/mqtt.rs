@@ -162,3 +162,60 @@ async fn sigterm_tells_mqtt_5_clients_the_server_is_shutting_down() {
     let (status, server) = stop.await.expect("join");
     assert_eq!(status.code(), Some(0), "{}", server.log());
 }
+
+#[tokio::test]
+async fn the_outbox_is_refused_until_the_im_side_consumes_it_and_routed_to_nobody() {
+    let server = Server::start().await;
+    let addr = server.addr("mqtt.tcp");
+    // The owner watches its whole tree: the outbox must not come back to it.
+    let (watcher, mut watcher_loop) = client(
+        &server,
+        "alice",
+        &token("alice", Role::User, Duration::from_secs(600)),
+    );
+    watcher
+        .subscribe("users/alice/#", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    until(&mut watcher_loop, |i| {
+        matches!(i, Incoming::SubAck(_)).then_some(())
+    })
+    .await;
+
+    let mut o = rumqttc::v5::MqttOptions::new("phone", addr.ip().to_string(), addr.port());
+    o.set_credentials(
+        "alice",
+        token("alice", Role::User, Duration::from_secs(600)),
+    );
+    let (phone, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    phone
+        .publish(
+            "users/alice/outbox",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            r#"{"to":"bob","body":{"text":"hi"}}"#,
+        )
+        .await
+        .expect("queue");
+    let answer = loop {
+        match timeout(WAIT, el.poll()).await.expect("answered in time") {
+            Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::PubAck(a))) => {
+                break format!("{:?}", a.reason);
+            }
+            Ok(_) => {}
+            // rumqttc reports a refused PUBACK as an error carrying the reason.
+            Err(e) => break format!("{e:?}"),
+        }
+    };
+    assert!(answer.contains("NotAuthorized"), "{answer}");
+    // Nothing reached the subscriber of users/alice/#.
+    let echoed = timeout(Duration::from_millis(500), async {
+        loop {
+            if let Ok(Event::Incoming(Incoming::Publish(p))) = watcher_loop.poll().await {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert!(echoed.is_err(), "the outbox was routed: {echoed:?}");
+}
