@@ -102,10 +102,12 @@ pub struct StoreConfig {
     /// The sled directory, created if missing.
     pub path: PathBuf,
     /// How long messages are kept: `"forever"` or a duration such as `"90d"`.
+    /// Reserved for the IM core: read and checked, not used yet.
     pub retention: Retention,
     /// sled's page cache size.
     pub cache_capacity: ByteSize,
     /// Longest a commit waits for others to share its flush (group commit).
+    /// Reserved for the IM core: read and checked, not used yet.
     pub group_commit_delay: Duration,
 }
 
@@ -120,7 +122,8 @@ impl Default for StoreConfig {
     }
 }
 
-/// The `[delivery]` section.
+/// The `[delivery]` section. Reserved for the IM core: read and checked, not used
+/// yet.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
@@ -139,7 +142,8 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// The `[limits]` section.
+/// The `[limits]` section. Reserved for the IM core: read and checked, not used yet
+/// (except that `http.max_body` must be at least `max_body_bytes`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {

@@ -1,13 +1,19 @@
 //! The crate's error enum and its one mapping to HTTP: status, error code and the
-//! JSON body `{"error":{"code","message"}}` of DESIGN.md §5.
+//! JSON body `{"error":{"code","message"}}` of DESIGN.md §5 (the wire module's
+//! [`ErrorBody`]).
+//!
+//! Each variant's message is complete and reads as one line: a variant that quotes
+//! an underlying error in its message does not also return it as its `source()`,
+//! so a `{:#}` chain (anyhow's) never prints the same cause twice.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use broker::auth::{KeyError, TokenError};
-use serde_json::json;
+use imqtt_client::wire::ErrorBody;
 
 use crate::config::ConfigErrors;
 
@@ -51,27 +57,106 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigErrors),
     /// Token keys could not be loaded, or a token could not be minted.
-    #[error(transparent)]
-    Key(#[from] KeyError),
+    #[error("{0}")]
+    Key(KeyError),
     /// A listener could not be bound.
-    #[error("cannot bind {listener} on {addr}: {source}")]
+    #[error("{}", bind_message(key, addr, cause))]
     Bind {
-        /// The config key of the listener.
-        listener: &'static str,
+        /// The config key of the listener (`mqtt.tcp`, `http.listen`, ...).
+        key: &'static str,
         /// The address asked for.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    /// The broker could not start.
+    /// The broker could not start (other than a bind failure).
     #[error(transparent)]
-    Broker(#[from] broker::StartError),
+    Broker(broker::StartError),
+    /// Another process holds the store's lock (sled locks `store.path`).
+    #[error("store.path {path:?} is in use by another imqtt process")]
+    StoreInUse {
+        /// The configured `store.path`.
+        path: PathBuf,
+    },
+    /// The store could not be opened for another reason.
+    #[error("cannot open store.path {path:?}: {}", sled_reason(cause))]
+    StoreOpen {
+        /// The configured `store.path`.
+        path: PathBuf,
+        /// sled's error.
+        cause: sled::Error,
+    },
     /// The durable store failed.
     #[error("store: {0}")]
-    Store(#[from] sled::Error),
+    Store(sled::Error),
     /// Some other I/O failed.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// By hand rather than `#[from]`, which would also make the inner error the
+// `source()` of a message that already quotes it.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<KeyError> for Error {
+    fn from(e: KeyError) -> Self {
+        Error::Key(e)
+    }
+}
+
+impl From<broker::StartError> for Error {
+    fn from(e: broker::StartError) -> Self {
+        match e {
+            // One wording for every listener, MQTT or HTTP.
+            broker::StartError::Bind {
+                listener,
+                addr,
+                source,
+            } => Error::Bind {
+                key: listener,
+                addr,
+                cause: source,
+            },
+            other => Error::Broker(other),
+        }
+    }
+}
+
+/// sled's reason without its "IO error: " prefix.
+fn sled_reason(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `http.listen "0.0.0.0:8080" is already in use by another process`, or the OS's
+/// reason in words.
+fn bind_message(key: &str, addr: &SocketAddr, cause: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let addr = addr.to_string();
+    match cause.kind() {
+        ErrorKind::AddrInUse => {
+            format!("{key} {addr:?} is already in use by another process")
+        }
+        ErrorKind::AddrNotAvailable => {
+            format!("{key} {addr:?} is not an address of this machine")
+        }
+        ErrorKind::PermissionDenied => {
+            format!("{key} {addr:?}: permission denied (ports below 1024 need privileges)")
+        }
+        _ => format!("cannot listen on {key} {addr:?}: {cause}"),
+    }
 }
 
 impl Error {
@@ -95,6 +180,8 @@ impl Error {
             | Error::Key(_)
             | Error::Bind { .. }
             | Error::Broker(_)
+            | Error::StoreInUse { .. }
+            | Error::StoreOpen { .. }
             | Error::Store(_)
             | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -112,11 +199,7 @@ impl IntoResponse for Error {
         } else {
             self.to_string()
         };
-        let mut response = (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
+        let mut response = (status, Json(ErrorBody::new(code, message))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -129,3 +212,54 @@ impl IntoResponse for Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+
+    use super::*;
+
+    #[test]
+    fn a_bind_failure_names_the_config_key_in_words() {
+        let addr: SocketAddr = "127.0.0.1:1883".parse().expect("addr");
+        let e = Error::from(broker::StartError::Bind {
+            listener: "mqtt.tcp",
+            addr,
+            source: std::io::Error::from(ErrorKind::AddrInUse),
+        });
+        assert_eq!(
+            e.to_string(),
+            "mqtt.tcp \"127.0.0.1:1883\" is already in use by another process"
+        );
+        let e = Error::Bind {
+            key: "http.listen",
+            addr,
+            cause: std::io::Error::from(ErrorKind::PermissionDenied),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("http.listen \"127.0.0.1:1883\": permission denied")
+        );
+    }
+
+    #[test]
+    fn a_cause_quoted_in_the_message_is_not_also_the_source() {
+        let errors = [
+            Error::from(std::io::Error::other("disk on fire")),
+            Error::from(sled::Error::Unsupported("x".to_owned())),
+            Error::Bind {
+                key: "http.listen",
+                addr: "127.0.0.1:1".parse().expect("addr"),
+                cause: std::io::Error::other("odd"),
+            },
+            Error::StoreInUse {
+                path: PathBuf::from("data"),
+            },
+        ];
+        for e in errors {
+            assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+            let line = e.to_string();
+            assert_eq!(format!("{:#}", anyhow::Error::new(e)), line);
+        }
+    }
+}

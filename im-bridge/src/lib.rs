@@ -3,7 +3,10 @@
 //! Modules: `config` loads the typed config, `api` is the HTTP surface
 //! (`api::app(state)`), `auth` the bearer-token extractor, `metrics` the Prometheus
 //! registry, `store` the durable sled store, `error` the crate's error enum and its
-//! HTTP mapping, `server` binds every listener, serves and shuts down.
+//! HTTP mapping, `server` binds every listener, serves and shuts down, `shutdown`
+//! turns SIGTERM/SIGINT into a stop request. The JSON bodies, events and topics
+//! shared with clients come from the client SDK's `wire` module
+//! (`imqtt_client::wire`, without the SDK's networking `client` feature).
 
 pub mod api;
 pub mod auth;
@@ -11,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -1,6 +1,12 @@
 //! The `imqtt` binary: run the server, or mint a token from the config's secret.
+//!
+//! Serving goes: install the SIGTERM/SIGINT handlers, load the config, open the
+//! store and bind every listener, start serving, announce the addresses, wait for
+//! a signal, drain and flush. Exit codes: 0 after a clean stop (also when the signal
+//! came during startup), 1 on a startup or runtime error, 2 on a bad config.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,6 +16,7 @@ use broker::units::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use im_bridge::config::{Config, DEFAULT_CONFIG, LogFormat};
 use im_bridge::server::Server;
+use im_bridge::shutdown::Shutdown;
 use tracing_subscriber::EnvFilter;
 
 /// The default config path, relative to the working directory.
@@ -66,24 +73,125 @@ impl From<RoleArg> for Role {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load_config(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("imqtt: {e:#}");
-            return ExitCode::from(2);
+    match cli.command {
+        Some(Command::Token { uid, role, ttl }) => match load_config(cli.config.as_deref()) {
+            Ok((config, _)) => exit_code(mint(&config, &uid, role.into(), ttl)),
+            Err(e) => config_failed(&e),
+        },
+        None => serve(cli.config.as_deref(), cli.print_addrs),
+    }
+}
+
+/// Runs the server. A SIGTERM or Ctrl-C at any step of startup, as while serving,
+/// ends in a clean stop (whatever was opened is flushed and closed) and exit 0.
+fn serve(config_path: Option<&Path>, print_addrs: bool) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime");
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => return exit_code(Err(e)),
+    };
+    runtime.block_on(async {
+        // First of all, before the store is opened or any port is bound: from here
+        // on a signal is a request to stop, not the default instant death.
+        let shutdown = match Shutdown::on_signals().context("cannot listen for SIGTERM and SIGINT")
+        {
+            Ok(s) => s,
+            Err(e) => return exit_code(Err(e)),
+        };
+        match load_config(config_path) {
+            Ok(config) => exit_code(run(config, shutdown, print_addrs).await),
+            Err(e) => config_failed(&e),
         }
-    };
-    let result = match cli.command {
-        Some(Command::Token { uid, role, ttl }) => mint(&config, &uid, role.into(), ttl),
-        None => serve(config, cli.print_addrs),
-    };
+    })
+}
+
+/// Opens and binds, serves, announces, waits for the stop request, then drains and
+/// flushes. Each step first looks whether a stop was already requested.
+async fn run(
+    (config, origin): (Config, String),
+    mut shutdown: Shutdown,
+    print_addrs: bool,
+) -> anyhow::Result<()> {
+    init_tracing(&config);
+    tracing::info!(config = %origin, "starting imqtt {}", env!("CARGO_PKG_VERSION"));
+    if config.auth.uses_sample_secret() {
+        tracing::warn!(
+            "DEVELOPMENT PROFILE: auth.jwt_secret is the published sample secret \
+             (auth.allow_insecure_default = true), so anyone can mint tokens; \
+             set IMQTT_AUTH__JWT_SECRET for any real deployment"
+        );
+    }
+    raise_open_file_limit(&config);
+    if shutdown.is_requested() {
+        tracing::info!("stopped before opening the store");
+        return Ok(());
+    }
+    let server = Server::bind(config).await?;
+    if shutdown.is_requested() {
+        server.close().await?;
+        return Ok(());
+    }
+    let serving = server.serve();
+    // Announced only now that every listener serves and /readyz answers 200.
+    if let Err(e) = announce(serving.addrs(), print_addrs) {
+        serving.stop().await?;
+        return Err(e.context("cannot print the addresses on stdout"));
+    }
+    shutdown.requested().await;
+    serving.stop().await?;
+    Ok(())
+}
+
+/// Logs one line per listener and "ready", then prints the `--print-addrs` lines
+/// (last, so that whoever reads them finds the log lines already written).
+fn announce(addrs: &[(&str, SocketAddr)], print_addrs: bool) -> anyhow::Result<()> {
+    for (listener, addr) in addrs {
+        tracing::info!(listener, %addr, "listening");
+    }
+    tracing::info!("ready");
+    if print_addrs {
+        let mut out = std::io::stdout().lock();
+        for (listener, addr) in addrs {
+            writeln!(out, "{listener}={addr}")?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Exit 0, or 1 with the error on stderr.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("imqtt: {e:#}");
+            eprintln!("imqtt: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit 2 with every config problem on stderr.
+fn config_failed(e: &anyhow::Error) -> ExitCode {
+    eprintln!("imqtt: {}", describe(e));
+    ExitCode::from(2)
+}
+
+/// The error's message, then each cause that the message so far does not already
+/// quote, on one line (a config error lists its problems one per line): errors from other crates often both print their cause and return it as
+/// their `source()`, and `{:#}` would say it twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
@@ -101,12 +209,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
     Ok((config, origin))
 }
 
-fn mint(
-    (config, _): &(Config, String),
-    uid: &str,
-    role: Role,
-    ttl: Option<Duration>,
-) -> anyhow::Result<()> {
+fn mint(config: &Config, uid: &str, role: Role, ttl: Option<Duration>) -> anyhow::Result<()> {
     let verifier = TokenVerifier::new(&config.auth)?;
     let ttl = ttl.unwrap_or(config.auth.token_ttl).get();
     let token = verifier.mint(uid, role, ttl)?;
@@ -128,18 +231,9 @@ fn init_tracing(config: &Config) {
     }
 }
 
-fn serve((config, origin): (Config, String), print_addrs: bool) -> anyhow::Result<()> {
-    init_tracing(&config);
-    tracing::info!(config = %origin, "starting imqtt {}", env!("CARGO_PKG_VERSION"));
-    if config.auth.uses_sample_secret() {
-        tracing::warn!(
-            "DEVELOPMENT PROFILE: auth.jwt_secret is the published sample secret \
-             (auth.allow_insecure_default = true), so anyone can mint tokens; \
-             set IMQTT_AUTH__JWT_SECRET for any real deployment"
-        );
-    }
-    // Every MQTT connection is a file descriptor: use all the hard limit allows
-    // (service managers often leave the soft limit at 1024).
+/// Every MQTT connection is a file descriptor: use all the hard limit allows
+/// (service managers often leave the soft limit at 1024).
+fn raise_open_file_limit(config: &Config) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(fds) => {
             tracing::info!(open_files = fds, "file descriptor limit");
@@ -152,53 +246,5 @@ fn serve((config, origin): (Config, String), print_addrs: bool) -> anyhow::Resul
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind(config).await?;
-        let addrs = server.addrs();
-        for (listener, addr) in &addrs {
-            tracing::info!(listener, %addr, "listening");
-        }
-        if print_addrs {
-            let mut out = std::io::stdout().lock();
-            for (listener, addr) in &addrs {
-                writeln!(out, "{listener}={addr}")?;
-            }
-            out.flush()?;
-        }
-        server.run(shutdown_signal()).await?;
-        Ok(())
-    })
-}
-
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }

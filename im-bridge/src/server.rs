@@ -1,15 +1,19 @@
-//! Starting and stopping the whole server: open the store, bind every listener,
-//! serve until told to stop, then drain and flush.
+//! Starting and stopping the whole server, in three steps that each leave nothing
+//! behind when the next one is not taken: [`Server::bind`] opens the store and binds
+//! every listener, [`Server::serve`] starts serving (ready from then on), and
+//! [`Serving::stop`] drains and flushes. A server bound but never served is closed
+//! with [`Server::close`], which flushes the store too.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use broker::auth::TokenVerifier;
 use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -28,14 +32,36 @@ pub struct Server {
 
 impl Server {
     /// Loads keys, opens the store and binds every listener; any failure here is a
-    /// startup error and nothing is served.
+    /// startup error and nothing is served. The store is opened to the end even if
+    /// the caller stops waiting, and when a listener cannot be bound it is flushed
+    /// before the error is returned.
     pub async fn bind(config: Config) -> Result<Server> {
-        let verifier = TokenVerifier::new(&config.auth)?;
+        let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
         let store_cfg = config.store.clone();
+        // Opening reads sled's log, which blocks; it runs on the blocking pool.
         let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let verifier = Arc::new(verifier);
+        match Server::bind_listeners(config, verifier).await {
+            Ok((state, http, mqtt)) => Ok(Server {
+                state,
+                store,
+                http,
+                mqtt,
+            }),
+            Err(e) => {
+                if let Err(flush) = store.flush().await {
+                    tracing::error!(error = %flush, "cannot flush the store");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bind_listeners(
+        config: Config,
+        verifier: Arc<TokenVerifier>,
+    ) -> Result<(AppState, TcpListener, Broker)> {
         let mut broker_metrics = None;
         let metrics = Metrics::new(|registry| {
             broker_metrics = Some(Arc::new(BrokerMetrics::register(registry)));
@@ -51,25 +77,18 @@ impl Server {
         )
         .await?;
         let addr = config.http.listen;
-        let http = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind {
-                listener: "http",
-                addr,
-                source,
-            })?;
+        let http = TcpListener::bind(addr).await.map_err(|cause| Error::Bind {
+            key: "http.listen",
+            addr,
+            cause,
+        })?;
         let state = AppState {
             config: Arc::new(config),
             verifier,
             metrics: Arc::new(metrics),
             ready: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Server {
-            state,
-            store,
-            http,
-            mqtt,
-        })
+        Ok((state, http, mqtt))
     }
 
     /// The broker's handle, for publishing and connection events.
@@ -77,52 +96,106 @@ impl Server {
         self.mqtt.handle()
     }
 
-    /// The bound address of every listener, keyed as in `--print-addrs`.
-    pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        let mut addrs = self.mqtt.local_addrs();
-        if let Ok(a) = self.http.local_addr() {
-            addrs.push(("http", a));
-        }
-        addrs
+    /// Closes a server that never served: flushes the store and releases its lock
+    /// and the listeners.
+    pub async fn close(self) -> Result<()> {
+        self.store.flush().await?;
+        tracing::info!("store flushed; stopped before serving");
+        Ok(())
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, tells MQTT clients
-    /// (v5: DISCONNECT 0x8B), gives in-flight requests and connections
-    /// `http.shutdown_grace` to finish, and flushes the store.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    /// Starts serving: from the moment this returns, every listener accepts and
+    /// `/readyz` answers 200 until [`Serving::stop`].
+    pub fn serve(self) -> Serving {
         let Server {
             state,
             store,
             http,
             mqtt,
         } = self;
+        let addrs = listener_addrs(&mqtt, &http);
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let grace = state.config.http.shutdown_grace.get();
-        let mqtt_task = tokio::spawn(mqtt.run(stopped(stop_rx.clone()), grace));
+        // Ready is set before the HTTP task exists, so no request can ever be
+        // answered by this server while the flag is still false: a client that
+        // connects as soon as the addresses are printed gets 200 from /readyz.
+        // Connections that arrive before the tasks first run wait in the listen
+        // backlog (the sockets are bound and listening since `bind`).
+        state.ready.store(true, Ordering::Release);
         let ready = state.ready.clone();
-        let http_task = tokio::spawn(
+        let mqtt = tokio::spawn(mqtt.run(stopped(stop_rx.clone()), grace));
+        let http = tokio::spawn(
             axum::serve(http, api::app(state))
                 .with_graceful_shutdown(stopped(stop_rx))
                 .into_future(),
         );
-        ready.store(true, Ordering::Release);
-        tracing::info!("ready");
+        Serving {
+            addrs,
+            ready,
+            stop_tx,
+            http,
+            mqtt,
+            store,
+            grace,
+        }
+    }
+}
 
-        shutdown.await;
+/// The bound address of every listener, keyed as in `--print-addrs`.
+fn listener_addrs(mqtt: &Broker, http: &TcpListener) -> Vec<(&'static str, SocketAddr)> {
+    let mut addrs = mqtt.local_addrs();
+    if let Ok(a) = http.local_addr() {
+        addrs.push(("http", a));
+    }
+    addrs
+}
+
+/// A server that is serving; [`Serving::stop`] ends it.
+#[derive(Debug)]
+pub struct Serving {
+    addrs: Vec<(&'static str, SocketAddr)>,
+    ready: Arc<AtomicBool>,
+    stop_tx: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    mqtt: JoinHandle<()>,
+    store: Store,
+    grace: Duration,
+}
+
+impl Serving {
+    /// The bound address of every listener, keyed as in `--print-addrs`
+    /// (`mqtt.tcp`, `mqtt.ws`, `mqtt.tls`, `mqtt.wss`, `http`).
+    pub fn addrs(&self) -> &[(&'static str, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// Stops accepting, tells MQTT clients (v5: DISCONNECT 0x8B), gives in-flight
+    /// requests and connections `http.shutdown_grace` to finish, and flushes the
+    /// store.
+    pub async fn stop(self) -> Result<()> {
+        let Serving {
+            ready,
+            stop_tx,
+            http,
+            mqtt,
+            store,
+            grace,
+            ..
+        } = self;
         tracing::info!(grace = ?grace, "shutting down: no new connections, draining requests");
         ready.store(false, Ordering::Release);
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(grace, http_task).await {
+        match tokio::time::timeout(grace, http).await {
             Ok(Ok(Ok(()))) => tracing::info!("HTTP drained"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP task failed"),
             Err(_) => tracing::warn!("grace period over; abandoning in-flight requests"),
         }
-        let _ = mqtt_task.await;
+        let _ = mqtt.await;
         store.flush().await?;
         tracing::info!("store flushed; stopped");
         Ok(())

@@ -1,5 +1,6 @@
 //! Test harness: starts the real `imqtt` binary on ephemeral ports with its own data
 //! directory, reads the bound addresses from `--print-addrs`, and stops or kills it.
+//! [`Launch`] is the process before it is known to serve, for tests of startup.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,8 +9,8 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 /// The HS256 secret every test server uses.
 pub const TEST_SECRET: &str = "imqtt-test-secret-0123456789abcdef0123456789";
@@ -62,54 +63,7 @@ impl Server {
 
     /// Like [`Server::start_with`], plus environment variables.
     pub async fn start_env(extra: &str, env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = format!(
-            "[mqtt]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
-             [auth]\njwt_secret = \"{TEST_SECRET}\"\n\
-             [store]\npath = \"{}\"\n{extra}",
-            dir.path().join("data").display()
-        );
-        let config_path = dir.path().join("imqtt.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let mut child = Command::new(imqtt_bin())
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--print-addrs")
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn imqtt");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addrs = HashMap::new();
-        let read = async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some((name, addr)) = line.split_once('=') {
-                    let addr: SocketAddr = addr.parse().expect("address line");
-                    addrs.insert(name.to_owned(), addr);
-                    if name == "http" {
-                        return true;
-                    }
-                }
-            }
-            false
-        };
-        let complete = tokio::time::timeout(START_TIMEOUT, read)
-            .await
-            .unwrap_or(false);
-        let server = Server { child, addrs, dir };
-        assert!(
-            complete,
-            "imqtt did not print its addresses; stderr:\n{}",
-            server.log()
-        );
-        server
+        Launch::spawn(extra, env).into_server().await
     }
 
     /// `http://HOST:PORT` of the HTTP API.
@@ -142,21 +96,171 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self) -> ExitStatus {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        tokio::time::timeout(START_TIMEOUT, self.child.wait())
-            .await
-            .expect("server stops after SIGTERM")
-            .expect("wait for server")
+        sigterm(self.pid());
+        wait_exit(&mut self.child).await
+    }
+
+    /// Waits (under [`START_TIMEOUT`]) for the process to exit and gives back its
+    /// directory, so that another server can be started on the same data.
+    pub async fn stopped(mut self) -> (ExitStatus, tempfile::TempDir) {
+        let status = wait_exit(&mut self.child).await;
+        (status, self.dir)
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill server");
     }
+}
+
+/// An `imqtt` process that was started but is not yet known to serve, with a private
+/// directory holding its config, its stderr log and its data.
+#[derive(Debug)]
+pub struct Launch {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    dir: tempfile::TempDir,
+}
+
+impl Launch {
+    /// Starts `imqtt --print-addrs` on ephemeral loopback ports with the test secret,
+    /// its config being the test base followed by `extra` (see [`Server::start_with`]).
+    pub fn spawn(extra: &str, env: &[(&str, &str)]) -> Launch {
+        Launch::spawn_in(tempfile::tempdir().expect("temp dir"), extra, env)
+    }
+
+    /// Like [`Launch::spawn`], in `dir`: a directory an earlier server used keeps its
+    /// data (`dir/data`), so this server opens the same store.
+    pub fn spawn_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Launch {
+        let config = format!(
+            "[mqtt]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
+             [auth]\njwt_secret = \"{TEST_SECRET}\"\n\
+             [store]\npath = \"{}\"\n{extra}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("imqtt.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let mut child = Command::new(imqtt_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--print-addrs")
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn imqtt");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Launch {
+            child,
+            stdout: BufReader::new(stdout).lines(),
+            dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process not yet reaped")
+    }
+
+    /// Reads the `--print-addrs` lines up to the `http` one; `None` when stdout
+    /// closes first or nothing comes within [`START_TIMEOUT`].
+    pub async fn read_addrs(&mut self) -> Option<HashMap<String, SocketAddr>> {
+        let mut addrs = HashMap::new();
+        let read = async {
+            while let Ok(Some(line)) = self.stdout.next_line().await {
+                if let Some((name, addr)) = line.split_once('=') {
+                    let addr: SocketAddr = addr.parse().expect("address line");
+                    addrs.insert(name.to_owned(), addr);
+                    if name == "http" {
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        let complete = tokio::time::timeout(START_TIMEOUT, read)
+            .await
+            .unwrap_or(false);
+        complete.then_some(addrs)
+    }
+
+    /// Resolves once the process has a handler for SIGTERM (Linux: `SigCgt` in
+    /// `/proc/PID/status`), the first instant at which any program can act on
+    /// the signal; before its `main` runs, SIGTERM's default action kills it.
+    pub async fn sigterm_handled(&self) {
+        let status = format!("/proc/{}/status", self.pid());
+        let handled = async {
+            loop {
+                let text = std::fs::read_to_string(&status).unwrap_or_default();
+                let caught = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    .unwrap_or(0);
+                if caught & (1 << (SIGTERM - 1)) != 0 {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(START_TIMEOUT, handled)
+            .await
+            .expect("imqtt never installed a SIGTERM handler");
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        sigterm(self.pid());
+    }
+
+    /// Waits (under [`START_TIMEOUT`]) for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child).await
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The directory, for [`Launch::spawn_in`] once this process has exited.
+    pub fn into_dir(self) -> tempfile::TempDir {
+        self.dir
+    }
+
+    /// Waits for the addresses and gives the running [`Server`].
+    pub async fn into_server(mut self) -> Server {
+        let addrs = self.read_addrs().await;
+        let log = self.log();
+        let Launch { child, dir, .. } = self;
+        let addrs =
+            addrs.unwrap_or_else(|| panic!("imqtt did not print its addresses; stderr:\n{log}"));
+        Server { child, addrs, dir }
+    }
+}
+
+/// SIGTERM's number (the same on every Linux architecture).
+const SIGTERM: u32 = 15;
+
+/// Sends SIGTERM to `pid` straight away (no `kill` process in between).
+fn sigterm(pid: u32) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a process id");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
+}
+
+async fn wait_exit(child: &mut Child) -> ExitStatus {
+    tokio::time::timeout(START_TIMEOUT, child.wait())
+        .await
+        .expect("imqtt exits within START_TIMEOUT")
+        .expect("wait for imqtt")
 }
 
 /// Mints a token signed with [`TEST_SECRET`].

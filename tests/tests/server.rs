@@ -1,8 +1,11 @@
 //! The `imqtt` binary as an operator meets it: start on port 0, health, readiness,
 //! metrics, JSON errors, shutdown.
 
-use imqtt_tests::Server;
+use std::time::Duration;
+
+use imqtt_tests::{Launch, Server};
 use serde_json::Value;
+use tokio::time::Instant;
 
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.expect("request");
@@ -136,5 +139,109 @@ async fn a_second_server_on_the_same_data_directory_is_refused() {
         .expect("run second imqtt");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("store"), "{stderr}");
+    let expected = format!(
+        "imqtt: store.path {:?} is in use by another imqtt process",
+        server.data_dir()
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("imqtt:")).collect();
+    assert_eq!(errors, [expected.as_str()], "{stderr}");
+    assert_eq!(stderr.matches("in use").count(), 1, "{stderr}");
+    for noise in ["Os {", "WouldBlock", "IO error", "lock"] {
+        assert!(!stderr.contains(noise), "{noise:?} in:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_line_naming_the_config_key() {
+    let server = Server::start().await;
+    for (var, key, addr) in [
+        ("IMQTT_HTTP__LISTEN", "http.listen", server.addr("http")),
+        ("IMQTT_MQTT__TCP", "mqtt.tcp", server.addr("mqtt.tcp")),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = tokio::process::Command::new(imqtt_tests::imqtt_bin())
+            .env("IMQTT_AUTH__JWT_SECRET", imqtt_tests::TEST_SECRET)
+            .env("IMQTT_STORE__PATH", dir.path().join("data"))
+            .env("IMQTT_MQTT__TCP", "127.0.0.1:0")
+            .env("IMQTT_MQTT__WS", "")
+            .env("IMQTT_HTTP__LISTEN", "127.0.0.1:0")
+            .env(var, addr.to_string())
+            .output()
+            .await
+            .expect("run second imqtt");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = format!("imqtt: {key} \"{addr}\" is already in use by another process");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("imqtt:")).collect();
+        assert_eq!(errors, [expected.as_str()], "{stderr}");
+        assert!(!stderr.contains("os error"), "{stderr}");
+    }
+}
+
+/// When, during startup, a test sends SIGTERM.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// As soon as the process has a SIGTERM handler: the earliest instant any
+    /// program can act on the signal (before its `main`, the default action
+    /// kills it, so no program can exit 0 from there).
+    AsSoonAsHandled,
+    /// This long after the spawn (or when the handler appears, if later).
+    AfterSpawn(Duration),
+    /// Right after the `--print-addrs` lines were read.
+    AfterAddresses,
+}
+
+#[tokio::test]
+async fn sigterm_at_any_moment_of_startup_exits_zero_and_leaves_a_reusable_store() {
+    // How long a start takes here, to spread the delays over the whole of it.
+    let spawned = Instant::now();
+    let mut server = Server::start().await;
+    let startup = spawned.elapsed();
+    assert_eq!(server.terminate().await.code(), Some(0), "{}", server.log());
+
+    let mut moments = vec![Moment::AsSoonAsHandled];
+    for percent in [2, 5, 10, 20, 35, 50, 70, 90, 100] {
+        moments.push(Moment::AfterSpawn(startup * percent / 100));
+    }
+    moments.push(Moment::AfterAddresses);
+    for moment in moments {
+        let spawned = Instant::now();
+        let mut launch = Launch::spawn("", &[]);
+        match moment {
+            Moment::AsSoonAsHandled => launch.sigterm_handled().await,
+            Moment::AfterSpawn(delay) => {
+                launch.sigterm_handled().await;
+                tokio::time::sleep_until(spawned + delay).await;
+            }
+            Moment::AfterAddresses => {
+                assert!(launch.read_addrs().await.is_some(), "{}", launch.log());
+            }
+        }
+        launch.sigterm();
+        let status = launch.wait().await;
+        let log = launch.log();
+        assert_eq!(status.code(), Some(0), "{moment:?}: {status}; log:\n{log}");
+        if log.contains("store opened") {
+            assert!(log.contains("store flushed"), "{moment:?}; log:\n{log}");
+        }
+        // The lock is released: a second server opens the same store and serves.
+        let mut again = Launch::spawn_in(launch.into_dir(), "", &[])
+            .into_server()
+            .await;
+        let readyz = format!("{}/readyz", again.http_url());
+        assert_eq!(get(&readyz).await.0, 200, "{moment:?}");
+        assert_eq!(again.terminate().await.code(), Some(0), "{}", again.log());
+    }
+}
+
+#[tokio::test]
+async fn readyz_answers_200_as_soon_as_the_addresses_are_printed() {
+    for _ in 0..10 {
+        let mut server = Server::start().await;
+        let (status, body) = get(&format!("{}/readyz", server.http_url())).await;
+        assert_eq!(status, 200, "{body}; log:\n{}", server.log());
+        let log = server.log();
+        assert!(log.lines().any(|l| l.ends_with(" ready")), "{log}");
+        assert_eq!(server.terminate().await.code(), Some(0), "{}", server.log());
+    }
 }

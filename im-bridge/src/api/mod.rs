@@ -34,8 +34,9 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Set once every listener is bound and the store is open; cleared when
-    /// shutdown begins, so load balancers stop sending new work.
+    /// Set when the server starts serving (every listener bound, the store open,
+    /// before any request can be answered); cleared when shutdown begins, so load
+    /// balancers stop sending new work.
     pub ready: Arc<AtomicBool>,
 }
 

@@ -1,0 +1,153 @@
+//! The message envelope of DESIGN.md §4: what a stored message looks like over MQTT
+//! (`users/{uid}/inbox`, `groups/{gid}`) and in HTTP sync and history pages.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::conv::ConvId;
+
+/// One stored message: its conversation, its place in it and its body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Server-assigned, unique and sortable (a ULID).
+    pub id: String,
+    /// The conversation the message belongs to.
+    pub conv: ConvId,
+    /// Position in the conversation: from 1, no gaps, assigned at commit.
+    pub seq: u64,
+    /// The sender's uid.
+    pub from: String,
+    /// The peer uid (direct and notice conversations) or the gid (groups).
+    pub to: String,
+    /// Server time of the commit, Unix milliseconds.
+    pub ts: u64,
+    /// The sender's own id for the send, echoed back when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// The delivery class the message was sent with.
+    pub qos: Qos,
+    /// The application's payload: any JSON value.
+    pub body: Value,
+}
+
+/// The delivery class of a message (DESIGN.md §6), written as the number 0, 1 or 2.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Qos {
+    /// 0: not stored, no seq; online recipients only.
+    AtMostOnce,
+    /// 1 (the default): stored before the 2xx, delivered at least once.
+    #[default]
+    AtLeastOnce,
+    /// 2: as 1, and the broker hop is exactly once.
+    ExactlyOnce,
+}
+
+impl From<Qos> for u8 {
+    fn from(q: Qos) -> u8 {
+        match q {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+
+    fn try_from(n: u8) -> Result<Qos, String> {
+        match n {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            2 => Ok(Qos::ExactlyOnce),
+            _ => Err(format!("qos must be 0, 1 or 2, not {n}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The example of DESIGN.md §4, byte for byte.
+    const EXAMPLE: &str = r#"{"id":"01JD7Y3X3W6K0Q8S3R2Y1N5V4C","conv":"dm:alice:bob","seq":42,"from":"alice","to":"bob","ts":1732262400123,"client_msg_id":"c-7f1","qos":1,"body":{"text":"你好世界"}}"#;
+
+    fn example() -> Envelope {
+        Envelope {
+            id: "01JD7Y3X3W6K0Q8S3R2Y1N5V4C".to_owned(),
+            conv: "dm:alice:bob".parse().expect("conv"),
+            seq: 42,
+            from: "alice".to_owned(),
+            to: "bob".to_owned(),
+            ts: 1_732_262_400_123,
+            client_msg_id: Some("c-7f1".to_owned()),
+            qos: Qos::AtLeastOnce,
+            body: json!({"text": "你好世界"}),
+        }
+    }
+
+    #[test]
+    fn the_design_example_is_exactly_this_envelope() {
+        assert_eq!(
+            serde_json::to_string(&example()).expect("serialize"),
+            EXAMPLE
+        );
+        let parsed: Envelope = serde_json::from_str(EXAMPLE).expect("parse");
+        assert_eq!(parsed, example());
+    }
+
+    #[test]
+    fn client_msg_id_is_omitted_when_absent() {
+        let env = Envelope {
+            client_msg_id: None,
+            qos: Qos::ExactlyOnce,
+            body: json!([1, null, "x"]),
+            ..example()
+        };
+        let text = serde_json::to_string(&env).expect("serialize");
+        assert!(!text.contains("client_msg_id"), "{text}");
+        assert!(text.contains(r#""qos":2"#), "{text}");
+        assert_eq!(serde_json::from_str::<Envelope>(&text).expect("parse"), env);
+    }
+
+    #[test]
+    fn a_bad_envelope_is_an_error() {
+        let mut v: Value = serde_json::from_str(EXAMPLE).expect("parse");
+        v["qos"] = json!(3);
+        assert!(serde_json::from_value::<Envelope>(v.clone()).is_err());
+        v["qos"] = json!(1);
+        v["conv"] = json!("dm:alice:alice");
+        assert!(serde_json::from_value::<Envelope>(v.clone()).is_err());
+        v["conv"] = json!("dm:alice:bob");
+        v["seq"] = json!(-1);
+        assert!(serde_json::from_value::<Envelope>(v.clone()).is_err());
+        v["seq"] = json!(1);
+        v.as_object_mut().expect("object").remove("body");
+        assert!(
+            serde_json::from_value::<Envelope>(v).is_err(),
+            "body is required"
+        );
+        assert!(serde_json::from_str::<Envelope>("[]").is_err());
+    }
+
+    #[test]
+    fn qos_is_a_number_and_defaults_to_one() {
+        assert_eq!(Qos::default(), Qos::AtLeastOnce);
+        for (q, n) in [
+            (Qos::AtMostOnce, "0"),
+            (Qos::AtLeastOnce, "1"),
+            (Qos::ExactlyOnce, "2"),
+        ] {
+            assert_eq!(serde_json::to_string(&q).expect("serialize"), n);
+            assert_eq!(serde_json::from_str::<Qos>(n).expect("parse"), q);
+        }
+        for bad in ["3", "-1", "1.5", "\"1\"", "256"] {
+            assert!(serde_json::from_str::<Qos>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The wire formats of DESIGN.md §3-5, shared by the server (`im-bridge`) and the
+//! client: plain serde types with no networking, so one definition serves both
+//! sides. Needs only `serde` and `serde_json` (the crate's `client` feature is off
+//! for the server).
+//!
+//! Inside: ids and conversation ids ([`is_valid_id`], [`ConvId`]), the message
+//! [`Envelope`], the [`Event`]s on `users/{uid}/events`, [`Presence`], the HTTP
+//! request and response bodies of §5 (sending, sync and acks, groups, contacts,
+//! accounts) with the error body [`ErrorBody`], and the MQTT [`topic`] builders.
+
+mod accounts;
+mod conv;
+mod envelope;
+mod error;
+mod event;
+mod groups;
+mod id;
+mod messages;
+mod presence;
+mod sync;
+pub mod topic;
+
+pub use accounts::{Credentials, TokenResponse};
+pub use conv::{ConvId, ConvIdError, ConvKind};
+pub use envelope::{Envelope, Qos};
+pub use error::{ErrorBody, ErrorDetail};
+pub use event::Event;
+pub use groups::{
+    AddMembersRequest, CreateGroupRequest, Group, GroupInfo, GroupList, GroupMember, GroupRole,
+    GroupSummary,
+};
+pub use id::{InvalidId, MAX_ID_LEN, check_id, is_valid_id};
+pub use messages::{
+    BatchRequest, BatchResponse, BatchResult, LiveSendResult, NotifyRequest, Recipient,
+    SendRequest, SendResult,
+};
+pub use presence::{ContactList, Presence, PresenceList, PresenceQuery, PresenceStatus};
+pub use sync::{
+    AckRequest, ConversationList, ConversationSummary, MessagesPage, MessagesQuery,
+    SyncConversation, SyncQuery, SyncResponse,
+};
+pub use topic::Topic;
