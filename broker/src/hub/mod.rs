@@ -89,11 +89,24 @@ pub(crate) struct Attached {
 #[derive(Debug, Default)]
 struct Sessions {
     by_key: HashMap<Arc<str>, Arc<Session>>,
-    by_user: HashMap<Arc<str>, Vec<Arc<Session>>>,
-    /// Live connections per user; a user is a key only while it has one.
-    online: HashMap<Arc<str>, usize>,
+    /// A user is a key while it has a session or a live connection.
+    by_user: HashMap<Arc<str>, User>,
     /// `seq` of the last event sent.
     event_seq: u64,
+}
+
+/// One user's sessions, and how many connections it holds (kept here, where
+/// sessions are attached and detached, so that "online" is a fact).
+#[derive(Debug, Default)]
+struct User {
+    sessions: Vec<Arc<Session>>,
+    online: usize,
+}
+
+impl User {
+    fn is_gone(&self) -> bool {
+        self.sessions.is_empty() && self.online == 0
+    }
 }
 
 /// The hub.
@@ -151,23 +164,15 @@ impl Hub {
         generation: Generation,
         kind: EventKind,
     ) {
-        let connections = match kind {
-            EventKind::Connected => {
-                let n = sessions.online.entry(session.uid.clone()).or_insert(0);
-                *n += 1;
-                *n
-            }
-            EventKind::Disconnected(_) => match sessions.online.get_mut(&session.uid) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    *n
-                }
-                _ => {
-                    sessions.online.remove(&session.uid);
-                    0
-                }
-            },
-        };
+        let user = sessions.by_user.entry(session.uid.clone()).or_default();
+        match kind {
+            EventKind::Connected => user.online += 1,
+            EventKind::Disconnected(_) => user.online = user.online.saturating_sub(1),
+        }
+        let connections = user.online;
+        if user.is_gone() {
+            sessions.by_user.remove(&session.uid);
+        }
         sessions.event_seq += 1;
         // No receiver is fine: nobody follows presence.
         let _ = self.events.send(Event {
@@ -254,6 +259,7 @@ impl Hub {
             .by_user
             .entry(uid)
             .or_default()
+            .sessions
             .push(session.clone());
         self.metrics.sessions.set(sessions.by_key.len() as i64);
         self.emit_locked(sessions, &session, generation, EventKind::Connected);
@@ -312,9 +318,10 @@ impl Hub {
         {
             sessions.by_key.remove(&session.key);
         }
-        if let Some(list) = sessions.by_user.get_mut(&session.uid) {
-            list.retain(|s| !Arc::ptr_eq(s, session));
-            if list.is_empty() {
+        if let Some(user) = sessions.by_user.get_mut(&session.uid) {
+            user.sessions.retain(|s| !Arc::ptr_eq(s, session));
+            // Kept while a taken-over connection of it is still counted.
+            if user.is_gone() {
                 sessions.by_user.remove(&session.uid);
             }
         }
@@ -469,7 +476,7 @@ impl Hub {
         lock(&self.sessions)
             .by_user
             .get(uid)
-            .cloned()
+            .map(|u| u.sessions.clone())
             .unwrap_or_default()
     }
 
@@ -509,22 +516,25 @@ impl Hub {
 
     /// How many connections `uid` holds now.
     pub(crate) fn connections(&self, uid: &str) -> usize {
-        lock(&self.sessions).online.get(uid).copied().unwrap_or(0)
+        lock(&self.sessions)
+            .by_user
+            .get(uid)
+            .map_or(0, |u| u.online)
     }
 
     /// Every connected user with its devices, and the last event reflected. Visits
-    /// every connected user: for a consumer recovering from lag, not a hot path.
+    /// every user with a session: for a consumer recovering from lag, not a hot
+    /// path.
     pub(crate) fn presence_snapshot(&self) -> PresenceSnapshot {
         let sessions = lock(&self.sessions);
         let users = sessions
-            .online
-            .keys()
-            .map(|uid| {
-                let devices = sessions
-                    .by_user
-                    .get(uid)
-                    .into_iter()
-                    .flatten()
+            .by_user
+            .iter()
+            .filter(|(_, user)| user.online > 0)
+            .map(|(uid, user)| {
+                let devices = user
+                    .sessions
+                    .iter()
                     .filter_map(|s| {
                         s.attached().map(|generation| Device {
                             client_id: s.client_id().to_owned(),
