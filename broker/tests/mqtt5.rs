@@ -275,11 +275,17 @@ fn will(delay: u32) -> LastWill {
     )
 }
 
-async fn raw_v5_connect_then_drop(b: &TestBroker, uid: &str, client_id: &str, delay: u32) {
+async fn raw_v5_connect_then_drop(
+    b: &TestBroker,
+    uid: &str,
+    client_id: &str,
+    delay: u32,
+    expiry: u32,
+) {
     // A rumqttc client whose socket simply goes away: abort its event loop task.
     let mut o = options(b, uid, client_id);
     o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(30));
+    o.set_session_expiry_interval(Some(expiry));
     o.set_last_will(will(delay));
     let (_client, mut el) = AsyncClient::new(o, 10);
     loop {
@@ -299,7 +305,7 @@ async fn will_delay_holds_the_will_and_a_quick_return_cancels_it() {
     watcher.subscribe("t/will").await;
 
     // Returns within the delay: no will.
-    raw_v5_connect_then_drop(&b, "hal", "hal-phone", 2).await;
+    raw_v5_connect_then_drop(&b, "hal", "hal-phone", 2, 30).await;
     let mut o = options(&b, "hal", "hal-phone");
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(30));
@@ -308,7 +314,25 @@ async fn will_delay_holds_the_will_and_a_quick_return_cancels_it() {
     watcher.quiet_for(Duration::from_millis(2500)).await;
 
     // Stays away: the will comes after the delay, not before.
-    raw_v5_connect_then_drop(&b, "ida", "ida-phone", 1).await;
+    raw_v5_connect_then_drop(&b, "ida", "ida-phone", 1, 30).await;
+    let started = tokio::time::Instant::now();
+    let p = watcher.publish().await;
+    assert_eq!(&p.payload[..], b"gone");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_session_ending_before_the_will_delay_sends_the_will_then() {
+    // MQTT 5 §3.1.3.2.2: the will waits for the delay or the end of the session,
+    // whichever comes first (here the session expires after 1 s, the delay is 30 s).
+    let b = start().await;
+    let mut watcher = connect(options(&b, "gus", "gus-watch"));
+    watcher.subscribe("t/will").await;
+    raw_v5_connect_then_drop(&b, "joe", "joe-phone", 30, 1).await;
     let started = tokio::time::Instant::now();
     let p = watcher.publish().await;
     assert_eq!(&p.payload[..], b"gone");

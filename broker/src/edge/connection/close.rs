@@ -178,18 +178,25 @@ impl<S: Transport> Conn<S> {
             }
             return;
         }
-        // MQTT 5 Will Delay: sent only if the session is not resumed in time.
-        let conn_edge = Arc::downgrade(&self.edge);
+        // MQTT 5 §3.1.3.2.2: the will waits for the Will Delay Interval or the end
+        // of the session, whichever comes first, and is not sent if a connection
+        // resumes the session meanwhile. (`delay` is at most the session expiry.)
+        let edge = Arc::downgrade(&self.edge);
         let session = Arc::downgrade(&self.session);
         let generation = self.generation;
         let uid = self.session.uid.to_string();
         let client_id = self.session.client_id().to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let (Some(edge), Some(session)) = (conn_edge.upgrade(), session.upgrade()) else {
+            let Some(edge) = edge.upgrade() else {
                 return;
             };
-            if session.last_held_by(generation) {
+            // A session that is gone ended without being resumed (resuming keeps
+            // it); one that is still there may have been resumed.
+            let resumed = session
+                .upgrade()
+                .is_some_and(|s| !s.last_held_by(generation));
+            if !resumed {
                 send_will(&edge, &uid, &client_id, *will);
             }
         });
