@@ -289,3 +289,87 @@ async fn websocket_disconnect_ends_with_a_closing_handshake() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_websocket_holds_no_more_than_a_connect_before_login() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.ws"))
+        .await
+        .expect("tcp");
+    let mut ws = ws_connect(tcp).await;
+    // A binary message announcing 1 MiB (masked with a zero key, as a client
+    // must mask), of which 100 KiB are sent: more than any CONNECT may be.
+    let raw = ws.get_mut();
+    let mut frame = vec![0x82, 0xFF, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(0x10u8, 100 * 1024));
+    let _ = raw.write_all(&frame).await;
+    // The server gives up at once instead of buffering the message for the
+    // connect timeout (10 s).
+    let mut sink = [0u8; 1024];
+    let closed = timeout(Duration::from_secs(2), async {
+        loop {
+            match raw.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "still open 2 s after 100 KiB before CONNECT"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_carries_large_messages_after_login() {
+    let running = start().await;
+    let tcp = TcpStream::connect(running.addr("mqtt.ws"))
+        .await
+        .expect("tcp");
+    let mut ws = ws_connect(tcp).await;
+    let token = verifier()
+        .mint("ops", Role::Admin, Duration::from_secs(600))
+        .expect("mint");
+    let mut c = v4::Connect::new("ops-dev");
+    c.set_login("ops", token);
+    let mut out = BytesMut::new();
+    c.write(&mut out).expect("encode");
+    v4::Subscribe::new("big/x", rumqttc::QoS::AtMostOnce)
+        .write(&mut out)
+        .expect("encode");
+    ws.send(Message::Binary(out.freeze())).await.expect("send");
+    // 200 KiB in one message, well past what is allowed before login.
+    let payload = vec![7u8; 200 * 1024];
+    let mut big = BytesMut::new();
+    v4::Publish::new("big/x", rumqttc::QoS::AtMostOnce, payload.clone())
+        .write(&mut big)
+        .expect("encode");
+    let mut buf = BytesMut::new();
+    let mut sent = false;
+    loop {
+        let msg = timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        if let Message::Binary(b) = msg {
+            buf.extend_from_slice(&b);
+        }
+        while let Ok(p) = v4::Packet::read(&mut buf, 1 << 20) {
+            match p {
+                v4::Packet::SubAck(_) if !sent => {
+                    sent = true;
+                    ws.send(Message::Binary(big.clone().freeze()))
+                        .await
+                        .expect("send");
+                }
+                v4::Packet::Publish(p) => {
+                    assert_eq!(p.payload.len(), payload.len());
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -46,6 +46,10 @@ pub(crate) trait Transport: AsyncWrite + Unpin + Send + 'static {
     /// Appends the available input to `buf`: `Some(0)` at the end of the stream,
     /// `None` when nothing is there after all (readiness can be stale).
     fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
+
+    /// The client has logged in: limits that hold only before CONNECT is
+    /// accepted are lifted.
+    fn logged_in(&mut self) {}
 }
 
 /// Bytes asked of a socket per read.

@@ -7,6 +7,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use tokio::io::ReadBuf;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -17,9 +19,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Transport;
+use super::codec::CONNECT_MAX;
 
 /// The only path MQTT is served on.
 pub(crate) const PATH: &str = "/mqtt";
+
+/// Bytes a WebSocket may read off its socket before its client has logged in: the
+/// upgrade request, a CONNECT of at most `CONNECT_MAX`, and framing. tungstenite
+/// would otherwise buffer a whole message of up to `mqtt.max_packet_size` from
+/// anyone who opens a socket.
+const BEFORE_LOGIN: usize = 16 * 1024 + CONNECT_MAX + 1024;
 
 /// Performs the server handshake on `io`: `GET /mqtt`, agreeing to the `mqtt`
 /// subprotocol when the client offers it. Messages are bounded by `max_message`.
@@ -51,6 +60,10 @@ where
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
+    let io = Capped {
+        inner: io,
+        left: Some(BEFORE_LOGIN),
+    };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(io, callback, Some(config)).await?;
     Ok(WsTransport {
         ws,
@@ -62,7 +75,7 @@ where
 /// A WebSocket carrying MQTT as binary messages.
 #[derive(Debug)]
 pub(crate) struct WsTransport<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Capped<S>>,
     /// The unread rest of the last binary message.
     pending: Bytes,
     eof: bool,
@@ -132,6 +145,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
         Ok(())
     }
 
+    fn logged_in(&mut self) {
+        self.ws.get_mut().left = None;
+    }
+
     fn try_read(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         if !self.pending.is_empty() {
             let n = self.pending.len();
@@ -140,5 +157,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
             return Ok(Some(n));
         }
         Ok(self.eof.then_some(0))
+    }
+}
+
+/// A byte stream that yields at most `left` bytes, then fails, until the limit is
+/// lifted (`left = None`, once the client has logged in; from then on it adds
+/// nothing to a read).
+#[derive(Debug)]
+pub(crate) struct Capped<S> {
+    inner: S,
+    left: Option<usize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(left) = self.left else {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        };
+        if left == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many bytes before CONNECT was accepted",
+            )));
+        }
+        // Through a small buffer of our own, so that no read can take more than
+        // is left (only before login: a few reads per connection).
+        let mut chunk = [0u8; 4096];
+        let want = left.min(chunk.len()).min(buf.remaining());
+        let mut limited = ReadBuf::new(&mut chunk[..want]);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
+        let got = limited.filled();
+        buf.put_slice(got);
+        self.left = Some(left - got.len());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -202,6 +202,7 @@ fn accept<S: Transport>(
         congested: None,
         owing: None,
     };
+    conn.io.logged_in();
     conn.push(&connack);
     tracing::debug!(present = attached.present, "connected");
     if attached.present && conn.resend_unacknowledged().is_err() {
