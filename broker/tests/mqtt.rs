@@ -1123,3 +1123,49 @@ async fn a_fan_out_publisher_is_not_throttled_by_twenty_stalled_subscribers() {
     assert!(drops > 0.0, "stalled queues overflowed: {drops}");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_burst_to_an_idle_subscriber_is_paced_not_dropped() {
+    // An idle subscriber is not a stalled one: a burst far larger than its queue
+    // (mqtt.max_queued = 50), written in one go by a raw publisher, must pause the
+    // publisher rather than drop the subscriber's oldest messages.
+    const N: u32 = 3000;
+    let b = start_with(|c| {
+        c.max_queued = 50;
+        c.acl.push(broker::config::AclRule {
+            pattern: "relay/#".into(),
+            access: broker::config::Access::All,
+            users: vec![],
+        })
+    })
+    .await;
+    let mut sub = subscribed(&b, "sink", "relay/x", rumqttc::QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut burst = BytesMut::new();
+    for i in 0..N {
+        let mut p = v4::Publish::new(
+            "relay/x",
+            rumqttc::QoS::AtLeastOnce,
+            i.to_be_bytes().to_vec(),
+        );
+        p.pkid = u16::try_from(i % 60_000 + 1).expect("pkid");
+        p.write(&mut burst).expect("encode");
+    }
+    let mut publisher = raw_connect(&b, &connect_bytes("source", "src", 0, None)).await;
+    let (mut rd, mut wr) = publisher.split();
+    let write = async {
+        wr.write_all(&burst).await.expect("burst");
+        // Keep reading PUBACKs so that the publisher side never blocks.
+        std::future::pending::<()>().await;
+    };
+    let read_acks = async {
+        let mut sink = [0u8; 4096];
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let relayed = expect_relayed(&mut sub, N);
+    tokio::select! {
+        () = relayed => {}
+        () = write => {}
+        () = read_acks => panic!("publisher closed"),
+    }
+}

@@ -149,8 +149,8 @@ struct SessionState {
     /// The in-flight window: the client's Receive Maximum capped by config.
     window: u16,
     /// When the connection last took messages off the queue or freed window
-    /// slots: a subscriber that has not for a while is stalled, and publishers do
-    /// not wait for it (see `Session::worth_waiting_for`).
+    /// slots, or got work it could take at once: a subscriber that has not for a
+    /// while is stalled, and publishers do not wait for it (`Session::backlog`).
     progressed_at: Option<Instant>,
 }
 
@@ -392,6 +392,12 @@ impl Session {
     /// room, and whether the session is online with its queue above `high`.
     pub(super) fn enqueue(&self, out: Outgoing, max: usize, high: usize) -> (Dropped, bool) {
         let mut st = self.state();
+        if st.queue.is_empty() && st.inflight.len() < usize::from(st.window) {
+            // Work for a subscriber that can take it at once: its stall clock
+            // starts now, not at its last delivery (an idle subscriber is not a
+            // stalled one).
+            st.progressed_at = Some(Instant::now());
+        }
         let dropped = st.enqueue(out, max);
         let online = st.is_online();
         let filling = online && st.queue.len() > high;
@@ -654,21 +660,25 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_subscriber_is_not_worth_waiting_for() {
+    fn a_subscriber_is_stalled_only_after_work_it_does_not_take() {
         let s = Session::new_for_test(1);
         s.attach(1, Duration::ZERO, 1);
+        let stall = Duration::from_millis(100);
+        let t0 = Instant::now();
+        // Work for an idle subscriber starts its clock: it is not stalled yet.
         for i in 0..10 {
             s.enqueue(out(QoS::AtLeastOnce, i), 100, 50);
         }
-        let t0 = Instant::now();
-        let stall = Duration::from_millis(100);
-        // Never drained: no progress, so nobody waits for it.
-        assert_eq!(s.backlog(t0, stall), None);
-        // One message taken (the window is 1): progress.
-        let d = s.drain(1, t0, |_, _| Written::Sent).expect("drain");
+        assert_eq!(s.backlog(t0 + Duration::from_millis(50), stall), Some(10));
+        // Taken nothing for longer than `stall`: stalled, nobody waits for it.
+        let t1 = t0 + Duration::from_millis(300);
+        assert_eq!(s.backlog(t1, stall), None);
+        // One message taken (the window is 1): progressing again.
+        let d = s.drain(1, t1, |_, _| Written::Sent).expect("drain");
         assert_eq!(d.sent, 1);
-        assert_eq!(s.backlog(t0, stall), Some(9));
-        // And later, without more progress, it is stalled.
-        assert_eq!(s.backlog(t0 + Duration::from_millis(200), stall), None);
+        assert_eq!(s.backlog(t1, stall), Some(9));
+        // With its window full, more work does not restart the clock.
+        s.enqueue(out(QoS::AtLeastOnce, 10), 100, 50);
+        assert_eq!(s.backlog(t1 + Duration::from_millis(200), stall), None);
     }
 }

@@ -46,10 +46,11 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Handles the whole packets in the read buffer, stopping early while reading
-    /// is paused (the rest waits in the buffer).
+    /// is paused or a subscriber is congested (the rest waits in the buffer: one
+    /// read can hold hundreds of small PUBLISHes).
     pub(super) fn handle_buffered(&mut self) -> Result<(), Close> {
         let max = self.edge.cfg.max_packet_size.as_usize();
-        while !self.reading_paused() {
+        while !self.reading_paused() && self.congested.is_none() {
             match codec::read(&mut self.rbuf, self.version, max) {
                 Ok(Some(packet)) => {
                     self.edge.hub.metrics.received(packet.kind());

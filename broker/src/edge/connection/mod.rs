@@ -113,17 +113,16 @@ impl<S: Transport> Conn<S> {
     }
 
     async fn serve(&mut self) -> Result<(), Close> {
-        // Packets that arrived with CONNECT, then anything the handshake queued
-        // (and a resumed session's backlog).
+        // Packets that arrived with CONNECT; the loop then sends what the handshake
+        // queued (and a resumed session's backlog).
         self.handle_buffered()?;
-        self.drain()?;
-        self.flush().await?;
         // One timer for the connection's life, re-armed only when it fires: a
         // timer per loop turn cost a timer-wheel insert and removal per packet.
         let timer = tokio::time::sleep_until(self.keep_alive_deadline().into());
         tokio::pin!(timer);
         loop {
             self.wait_for_uplink().await?;
+            self.write_and_relieve().await?;
             let paused = self.reading_paused();
             let wake = tokio::select! {
                 r = self.io.ready(), if !paused => Wake::Readable(r),
@@ -160,9 +159,21 @@ impl<S: Transport> Conn<S> {
                     self.handle_buffered()?;
                 }
             }
+        }
+    }
+
+    /// Sends what the session has for the client; then, while a subscriber this
+    /// client publishes to is congested, waits for it and handles what is left in
+    /// the read buffer, which may congest it again.
+    async fn write_and_relieve(&mut self) -> Result<(), Close> {
+        loop {
             self.drain()?;
             self.flush().await?;
+            if self.congested.is_none() {
+                return Ok(());
+            }
             self.wait_for_room().await?;
+            self.handle_buffered()?;
         }
     }
 
