@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeReasonCode};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -340,21 +340,9 @@ async fn setup(index: usize, shared: &Shared) -> Result<Connection, BenchError> 
             SUBSCRIBER_READ_CHUNK,
         )
         .await?;
-    let inbox = inbox(index);
-    let mut subscribe = Subscribe::new(inbox.as_str(), QoS::AtLeastOnce);
-    subscribe.pkid = SUBSCRIBE_PKID;
-    conn.send(&Packet::Subscribe(subscribe)).await?;
-    match target.step("SUBACK", conn.recv()).await? {
-        Packet::SubAck(ack) if ack.pkid == SUBSCRIBE_PKID => match ack.return_codes.first() {
-            Some(SubscribeReasonCode::Success(_)) => {}
-            _ => return Err(BenchError::SubscribeRefused(inbox)),
-        },
-        other => {
-            return Err(BenchError::Unexpected(format!(
-                "{other:?} while waiting for SUBACK"
-            )));
-        }
-    }
+    target
+        .subscribe(&mut conn, &inbox(index), SUBSCRIBE_PKID)
+        .await?;
     if shared.presence {
         let payload = format!(r#"{{"user":"{user}","status":"online"}}"#);
         let mut presence = Publish::new(format!("presence/{user}"), QoS::AtLeastOnce, payload);

@@ -4,9 +4,10 @@
 //! `connection` is a raw MQTT 3.1.1 connection (rumqttc's v4 codec over a tokio
 //! `TcpStream`, no event loop), light enough to hold 19,000 of them in one process;
 //! `target` says where and as whom clients connect; `publisher` sends QoS 1 messages
-//! through a window of unacknowledged ones; `fanout` and `relay` are the two
-//! scenarios, each returning a result that prints itself as `key=value` lines;
-//! `procfs` reads a process's RSS and CPU time.
+//! through a window of unacknowledged ones; `timed` stamps payloads with their send
+//! time and tallies them on arrival; `fanout` and `relay` are the two scenarios, each
+//! returning a result that prints itself as `key=value` lines; `procfs` reads a
+//! process's RSS and CPU time.
 
 mod connection;
 pub(crate) mod fanout;
@@ -14,6 +15,7 @@ mod procfs;
 mod publisher;
 pub(crate) mod relay;
 mod target;
+mod timed;
 
 pub(crate) use connection::Connection;
 pub(crate) use fanout::FanoutOptions;

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};
-use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Subscribe, SubscribeReasonCode};
 use serde::Serialize;
 
 use super::{BenchError, Connection};
@@ -120,6 +121,28 @@ impl Target {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => Ok(conn),
             Packet::ConnAck(ack) => Err(BenchError::Refused(ack.code)),
             other => Err(BenchError::Unexpected(format!("{other:?} before CONNACK"))),
+        }
+    }
+
+    /// Subscribes `conn` to `topic` at QoS 1 with packet id `pkid`; done when the
+    /// SUBACK grants it.
+    pub(crate) async fn subscribe(
+        &self,
+        conn: &mut Connection,
+        topic: &str,
+        pkid: u16,
+    ) -> Result<(), BenchError> {
+        let mut subscribe = Subscribe::new(topic, QoS::AtLeastOnce);
+        subscribe.pkid = pkid;
+        conn.send(&Packet::Subscribe(subscribe)).await?;
+        match self.step("SUBACK", conn.recv()).await? {
+            Packet::SubAck(ack) if ack.pkid == pkid => match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                _ => Err(BenchError::SubscribeRefused(topic.to_owned())),
+            },
+            other => Err(BenchError::Unexpected(format!(
+                "{other:?} while waiting for SUBACK"
+            ))),
         }
     }
 
