@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::publisher::{self, Limits, PublishCounters};
-use super::{BenchError, Connection, Target, cpu_secs, per_sec, rss_kib, secs};
+use super::{BenchError, Connection, Target, cpu_secs, per_sec, read_rss, secs};
 
 /// Room a subscriber's read buffer asks for: its traffic is a few small packets.
 const SUBSCRIBER_READ_CHUNK: usize = 256;
@@ -473,18 +473,9 @@ async fn fan_out(
     result.stalled = race.stalled;
 }
 
-fn inbox(index: usize) -> String {
+/// User `u{index}`'s inbox topic.
+pub(crate) fn inbox(index: usize) -> String {
     format!("users/u{index}/inbox")
-}
-
-fn read_rss(pid: Option<u32>, error: &mut Option<String>) -> Option<u64> {
-    match rss_kib(pid?) {
-        Ok(kib) => Some(kib),
-        Err(e) => {
-            error.get_or_insert_with(|| e.to_string());
-            None
-        }
-    }
 }
 
 /// CPU times at the start of a phase.

@@ -49,6 +49,8 @@ pub(crate) struct Target {
     pub(crate) keep_alive: u16,
     /// Longest one client may take for one protocol step (CONNACK, SUBACK, PUBACK).
     pub(crate) step_timeout: Duration,
+    /// Clients' socket receive buffer in bytes; `None` leaves the kernel's default.
+    pub(crate) recv_buffer: Option<u32>,
 }
 
 impl Target {
@@ -107,7 +109,7 @@ impl Target {
         let mut conn = self
             .step(
                 "TCP connect",
-                Connection::open(self.server, source, read_chunk),
+                Connection::open(self.server, source, read_chunk, self.recv_buffer),
             )
             .await?;
         let mut connect = rumqttc::mqttbytes::v4::Connect::new(client_id);
@@ -170,6 +172,7 @@ mod tests {
             jwt_secret: None,
             keep_alive: 0,
             step_timeout: Duration::from_secs(1),
+            recv_buffer: None,
         }
     }
 
