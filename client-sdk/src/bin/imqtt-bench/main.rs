@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 mod bench;
 
-use bench::{FanoutOptions, JwtSecret, RelayOptions, Target, fanout, relay};
+use bench::{
+    FanoutOptions, JwtSecret, RelayOptions, StalledOptions, Target, fanout, relay, stalled,
+};
 use tokio::time::Instant;
 
 /// File descriptors the bench keeps for itself beyond one per client.
@@ -25,6 +27,9 @@ enum Scenario {
     Fanout,
     /// One publisher, one subscriber, M messages.
     Relay,
+    /// Subscribers that never read beside ones that do; one publisher, M messages
+    /// round-robin to all their inboxes.
+    Stalled,
 }
 
 /// Load generator for MQTT brokers on the imqtt IM workload.
@@ -41,14 +46,23 @@ struct Args {
     /// fanout: number of subscribing users.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
-    /// relay: number of messages.
+    /// relay, stalled: number of messages.
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
+    /// stalled: subscribers that never read after subscribing.
+    #[arg(long, default_value_t = 20)]
+    stalled: usize,
+    /// stalled: subscribers that read and acknowledge everything.
+    #[arg(long, default_value_t = 10)]
+    healthy: usize,
+    /// stalled: payload bytes per message (at least 16: send time, sequence number).
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
     /// HS256 secret: clients then log in as username uid, password a JWT. Without
     /// it they send no credentials.
     #[arg(long)]
     jwt_secret: Option<String>,
-    /// The broker's pid, to report its RSS per client and its CPU time.
+    /// The broker's pid, to report its RSS (fanout: per client) and CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
     /// The whole run stops after this long, printing what it has, exit code 1.
@@ -58,7 +72,8 @@ struct Args {
     /// publisher has every PUBACK (the broker acknowledged messages it then lost).
     #[arg(long, default_value_t = 10)]
     stall_secs: u64,
-    /// Unacknowledged QoS 1 messages in flight [default: 1000 fanout, 100 relay].
+    /// Unacknowledged QoS 1 messages in flight [default: 1000 fanout, 100 relay and
+    /// stalled].
     #[arg(long)]
     window: Option<usize>,
     /// fanout: clients per timed connect block.
@@ -77,7 +92,7 @@ struct Args {
     /// Runtime worker threads of the bench (the broker shares the machine).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// fanout: a `role` claim in the subscribers' tokens (e.g. admin).
+    /// fanout, stalled: a `role` claim in the subscribers' tokens (e.g. admin).
     #[arg(long)]
     client_role: Option<String>,
     /// fanout: subscribers do not publish their retained presence.
@@ -108,11 +123,15 @@ fn run(args: Args) -> anyhow::Result<bool> {
             args.clients as u64 + SPARE_FDS
         );
     }
+    if args.scenario == Scenario::Stalled && args.stalled + args.healthy == 0 {
+        bail!("--stalled and --healthy cannot both be 0: nobody to send to");
+    }
     let target = Target {
         server,
         jwt_secret: args.jwt_secret.map(JwtSecret::new),
         keep_alive: args.keep_alive,
         step_timeout: Duration::from_secs(args.step_timeout_secs),
+        recv_buffer: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
@@ -150,6 +169,22 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     stall,
                 };
                 let result = relay::run(target, opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Stalled => {
+                let opts = StalledOptions {
+                    stalled: args.stalled,
+                    healthy: args.healthy,
+                    messages: args.messages,
+                    payload_bytes: args.payload_bytes,
+                    window: args.window.unwrap_or(100),
+                    client_role: args.client_role,
+                    server_pid: args.server_pid,
+                    deadline,
+                    stall,
+                };
+                let result = stalled::run(target, opts).await;
                 print(&result.lines(), &result.summary());
                 result.complete()
             }

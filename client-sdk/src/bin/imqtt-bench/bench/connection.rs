@@ -30,16 +30,22 @@ impl Connection {
     /// loopback addresses instead of sharing one source address's port range.
     /// `read_chunk` is how much free room a read asks for: small for idle
     /// subscribers, large for a publisher reading a stream of PUBACKs.
+    /// `recv_buffer`, when given, is the socket's receive buffer (SO_RCVBUF), set
+    /// before connecting so that the TCP window offered to the broker stays small.
     pub(crate) async fn open(
         server: SocketAddr,
         source: Option<IpAddr>,
         read_chunk: usize,
+        recv_buffer: Option<u32>,
     ) -> Result<Self, BenchError> {
         let socket = if server.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0))?;
         }

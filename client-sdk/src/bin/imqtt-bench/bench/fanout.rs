@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish, Subscribe, SubscribeReasonCode};
+use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::publisher::{self, Limits, PublishCounters};
-use super::{BenchError, Connection, Target, cpu_secs, per_sec, rss_kib, secs};
+use super::{BenchError, Connection, Target, cpu_secs, per_sec, read_rss, secs};
 
 /// Room a subscriber's read buffer asks for: its traffic is a few small packets.
 const SUBSCRIBER_READ_CHUNK: usize = 256;
@@ -340,21 +340,9 @@ async fn setup(index: usize, shared: &Shared) -> Result<Connection, BenchError> 
             SUBSCRIBER_READ_CHUNK,
         )
         .await?;
-    let inbox = inbox(index);
-    let mut subscribe = Subscribe::new(inbox.as_str(), QoS::AtLeastOnce);
-    subscribe.pkid = SUBSCRIBE_PKID;
-    conn.send(&Packet::Subscribe(subscribe)).await?;
-    match target.step("SUBACK", conn.recv()).await? {
-        Packet::SubAck(ack) if ack.pkid == SUBSCRIBE_PKID => match ack.return_codes.first() {
-            Some(SubscribeReasonCode::Success(_)) => {}
-            _ => return Err(BenchError::SubscribeRefused(inbox)),
-        },
-        other => {
-            return Err(BenchError::Unexpected(format!(
-                "{other:?} while waiting for SUBACK"
-            )));
-        }
-    }
+    target
+        .subscribe(&mut conn, &inbox(index), SUBSCRIBE_PKID)
+        .await?;
     if shared.presence {
         let payload = format!(r#"{{"user":"{user}","status":"online"}}"#);
         let mut presence = Publish::new(format!("presence/{user}"), QoS::AtLeastOnce, payload);
@@ -485,18 +473,9 @@ async fn fan_out(
     result.stalled = race.stalled;
 }
 
-fn inbox(index: usize) -> String {
+/// User `u{index}`'s inbox topic.
+pub(crate) fn inbox(index: usize) -> String {
     format!("users/u{index}/inbox")
-}
-
-fn read_rss(pid: Option<u32>, error: &mut Option<String>) -> Option<u64> {
-    match rss_kib(pid?) {
-        Ok(kib) => Some(kib),
-        Err(e) => {
-            error.get_or_insert_with(|| e.to_string());
-            None
-        }
-    }
 }
 
 /// CPU times at the start of a phase.

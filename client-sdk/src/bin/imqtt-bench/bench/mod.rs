@@ -4,7 +4,8 @@
 //! `connection` is a raw MQTT 3.1.1 connection (rumqttc's v4 codec over a tokio
 //! `TcpStream`, no event loop), light enough to hold 19,000 of them in one process;
 //! `target` says where and as whom clients connect; `publisher` sends QoS 1 messages
-//! through a window of unacknowledged ones; `fanout` and `relay` are the two
+//! through a window of unacknowledged ones; `timed` stamps payloads with their send
+//! time and tallies them on arrival; `fanout`, `relay` and `stalled` are the
 //! scenarios, each returning a result that prints itself as `key=value` lines;
 //! `procfs` reads a process's RSS and CPU time.
 
@@ -13,12 +14,15 @@ pub(crate) mod fanout;
 mod procfs;
 mod publisher;
 pub(crate) mod relay;
+pub(crate) mod stalled;
 mod target;
+mod timed;
 
 pub(crate) use connection::Connection;
 pub(crate) use fanout::FanoutOptions;
-pub(crate) use procfs::{cpu_secs, rss_kib};
+pub(crate) use procfs::{cpu_secs, read_rss};
 pub(crate) use relay::RelayOptions;
+pub(crate) use stalled::StalledOptions;
 pub(crate) use target::{JwtSecret, Target};
 
 use rumqttc::mqttbytes::v4::ConnectReturnCode;

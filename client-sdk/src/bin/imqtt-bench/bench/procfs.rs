@@ -15,6 +15,18 @@ pub(crate) fn rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// `VmRSS` of process `pid` in KiB, when a pid is given and it can be read; the
+/// first error reading it is kept in `error`.
+pub(crate) fn read_rss(pid: Option<u32>, error: &mut Option<String>) -> Option<u64> {
+    match rss_kib(pid?) {
+        Ok(kib) => Some(kib),
+        Err(e) => {
+            error.get_or_insert_with(|| e.to_string());
+            None
+        }
+    }
+}
+
 /// User plus system CPU seconds used so far by process `pid` (all its threads), or
 /// by this process when `pid` is `None`.
 pub(crate) fn cpu_secs(pid: Option<u32>) -> io::Result<f64> {

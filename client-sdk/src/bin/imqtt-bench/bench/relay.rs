@@ -6,16 +6,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Subscribe, SubscribeReasonCode};
 use tokio::time::Instant;
 
 use super::publisher::{self, Limits, PublishCounters};
-use super::{BenchError, Connection, Target, per_sec, secs};
+use super::timed::{self, Tally};
+use super::{BenchError, Target, per_sec, secs};
 
 const TOPIC: &str = "bench/relay";
-/// Payload size: the 8-byte send time and 8-byte sequence number, padded.
+/// Payload size: the send time and sequence number, padded.
 const PAYLOAD_BYTES: usize = 64;
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -80,7 +78,8 @@ pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
             )
             .await
             .map_err(|e| format!("subscriber: {e}"))?;
-        subscribe(&target, &mut sub)
+        target
+            .subscribe(&mut sub, TOPIC, 1)
             .await
             .map_err(|e| format!("subscriber: {e}"))?;
         let publisher = target
@@ -103,11 +102,8 @@ pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
 
     let start = Instant::now();
     let messages = (0..opts.messages).map(|seq| {
-        let mut payload = BytesMut::with_capacity(PAYLOAD_BYTES);
-        payload.put_u64(start.elapsed().as_micros() as u64);
-        payload.put_u64(seq as u64);
-        payload.resize(PAYLOAD_BYTES, b'.');
-        (TOPIC.to_owned(), payload.freeze())
+        let sent = start.elapsed().as_micros() as u64;
+        (TOPIC.to_owned(), timed::payload(sent, seq, PAYLOAD_BYTES))
     });
     let counters = PublishCounters::default();
     let mut tally = Tally::new(opts.messages);
@@ -123,7 +119,7 @@ pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
                 .await
                 .map_err(|e| BenchError::Unexpected(format!("publisher: {e}")))
         },
-        receive(&mut sub, start, &mut tally, &arrived),
+        timed::receive(&mut sub, TOPIC, start, &mut tally, &arrived),
         || arrived.load(Ordering::Relaxed),
     )
     .await;
@@ -132,7 +128,7 @@ pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
     result.received = tally.received;
     result.duplicates = tally.duplicates;
     result.out_of_order = tally.out_of_order;
-    result.first_missing = tally.seen.iter().position(|seen| !seen);
+    result.first_missing = tally.first_missing();
     for outcome in [&race.acked, &race.delivered] {
         if let Some(Err(error)) = outcome {
             result.error.get_or_insert_with(|| error.to_string());
@@ -149,122 +145,6 @@ pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
     result
 }
 
-async fn subscribe(target: &Target, conn: &mut Connection) -> Result<(), BenchError> {
-    let mut subscribe = Subscribe::new(TOPIC, QoS::AtLeastOnce);
-    subscribe.pkid = 1;
-    conn.send(&Packet::Subscribe(subscribe)).await?;
-    match target.step("SUBACK", conn.recv()).await? {
-        Packet::SubAck(ack) => match ack.return_codes.first() {
-            Some(SubscribeReasonCode::Success(_)) => Ok(()),
-            _ => Err(BenchError::SubscribeRefused(TOPIC.to_owned())),
-        },
-        other => Err(BenchError::Unexpected(format!(
-            "{other:?} while waiting for SUBACK"
-        ))),
-    }
-}
-
-/// What the subscriber saw.
-#[derive(Debug)]
-struct Tally {
-    /// Indexed by sequence number.
-    seen: Vec<bool>,
-    received: usize,
-    duplicates: usize,
-    out_of_order: usize,
-    last_seq: Option<usize>,
-    latencies: Vec<u64>,
-}
-
-impl Tally {
-    fn new(messages: usize) -> Self {
-        Self {
-            seen: vec![false; messages],
-            received: 0,
-            duplicates: 0,
-            out_of_order: 0,
-            last_seq: None,
-            latencies: Vec::with_capacity(messages),
-        }
-    }
-
-    /// Counts one message given its send time and sequence number, at `now` (both
-    /// times in microseconds from the start of publishing).
-    fn record(&mut self, sent: u64, seq: usize, now: u64) -> Result<(), BenchError> {
-        let Some(seen) = self.seen.get_mut(seq) else {
-            return Err(BenchError::Unexpected(format!(
-                "message with sequence number {seq}, never sent"
-            )));
-        };
-        if *seen {
-            self.duplicates += 1;
-            return Ok(());
-        }
-        *seen = true;
-        self.received += 1;
-        if self.last_seq.is_some_and(|last| seq < last) {
-            self.out_of_order += 1;
-        }
-        self.last_seq = Some(seq);
-        self.latencies.push(now.saturating_sub(sent));
-        Ok(())
-    }
-}
-
-/// Acknowledges and times messages until every one sent has arrived.
-async fn receive(
-    conn: &mut Connection,
-    start: Instant,
-    tally: &mut Tally,
-    arrived: &AtomicUsize,
-) -> Result<(), BenchError> {
-    let (mut reader, mut writer) = conn.split();
-    while tally.received < tally.seen.len() {
-        let mut next = Some(reader.recv().await.map_err(subscriber_error)?);
-        // Everything already read is handled before one write of all its PUBACKs.
-        while let Some(packet) = next {
-            match packet {
-                Packet::Publish(publish) => {
-                    if publish.qos == QoS::AtLeastOnce {
-                        writer.queue(&Packet::PubAck(PubAck::new(publish.pkid)))?;
-                    }
-                    if publish.topic == TOPIC {
-                        let now = start.elapsed().as_micros() as u64;
-                        let (sent, seq) = stamp(&publish.payload).ok_or_else(|| {
-                            subscriber_error(BenchError::Unexpected(format!(
-                                "payload of {} bytes, not the bench's",
-                                publish.payload.len()
-                            )))
-                        })?;
-                        tally.record(sent, seq, now).map_err(subscriber_error)?;
-                        arrived.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Packet::PingResp => {}
-                other => {
-                    return Err(subscriber_error(BenchError::Unexpected(format!(
-                        "{other:?} while receiving"
-                    ))));
-                }
-            }
-            next = reader.buffered().map_err(subscriber_error)?;
-        }
-        writer.flush().await.map_err(subscriber_error)?;
-    }
-    Ok(())
-}
-
-fn subscriber_error(error: BenchError) -> BenchError {
-    BenchError::Unexpected(format!("subscriber: {error}"))
-}
-
-/// The send time and sequence number at the head of a payload.
-fn stamp(payload: &Bytes) -> Option<(u64, usize)> {
-    let sent = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
-    let seq = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
-    Some((sent, usize::try_from(seq).ok()?))
-}
-
 impl RelayResult {
     /// Whether every message arrived and was acknowledged, in time.
     pub(crate) fn complete(&self) -> bool {
@@ -276,11 +156,7 @@ impl RelayResult {
     }
 
     fn percentile(&self, p: f64) -> Option<Duration> {
-        let n = self.latencies_us.len();
-        let rank = ((n as f64 * p).ceil() as usize).clamp(1, n.max(1)) - 1;
-        self.latencies_us
-            .get(rank)
-            .map(|&us| Duration::from_micros(us))
+        timed::percentile(&self.latencies_us, p)
     }
 
     /// The result as `key=value` lines, in a fixed order.
@@ -369,23 +245,5 @@ impl RelayResult {
             s += " Deliveries stopped although the publisher had every PUBACK.";
         }
         s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tally_counts_duplicates_reordering_and_the_first_gap() {
-        let mut tally = Tally::new(5);
-        for seq in [0, 2, 1, 2, 4] {
-            tally.record(10, seq, 15).expect("known sequence number");
-        }
-        assert_eq!(tally.received, 4);
-        assert_eq!(tally.duplicates, 1);
-        assert_eq!(tally.out_of_order, 1);
-        assert_eq!(tally.seen.iter().position(|s| !s), Some(3));
-        assert!(tally.record(0, 5, 0).is_err());
     }
 }

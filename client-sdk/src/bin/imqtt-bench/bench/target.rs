@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};
-use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Subscribe, SubscribeReasonCode};
 use serde::Serialize;
 
 use super::{BenchError, Connection};
@@ -48,6 +49,8 @@ pub(crate) struct Target {
     pub(crate) keep_alive: u16,
     /// Longest one client may take for one protocol step (CONNACK, SUBACK, PUBACK).
     pub(crate) step_timeout: Duration,
+    /// Clients' socket receive buffer in bytes; `None` leaves the kernel's default.
+    pub(crate) recv_buffer: Option<u32>,
 }
 
 impl Target {
@@ -106,7 +109,7 @@ impl Target {
         let mut conn = self
             .step(
                 "TCP connect",
-                Connection::open(self.server, source, read_chunk),
+                Connection::open(self.server, source, read_chunk, self.recv_buffer),
             )
             .await?;
         let mut connect = rumqttc::mqttbytes::v4::Connect::new(client_id);
@@ -120,6 +123,28 @@ impl Target {
             Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => Ok(conn),
             Packet::ConnAck(ack) => Err(BenchError::Refused(ack.code)),
             other => Err(BenchError::Unexpected(format!("{other:?} before CONNACK"))),
+        }
+    }
+
+    /// Subscribes `conn` to `topic` at QoS 1 with packet id `pkid`; done when the
+    /// SUBACK grants it.
+    pub(crate) async fn subscribe(
+        &self,
+        conn: &mut Connection,
+        topic: &str,
+        pkid: u16,
+    ) -> Result<(), BenchError> {
+        let mut subscribe = Subscribe::new(topic, QoS::AtLeastOnce);
+        subscribe.pkid = pkid;
+        conn.send(&Packet::Subscribe(subscribe)).await?;
+        match self.step("SUBACK", conn.recv()).await? {
+            Packet::SubAck(ack) if ack.pkid == pkid => match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Success(_)) => Ok(()),
+                _ => Err(BenchError::SubscribeRefused(topic.to_owned())),
+            },
+            other => Err(BenchError::Unexpected(format!(
+                "{other:?} while waiting for SUBACK"
+            ))),
         }
     }
 
@@ -147,6 +172,7 @@ mod tests {
             jwt_secret: None,
             keep_alive: 0,
             step_timeout: Duration::from_secs(1),
+            recv_buffer: None,
         }
     }
 
