@@ -121,7 +121,6 @@ impl<S: Transport> Conn<S> {
         let timer = tokio::time::sleep_until(self.keep_alive_deadline().into());
         tokio::pin!(timer);
         loop {
-            self.wait_for_uplink().await?;
             self.write_and_relieve().await?;
             let paused = self.reading_paused();
             let wake = tokio::select! {
@@ -162,18 +161,22 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Sends what the session has for the client; then, while a subscriber this
-    /// client publishes to is congested, waits for it and handles what is left in
-    /// the read buffer, which may congest it again.
+    /// Sends what the session has for the client; then, while an outbox publish
+    /// waits for room in the uplink or a subscriber this client publishes to is
+    /// congested, waits for that and handles what is left in the read buffer
+    /// (which may hold or congest again).
     async fn write_and_relieve(&mut self) -> Result<(), Close> {
         loop {
             self.drain()?;
             self.flush().await?;
-            if self.congested.is_none() {
+            if self.holds_uplink() {
+                self.wait_for_uplink().await?;
+            } else if self.congested.is_some() {
+                self.wait_for_room().await?;
+                self.handle_buffered()?;
+            } else {
                 return Ok(());
             }
-            self.wait_for_room().await?;
-            self.handle_buffered()?;
         }
     }
 

@@ -101,6 +101,11 @@ impl<S: Transport> Conn<S> {
             .is_some_and(|o| o.held.is_some() || o.acks.len() >= cap)
     }
 
+    /// Whether an outbox publish waits for room in the uplink.
+    pub(super) fn holds_uplink(&self) -> bool {
+        self.owing.as_deref().is_some_and(|o| o.held.is_some())
+    }
+
     /// Whether the oldest owed ack waits for an answer.
     pub(super) fn awaiting_answer(&self) -> bool {
         self.owing.as_deref().is_some_and(Owing::front_is_asked)
@@ -164,7 +169,7 @@ impl<S: Transport> Conn<S> {
     /// Waits for room in the uplink for the held publish, serving our deliveries
     /// and earlier answers meanwhile.
     pub(super) async fn wait_for_uplink(&mut self) -> Result<(), Close> {
-        while self.owing.as_deref().is_some_and(|o| o.held.is_some()) {
+        while self.holds_uplink() {
             let Some(tx) = self.edge.uplink.sender().cloned() else {
                 return self.refuse_held();
             };
