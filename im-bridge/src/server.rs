@@ -19,13 +19,13 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::SledStore;
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
 #[derive(Debug)]
 pub struct Server {
     state: AppState,
-    store: Store,
+    store: SledStore,
     http: TcpListener,
     mqtt: Broker,
 }
@@ -38,10 +38,12 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server> {
         let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
         let store_cfg = config.store.clone();
+        let idempotency_ttl = config.delivery.idempotency_ttl.get();
         // Opening reads sled's log, which blocks; it runs on the blocking pool.
-        let store = tokio::task::spawn_blocking(move || Store::open(&store_cfg))
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        let store =
+            tokio::task::spawn_blocking(move || SledStore::open(&store_cfg, idempotency_ttl))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
         match Server::bind_listeners(config, verifier).await {
             Ok((state, http, mqtt)) => Ok(Server {
                 state,
@@ -50,7 +52,7 @@ impl Server {
                 mqtt,
             }),
             Err(e) => {
-                if let Err(flush) = store.flush().await {
+                if let Err(flush) = store.flush_async().await {
                     tracing::error!(error = %flush, "cannot flush the store");
                 }
                 Err(e)
@@ -99,7 +101,7 @@ impl Server {
     /// Closes a server that never served: flushes the store and releases its lock
     /// and the listeners.
     pub async fn close(self) -> Result<()> {
-        self.store.flush().await?;
+        self.store.flush_async().await?;
         tracing::info!("store flushed; stopped before serving");
         Ok(())
     }
@@ -162,7 +164,7 @@ pub struct Serving {
     stop_tx: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     mqtt: JoinHandle<()>,
-    store: Store,
+    store: SledStore,
     grace: Duration,
 }
 
@@ -196,7 +198,7 @@ impl Serving {
             Err(_) => tracing::warn!("grace period over; abandoning in-flight requests"),
         }
         let _ = mqtt.await;
-        store.flush().await?;
+        store.flush_async().await?;
         tracing::info!("store flushed; stopped");
         Ok(())
     }

@@ -1,0 +1,139 @@
+//! The durable store: conversations under contiguous seqs, their heads, per-user
+//! read cursors and conversation index, idempotency keys and accounts.
+//!
+//! [`Store`] is the whole contract the API and delivery code use, narrow enough for
+//! a PostgreSQL-protocol engine to implement later (DESIGN.md §10); [`SledStore`]
+//! is the embedded implementation. Writes come from one place, the group-commit
+//! loop (`commit.rs`), which batches sends and flushes once per batch; reads may
+//! come from anywhere.
+
+mod sled;
+
+use imqtt_client::wire::{ConvId, Envelope, Qos};
+
+pub use self::sled::SledStore;
+
+/// One send to store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// The sender's uid.
+    pub from: String,
+    /// The conversation.
+    pub conv: ConvId,
+    /// The peer uid or gid, as in the envelope.
+    pub to: String,
+    /// The sender's id for this send: a retry with the same `(from, client_msg_id)`
+    /// within the idempotency TTL returns the original and stores nothing.
+    pub client_msg_id: Option<String>,
+    /// 1 or 2 (QoS 0 sends are never stored).
+    pub qos: Qos,
+    /// The application's JSON body.
+    pub body: serde_json::Value,
+}
+
+/// What became of one send.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// The stored envelope (the original one for a retry).
+    pub envelope: Envelope,
+    /// The envelope's JSON, as stored and as published.
+    pub json: bytes::Bytes,
+    /// A retry of an earlier send: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A conversation's head: its last seq and the time of its last message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// The last seq (0: no message yet).
+    pub seq: u64,
+    /// Commit time of the last message, Unix ms.
+    pub last_ts: u64,
+}
+
+/// One of a user's conversations, as the conversation list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The conversation.
+    pub conv: ConvId,
+    /// Its head.
+    pub head: Head,
+    /// The user's read cursor in it.
+    pub cursor: u64,
+}
+
+/// Which messages of a conversation to read: ascending, contiguous.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// Seqs after this one, the oldest first.
+    After(u64),
+    /// Seqs before this one (the newest `limit` of them), in ascending order.
+    Before(u64),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A cursor was set past the conversation's head.
+    #[error("seq {seq} is above the head {head} of {conv}")]
+    AboveHead {
+        /// The conversation.
+        conv: ConvId,
+        /// The seq asked for.
+        seq: u64,
+        /// The conversation's head.
+        head: u64,
+    },
+    /// The engine failed (I/O, corruption).
+    #[error("store engine: {0}")]
+    Engine(String),
+    /// Stored bytes that do not decode: a bug or corruption.
+    #[error("corrupt record in {0}")]
+    Corrupt(&'static str),
+}
+
+/// Everything the IM side keeps durably. Writes are atomic per call: a reader never
+/// sees a message without its head, index and idempotency entries, even after a
+/// crash. Nothing here scans more than the keys of the conversation or user it
+/// names.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores `sends` in order, in one atomic write, assigning each new message the
+    /// next seq of its conversation, a ULID and `now_ms`; retries (same sender and
+    /// `client_msg_id`) get their original instead. Durable only after
+    /// [`Store::flush`].
+    fn append(&self, sends: &[NewMessage], now_ms: u64) -> Result<Vec<Appended>, StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// The head of `conv` (all zero when it has no message).
+    fn head(&self, conv: &ConvId) -> Result<Head, StoreError>;
+
+    /// Up to `limit` messages of `conv` in `range`, ascending, as stored JSON; and
+    /// whether more lie beyond them in that direction.
+    fn messages(
+        &self,
+        conv: &ConvId,
+        range: Range,
+        limit: usize,
+    ) -> Result<(Vec<bytes::Bytes>, bool), StoreError>;
+
+    /// `uid`'s read cursor in `conv` (0 when it never acked).
+    fn cursor(&self, uid: &str, conv: &ConvId) -> Result<u64, StoreError>;
+
+    /// Moves `uid`'s cursors forward, never back; a seq above a head fails the
+    /// whole call and moves nothing.
+    fn ack(&self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError>;
+
+    /// `uid`'s conversations, the most recently active first, at most `limit`.
+    fn conversations(&self, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError>;
+
+    /// Creates an account; `false` if the user exists.
+    fn create_account(&self, uid: &str, password_hash: &str) -> Result<bool, StoreError>;
+
+    /// The password hash of `uid`'s account, if it has one.
+    fn password_hash(&self, uid: &str) -> Result<Option<String>, StoreError>;
+
+    /// Forgets idempotency keys that expired by `now_ms`; returns how many.
+    fn expire_idempotency(&self, now_ms: u64) -> Result<usize, StoreError>;
+}
