@@ -19,7 +19,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::SledStore;
+use crate::store::{SledStore, Store};
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
 #[derive(Debug)]
@@ -44,7 +44,8 @@ impl Server {
             tokio::task::spawn_blocking(move || SledStore::open(&store_cfg, idempotency_ttl))
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        match Server::bind_listeners(config, verifier).await {
+        let shared: Arc<dyn Store> = Arc::new(store.clone());
+        match Server::bind_listeners(config, verifier, shared).await {
             Ok((state, http, mqtt)) => Ok(Server {
                 state,
                 store,
@@ -63,6 +64,7 @@ impl Server {
     async fn bind_listeners(
         config: Config,
         verifier: Arc<TokenVerifier>,
+        store: Arc<dyn Store>,
     ) -> Result<(AppState, TcpListener, Broker)> {
         let mut broker_metrics = None;
         let metrics = Metrics::new(|registry| {
@@ -87,6 +89,7 @@ impl Server {
         let state = AppState {
             config: Arc::new(config),
             verifier,
+            store,
             metrics: Arc::new(metrics),
             ready: Arc::new(AtomicBool::new(false)),
         };

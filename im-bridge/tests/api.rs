@@ -14,12 +14,14 @@ use im_bridge::api::{AppState, Json, app};
 use im_bridge::auth::Caller;
 use im_bridge::config::Config;
 use im_bridge::metrics::Metrics;
+use im_bridge::store::SledStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const SECRET: &str = "api-test-secret-0123456789abcdef0123456789";
 
 fn state() -> AppState {
+    let store = SledStore::temporary(std::time::Duration::from_secs(60)).expect("store");
     let mut config = Config {
         auth: AuthConfig {
             jwt_secret: Secret::new(SECRET),
@@ -31,6 +33,7 @@ fn state() -> AppState {
     AppState {
         verifier: Arc::new(TokenVerifier::new(&config.auth).expect("verifier")),
         config: Arc::new(config),
+        store: Arc::new(store),
         metrics: Arc::new(Metrics::new(|_| {})),
         ready: Arc::new(AtomicBool::new(true)),
     }

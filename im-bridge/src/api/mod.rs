@@ -24,6 +24,7 @@ pub use json::Json;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -32,6 +33,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Verifies bearer tokens.
     pub verifier: Arc<TokenVerifier>,
+    /// The durable store (reads; writes of messages go through the commit loop).
+    pub store: Arc<dyn Store>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Set when the server starts serving (every listener bound, the store open,

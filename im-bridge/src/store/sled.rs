@@ -80,13 +80,25 @@ impl SledStore {
                 });
             }
         };
-        let tree = |name: &str| {
-            db.open_tree(name).map_err(|cause| Error::StoreOpen {
+        let store =
+            SledStore::with_trees(db, idempotency_ttl).map_err(|cause| Error::StoreOpen {
                 path: cfg.path.clone(),
                 cause,
-            })
-        };
-        let store = SledStore {
+            })?;
+        tracing::info!(path = %cfg.path.display(), "store opened");
+        Ok(store)
+    }
+
+    /// A store in a temporary directory, deleted when the last handle is dropped
+    /// (for tests and tools).
+    pub fn temporary(idempotency_ttl: Duration) -> Result<SledStore> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Ok(SledStore::with_trees(db, idempotency_ttl)?)
+    }
+
+    fn with_trees(db: sled::Db, idempotency_ttl: Duration) -> sled::Result<SledStore> {
+        let tree = |name: &str| db.open_tree(name);
+        Ok(SledStore {
             msgs: tree("msgs")?,
             heads: tree("heads")?,
             cursors: tree("cursors")?,
@@ -97,9 +109,7 @@ impl SledStore {
             accounts: tree("accounts")?,
             db,
             idempotency_ttl,
-        };
-        tracing::info!(path = %cfg.path.display(), "store opened");
-        Ok(store)
+        })
     }
 
     /// Writes every pending change to disk, without blocking the runtime.
