@@ -107,8 +107,26 @@ pub struct StoreConfig {
     /// sled's page cache size.
     pub cache_capacity: ByteSize,
     /// Longest a commit waits for others to share its flush (group commit).
-    /// Reserved for the IM core: read and checked, not used yet.
+    /// Reserved: commits share flushes by batching whatever arrived while the last
+    /// flush ran, without waiting.
     pub group_commit_delay: Duration,
+    /// When a message write is made durable: before the answer (`always`), or by
+    /// a flush every `flush_interval` (`interval`: a crash may lose up to one
+    /// interval of answered sends).
+    pub flush: FlushMode,
+    /// How often `flush = "interval"` flushes.
+    pub flush_interval: Duration,
+}
+
+/// `store.flush`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// Every commit is flushed before its answer (the default).
+    #[default]
+    Always,
+    /// Flushed every `store.flush_interval`.
+    Interval,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +136,8 @@ impl Default for StoreConfig {
             retention: Retention::Forever,
             cache_capacity: ByteSize(64 << 20),
             group_commit_delay: Duration(std::time::Duration::from_millis(1)),
+            flush: FlushMode::Always,
+            flush_interval: Duration(std::time::Duration::from_millis(100)),
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// The caller is not a member of the conversation.
+    #[error("not a member of this conversation")]
+    NotAMember,
     /// No such resource (or route).
     #[error("{0}")]
     NotFound(String),
@@ -92,6 +95,36 @@ pub enum Error {
     /// Some other I/O failed.
     #[error("i/o: {0}")]
     Io(std::io::Error),
+    /// A message write failed (logged; the client sees only "internal").
+    #[error("message store: {0}")]
+    Commit(crate::store::StoreError),
+    /// A message body is over `limits.max_body_bytes`.
+    #[error("message body is larger than {limit} bytes (limits.max_body_bytes)")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The server is stopping and takes no more writes.
+    #[error("the server is stopping")]
+    Stopping,
+}
+
+impl From<crate::commit::CommitError> for Error {
+    fn from(e: crate::commit::CommitError) -> Self {
+        match e {
+            crate::commit::CommitError::Store(e) => Error::from(e),
+            crate::commit::CommitError::Stopped => Error::Stopping,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::AboveHead { .. } => Error::BadRequest(e.to_string()),
+            e => Error::Commit(e),
+        }
+    }
 }
 
 // By hand rather than `#[from]`, which would also make the inner error the
@@ -168,14 +201,17 @@ impl Error {
             Error::Token(TokenError::Expired) => (StatusCode::UNAUTHORIZED, "token_expired"),
             Error::Token(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::NotAMember => (StatusCode::FORBIDDEN, "not_a_member"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Error::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Error::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Error::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Config(_)
             | Error::Key(_)
             | Error::Bind { .. }
@@ -183,6 +219,7 @@ impl Error {
             | Error::StoreInUse { .. }
             | Error::StoreOpen { .. }
             | Error::Store(_)
+            | Error::Commit(_)
             | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

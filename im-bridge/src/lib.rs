@@ -10,9 +10,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod commit;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod metrics;
+pub mod sending;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::commit::{Committer, FlushPolicy};
 use crate::config::Config;
+use crate::config::FlushMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::store::{SledStore, Store};
@@ -86,7 +88,13 @@ impl Server {
             addr,
             cause,
         })?;
+        let policy = match config.store.flush {
+            FlushMode::Always => FlushPolicy::Always,
+            FlushMode::Interval => FlushPolicy::Interval(config.store.flush_interval.get()),
+        };
         let state = AppState {
+            committer: Committer::start(store.clone(), policy),
+            broker: mqtt.handle(),
             config: Arc::new(config),
             verifier,
             store,

@@ -20,8 +20,28 @@ use tower::ServiceExt;
 
 const SECRET: &str = "api-test-secret-0123456789abcdef0123456789";
 
-fn state() -> AppState {
-    let store = SledStore::temporary(std::time::Duration::from_secs(60)).expect("store");
+async fn state() -> AppState {
+    let store: Arc<dyn im_bridge::store::Store> =
+        Arc::new(SledStore::temporary(std::time::Duration::from_secs(60)).expect("store"));
+    // A bound broker that serves no one: these tests never publish.
+    let broker = broker::Broker::bind(
+        broker::config::MqttConfig {
+            tcp: broker::units::ListenAddr::on("127.0.0.1:0".parse().expect("addr")),
+            ws: broker::units::ListenAddr::default(),
+            ..Default::default()
+        },
+        Arc::new(
+            TokenVerifier::new(&AuthConfig {
+                jwt_secret: Secret::new(SECRET),
+                ..AuthConfig::default()
+            })
+            .expect("verifier"),
+        ),
+        Arc::new(broker::DenyAll),
+        Arc::new(broker::BrokerMetrics::unregistered()),
+    )
+    .await
+    .expect("broker");
     let mut config = Config {
         auth: AuthConfig {
             jwt_secret: Secret::new(SECRET),
@@ -33,7 +53,12 @@ fn state() -> AppState {
     AppState {
         verifier: Arc::new(TokenVerifier::new(&config.auth).expect("verifier")),
         config: Arc::new(config),
-        store: Arc::new(store),
+        committer: im_bridge::commit::Committer::start(
+            store.clone(),
+            im_bridge::commit::FlushPolicy::Always,
+        ),
+        broker: broker.handle(),
+        store,
         metrics: Arc::new(Metrics::new(|_| {})),
         ready: Arc::new(AtomicBool::new(true)),
     }
@@ -79,7 +104,7 @@ async fn valid_bearer_token_identifies_the_caller() {
         .header(header::AUTHORIZATION, bearer("alice", Role::Admin))
         .body(Body::empty())
         .expect("request");
-    let (status, body) = call(probe_router(state()), req).await;
+    let (status, body) = call(probe_router(state().await), req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"uid": "alice", "role": "admin"}));
 }
@@ -97,8 +122,11 @@ async fn missing_and_bad_tokens_get_401_with_a_code() {
         if let Some(a) = &auth {
             req = req.header(header::AUTHORIZATION, a);
         }
-        let (status, body) =
-            call(probe_router(state()), req.body(Body::empty()).expect("req")).await;
+        let (status, body) = call(
+            probe_router(state().await),
+            req.body(Body::empty()).expect("req"),
+        )
+        .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
         assert_eq!(body["error"]["code"], code, "{auth:?}");
     }
@@ -116,7 +144,7 @@ async fn expired_token_gets_token_expired() {
         .header(header::AUTHORIZATION, format!("Bearer {old}"))
         .body(Body::empty())
         .expect("req");
-    let (status, body) = call(probe_router(state()), req).await;
+    let (status, body) = call(probe_router(state().await), req).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "token_expired");
 }
@@ -132,26 +160,30 @@ async fn json_rejections_are_api_errors() {
             .expect("req")
     };
     let (status, body) = call(
-        probe_router(state()),
+        probe_router(state().await),
         send("application/json", b"{\"a\":1}".to_vec()),
     )
     .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"a": 1})));
 
     let (status, body) = call(
-        probe_router(state()),
+        probe_router(state().await),
         send("application/json", b"{bad".to_vec()),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "bad_request");
 
-    let (status, body) = call(probe_router(state()), send("text/plain", b"{}".to_vec())).await;
+    let (status, body) = call(
+        probe_router(state().await),
+        send("text/plain", b"{}".to_vec()),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(body["error"]["code"], "unsupported_media_type");
 
     let big = format!("{{\"a\":\"{}\"}}", "x".repeat(2048)).into_bytes();
-    let router = probe_router(state()).layer(axum::extract::DefaultBodyLimit::max(1024));
+    let router = probe_router(state().await).layer(axum::extract::DefaultBodyLimit::max(1024));
     let (status, body) = call(router, send("application/json", big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error"]["code"], "payload_too_large");
@@ -159,7 +191,7 @@ async fn json_rejections_are_api_errors() {
 
 #[tokio::test]
 async fn readyz_follows_the_ready_flag() {
-    let state = state();
+    let state = state().await;
     let req = || Request::get("/readyz").body(Body::empty()).expect("req");
     let (status, _) = call(app(state.clone()), req()).await;
     assert_eq!(status, StatusCode::OK);

@@ -5,6 +5,8 @@
 
 mod health;
 mod json;
+mod messages;
+mod sync;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,13 +16,15 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use broker::BrokerHandle;
 use broker::auth::TokenVerifier;
 use http_body_util::BodyExt;
 use tower_http::trace::TraceLayer;
 
 pub use json::Json;
 
+use crate::commit::Committer;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -35,6 +39,10 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     /// The durable store (reads; writes of messages go through the commit loop).
     pub store: Arc<dyn Store>,
+    /// Where message writes go: the group-commit loop.
+    pub committer: Committer,
+    /// The broker, for delivery after commit.
+    pub broker: BrokerHandle,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Set when the server starts serving (every listener bound, the store open,
@@ -57,6 +65,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/v1/messages", post(messages::send))
+        .route("/v1/messages/batch", post(messages::batch))
+        .route("/v1/notify", post(messages::notify))
+        .route("/v1/sync", get(sync::sync))
+        .route("/v1/conversations", get(sync::conversations))
+        .route("/v1/conversations/{conv}/messages", get(sync::messages))
+        .route("/v1/ack", post(sync::ack))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body.as_usize()))

@@ -22,9 +22,12 @@ pub struct NewMessage {
     pub conv: ConvId,
     /// The peer uid or gid, as in the envelope.
     pub to: String,
-    /// The sender's id for this send: a retry with the same `(from, client_msg_id)`
-    /// within the idempotency TTL returns the original and stores nothing.
+    /// The sender's id for this send, echoed in the envelope.
     pub client_msg_id: Option<String>,
+    /// What makes a retry a retry: a send with the same `(from, key)` within the
+    /// idempotency TTL returns the original and stores nothing. The
+    /// `client_msg_id`, or for a notice to many users, it and the user.
+    pub idempotency_key: Option<String>,
     /// 1 or 2 (QoS 0 sends are never stored).
     pub qos: Qos,
     /// The application's JSON body.

@@ -287,7 +287,7 @@ impl Trees<'_> {
 
 impl SledStore {
     fn append_one(&self, t: &Trees<'_>, send: &NewMessage, now_ms: u64) -> TxResult<Appended> {
-        let idem_key = send.client_msg_id.as_deref().map(|c| key2(&send.from, c));
+        let idem_key = send.idempotency_key.as_deref().map(|c| key2(&send.from, c));
         if let Some(k) = &idem_key
             && let Some(json) = t.original(k)?
         {
@@ -528,6 +528,7 @@ mod tests {
             conv: ConvId::dm(from, to).expect("conv"),
             to: to.into(),
             client_msg_id: cmid.map(Into::into),
+            idempotency_key: cmid.map(Into::into),
             qos: Qos::AtLeastOnce,
             body: serde_json::json!({ "text": text }),
         }

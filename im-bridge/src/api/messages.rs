@@ -1,0 +1,153 @@
+//! Sending: `POST /v1/messages`, `POST /v1/messages/batch`, `POST /v1/notify`.
+//!
+//! A stored send is answered only once it is durable (the commit loop flushes
+//! before it answers), then delivered through the broker; a QoS 0 send is
+//! delivered only, never stored.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use broker::auth::Role;
+use imqtt_client::wire::{
+    BatchRequest, BatchResponse, BatchResult, ErrorBody, LiveSendResult, NotifyRequest,
+    SendRequest, SendResult,
+};
+
+use super::{AppState, Json};
+use crate::auth::Caller;
+use crate::delivery;
+use crate::error::Error;
+use crate::sending::{self, Checked};
+use crate::store::{Appended, NewMessage};
+
+/// Most sends in one batch.
+pub(super) const MAX_BATCH: usize = 1000;
+
+fn result(a: &Appended) -> SendResult {
+    SendResult {
+        id: a.envelope.id.clone(),
+        conv: a.envelope.conv.clone(),
+        seq: a.envelope.seq,
+        ts: a.envelope.ts,
+    }
+}
+
+/// Delivers what was newly stored (a retry's original was delivered back then).
+fn deliver(state: &AppState, appended: &[Appended]) {
+    let inline_max = state.config.delivery.inline_max_bytes.as_usize();
+    for a in appended.iter().filter(|a| !a.duplicate) {
+        delivery::deliver(&state.broker, &a.envelope, &a.json, inline_max);
+    }
+}
+
+/// Delivers a QoS 0 send now and says what it was.
+fn deliver_live(state: &AppState, m: &NewMessage) -> LiveSendResult {
+    let id = ulid::Ulid::new().to_string();
+    let ts = crate::commit::now_ms();
+    delivery::deliver_live(&state.broker, m, &id, ts);
+    LiveSendResult { id, ts }
+}
+
+/// `POST /v1/messages`: 201 with the stored message's place, 200 for a retry, 202
+/// for QoS 0.
+pub(super) async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<SendRequest>,
+) -> Result<Response, Error> {
+    match sending::check(&state.config, caller.uid(), req)? {
+        Checked::Live(m) => {
+            Ok((StatusCode::ACCEPTED, Json(deliver_live(&state, &m))).into_response())
+        }
+        Checked::Stored(m) => {
+            let appended = state.committer.commit(vec![m]).await?;
+            deliver(&state, &appended);
+            let Some(a) = appended.first() else {
+                return Err(Error::Stopping);
+            };
+            let status = if a.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((status, Json(result(a))).into_response())
+        }
+    }
+}
+
+fn failed(e: &Error) -> BatchResult {
+    let (_, code) = e.status_and_code();
+    BatchResult::Failed(ErrorBody::new(code, e.to_string()))
+}
+
+/// `POST /v1/messages/batch`: up to 1,000 sends, one result or error each, in
+/// order; every stored one in one commit (one flush).
+pub(super) async fn batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<BatchRequest>,
+) -> Result<Json<BatchResponse>, Error> {
+    if req.messages.len() > MAX_BATCH {
+        return Err(Error::BadRequest(format!(
+            "at most {MAX_BATCH} messages per batch, got {}",
+            req.messages.len()
+        )));
+    }
+    let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(req.messages.len());
+    let mut stored = Vec::new();
+    let mut slots = Vec::new();
+    for send in req.messages {
+        match sending::check(&state.config, caller.uid(), send) {
+            Ok(Checked::Stored(m)) => {
+                slots.push(results.len());
+                stored.push(m);
+                results.push(None);
+            }
+            Ok(Checked::Live(m)) => results.push(Some(BatchResult::Live(deliver_live(&state, &m)))),
+            Err(e) => results.push(Some(failed(&e))),
+        }
+    }
+    let appended = state.committer.commit(stored).await?;
+    deliver(&state, &appended);
+    for (slot, a) in slots.into_iter().zip(&appended) {
+        results[slot] = Some(BatchResult::Stored(result(a)));
+    }
+    Ok(Json(BatchResponse {
+        results: results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| failed(&Error::Stopping)))
+            .collect(),
+    }))
+}
+
+/// `POST /v1/notify` (service or admin tokens): one notice into each `sys:{uid}`.
+pub(super) async fn notify(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<NotifyRequest>,
+) -> Result<Json<BatchResponse>, Error> {
+    if !matches!(caller.role(), Role::Service | Role::Admin) {
+        return Err(Error::Forbidden("notify needs a service token".into()));
+    }
+    if req.to.is_empty() || req.to.len() > MAX_BATCH {
+        return Err(Error::BadRequest(format!("to: 1 to {MAX_BATCH} users")));
+    }
+    let mut notices = Vec::with_capacity(req.to.len());
+    for uid in &req.to {
+        notices.push(sending::notice(
+            &state.config,
+            caller.uid(),
+            uid,
+            req.client_msg_id.clone(),
+            req.body.clone(),
+        )?);
+    }
+    let appended = state.committer.commit(notices).await?;
+    deliver(&state, &appended);
+    Ok(Json(BatchResponse {
+        results: appended
+            .iter()
+            .map(|a| BatchResult::Stored(result(a)))
+            .collect(),
+    }))
+}

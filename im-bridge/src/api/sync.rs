@@ -1,0 +1,156 @@
+//! Reading: `GET /v1/sync`, `GET /v1/conversations`,
+//! `GET /v1/conversations/{conv}/messages`, and `POST /v1/ack`.
+//!
+//! Everything here reads only the caller's own conversation index and the keys of
+//! the conversations it names.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use imqtt_client::wire::{
+    AckRequest, ConvId, ConvKind, ConversationList, ConversationSummary, Envelope, MessagesPage,
+    MessagesQuery, SyncConversation, SyncQuery, SyncResponse,
+};
+
+use super::{AppState, Json};
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::store::Range;
+
+/// Messages per conversation or page when the request does not say.
+const DEFAULT_LIMIT: u32 = 100;
+/// Most messages per conversation or page.
+const MAX_LIMIT: u32 = 1000;
+/// Most conversations one sync or list looks at.
+const MAX_CONVERSATIONS: usize = 10_000;
+
+fn limit(asked: Option<u32>) -> Result<usize, Error> {
+    match asked.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_LIMIT => Ok(n as usize),
+        n => Err(Error::BadRequest(format!(
+            "limit: 1 to {MAX_LIMIT}, got {n}"
+        ))),
+    }
+}
+
+/// Whether `uid` may read and ack `conv`.
+fn is_member(uid: &str, conv: &ConvId) -> bool {
+    match conv.kind() {
+        ConvKind::Dm { a, b } => uid == a || uid == b,
+        ConvKind::Sys { uid: owner } => uid == owner,
+        // Groups come with the next part of the IM core.
+        ConvKind::Group { .. } => false,
+    }
+}
+
+fn decode(stored: Vec<Bytes>) -> Result<Vec<Envelope>, Error> {
+    stored
+        .iter()
+        .map(|b| {
+            serde_json::from_slice(b)
+                .map_err(|_| Error::from(crate::store::StoreError::Corrupt("msgs")))
+        })
+        .collect()
+}
+
+/// `GET /v1/sync?limit=N`: the caller's conversations with messages after its
+/// cursor, up to N messages each.
+pub(super) async fn sync(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SyncQuery>,
+) -> Result<Json<SyncResponse>, Error> {
+    let limit = limit(q.limit)?;
+    let store = state.store.clone();
+    let uid = caller.uid().to_owned();
+    let conversations = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for c in store.conversations(&uid, MAX_CONVERSATIONS)? {
+            if c.head.seq <= c.cursor {
+                continue;
+            }
+            let (stored, has_more) = store.messages(&c.conv, Range::After(c.cursor), limit)?;
+            out.push(SyncConversation {
+                conv: c.conv,
+                head: c.head.seq,
+                cursor: c.cursor,
+                messages: decode(stored)?,
+                has_more,
+            });
+        }
+        Ok::<_, Error>(out)
+    })
+    .await
+    .map_err(|_| Error::Stopping)??;
+    Ok(Json(SyncResponse { conversations }))
+}
+
+/// `GET /v1/conversations`: the caller's conversations, the most recent first.
+pub(super) async fn conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ConversationList>, Error> {
+    let list = state.store.conversations(caller.uid(), MAX_CONVERSATIONS)?;
+    Ok(Json(ConversationList {
+        conversations: list
+            .into_iter()
+            .map(|c| ConversationSummary {
+                unread: c.head.seq.saturating_sub(c.cursor),
+                head: c.head.seq,
+                cursor: c.cursor,
+                last_ts: c.head.last_ts,
+                conv: c.conv,
+            })
+            .collect(),
+    }))
+}
+
+/// `GET /v1/conversations/{conv}/messages?after=S&limit=N` (or `before=S`): a
+/// contiguous, ascending page; members only.
+pub(super) async fn messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conv): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Result<Json<MessagesPage>, Error> {
+    let conv: ConvId = conv
+        .parse()
+        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
+    if !is_member(caller.uid(), &conv) {
+        return Err(Error::NotAMember);
+    }
+    let limit = limit(q.limit)?;
+    let range = match (q.after, q.before) {
+        (Some(_), Some(_)) => {
+            return Err(Error::BadRequest("after or before, not both".into()));
+        }
+        (None, Some(before)) => Range::Before(before),
+        (after, None) => Range::After(after.unwrap_or(0)),
+    };
+    let (stored, has_more) = state.store.messages(&conv, range, limit)?;
+    Ok(Json(MessagesPage {
+        messages: decode(stored)?,
+        has_more,
+    }))
+}
+
+/// `POST /v1/ack {cursors: {conv: seq}}`: moves the caller's cursors forward
+/// (never back); a seq above a head is 400 and moves nothing.
+pub(super) async fn ack(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<AckRequest>,
+) -> Result<StatusCode, Error> {
+    if req.cursors.len() > MAX_LIMIT as usize {
+        return Err(Error::BadRequest(format!(
+            "at most {MAX_LIMIT} cursors per ack"
+        )));
+    }
+    if let Some(conv) = req.cursors.keys().find(|c| !is_member(caller.uid(), c)) {
+        tracing::debug!(%conv, "ack refused");
+        return Err(Error::NotAMember);
+    }
+    let cursors: Vec<(ConvId, u64)> = req.cursors.into_iter().collect();
+    state.store.ack(caller.uid(), &cursors)?;
+    Ok(StatusCode::NO_CONTENT)
+}
