@@ -100,15 +100,26 @@ impl Committer {
     /// Stores `sends` (in order, atomically) and returns once they are durable
     /// under the flush policy. Waits while the loop's queue is full.
     pub async fn commit(&self, sends: Vec<NewMessage>) -> Result<Vec<Appended>, CommitError> {
-        if sends.is_empty() {
-            return Ok(Vec::new());
-        }
+        self.submit(sends).await?.await
+    }
+
+    /// Queues `sends` for the commit loop and returns what resolves once they are
+    /// durable: jobs are committed in the order they were submitted, so a caller
+    /// that submits one after the other keeps its order without waiting for each.
+    pub async fn submit(
+        &self,
+        sends: Vec<NewMessage>,
+    ) -> Result<impl Future<Output = Result<Vec<Appended>, CommitError>> + use<>, CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job { sends, reply })
-            .await
-            .map_err(|_| CommitError::Stopped)?;
-        answer.await.map_err(|_| CommitError::Stopped)?
+        if sends.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+        } else {
+            self.tx
+                .send(Job { sends, reply })
+                .await
+                .map_err(|_| CommitError::Stopped)?;
+        }
+        Ok(async move { answer.await.map_err(|_| CommitError::Stopped)? })
     }
 }
 

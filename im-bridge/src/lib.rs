@@ -15,6 +15,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod metrics;
+pub mod outbox;
 pub mod sending;
 pub mod server;
 pub mod shutdown;

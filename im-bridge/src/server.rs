@@ -101,6 +101,10 @@ impl Server {
             metrics: Arc::new(metrics),
             ready: Arc::new(AtomicBool::new(false)),
         };
+        // Publishes on the users' outboxes are sends, from now on.
+        if let Some(uplink) = state.broker.uplink() {
+            crate::outbox::spawn(uplink, state.clone());
+        }
         Ok((state, http, mqtt))
     }
 

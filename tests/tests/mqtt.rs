@@ -163,59 +163,172 @@ async fn sigterm_tells_mqtt_5_clients_the_server_is_shutting_down() {
     assert_eq!(status.code(), Some(0), "{}", server.log());
 }
 
-#[tokio::test]
-async fn the_outbox_is_refused_until_the_im_side_consumes_it_and_routed_to_nobody() {
-    let server = Server::start().await;
+/// A v5 client of `uid` whose events (`Incoming` only) come on a channel.
+fn v5_client(
+    server: &Server,
+    uid: &str,
+    client_id: &str,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Incoming, String>>,
+) {
     let addr = server.addr("mqtt.tcp");
-    // The owner watches its whole tree: the outbox must not come back to it.
-    let (watcher, mut watcher_loop) = client(
-        &server,
-        "alice",
-        &token("alice", Role::User, Duration::from_secs(600)),
-    );
-    watcher
-        .subscribe("users/alice/#", QoS::AtLeastOnce)
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    o.set_credentials(uid, token(uid, Role::User, Duration::from_secs(600)));
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let got = match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(i)) => Ok(i),
+                Ok(_) => continue,
+                Err(e) => Err(format!("{e:?}")),
+            };
+            let failed = got.is_err();
+            if tx.send(got).is_err() || failed {
+                return;
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// The next incoming packet matching `want`, within `WAIT`.
+async fn next_v5<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<rumqttc::v5::Incoming, String>>,
+    mut want: impl FnMut(&Result<rumqttc::v5::Incoming, String>) -> Option<T>,
+) -> T {
+    loop {
+        let got = timeout(WAIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("client running");
+        if let Some(t) = want(&got) {
+            return t;
+        }
+    }
+}
+
+fn publish_on(got: &Result<rumqttc::v5::Incoming, String>) -> Option<(String, serde_json::Value)> {
+    match got {
+        Ok(rumqttc::v5::Incoming::Publish(p)) => Some((
+            String::from_utf8_lossy(&p.topic).into_owned(),
+            serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null),
+        )),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn an_outbox_send_is_stored_delivered_and_acked_and_its_result_is_an_event() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let server = Server::start().await;
+    let (bob, mut bob_rx) = v5_client(&server, "bob", "bob-phone");
+    bob.subscribe("users/bob/inbox", Q5::AtLeastOnce)
         .await
         .expect("sub");
-    until(&mut watcher_loop, |i| {
-        matches!(i, Incoming::SubAck(_)).then_some(())
+    next_v5(&mut bob_rx, |g| {
+        matches!(g, Ok(rumqttc::v5::Incoming::SubAck(_))).then_some(())
+    })
+    .await;
+    // Alice's other device watches her whole tree.
+    let (watch, mut watch_rx) = v5_client(&server, "alice", "alice-laptop");
+    watch
+        .subscribe("users/alice/#", Q5::AtLeastOnce)
+        .await
+        .expect("sub");
+    next_v5(&mut watch_rx, |g| {
+        matches!(g, Ok(rumqttc::v5::Incoming::SubAck(_))).then_some(())
     })
     .await;
 
-    let mut o = rumqttc::v5::MqttOptions::new("phone", addr.ip().to_string(), addr.port());
-    o.set_credentials(
-        "alice",
-        token("alice", Role::User, Duration::from_secs(600)),
-    );
-    let (phone, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    let (phone, mut phone_rx) = v5_client(&server, "alice", "alice-phone");
+    let send = r#"{"to":"bob","body":{"text":"hi"},"client_msg_id":"m1"}"#;
     phone
-        .publish(
-            "users/alice/outbox",
-            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            false,
-            r#"{"to":"bob","body":{"text":"hi"}}"#,
-        )
+        .publish("users/alice/outbox", Q5::AtLeastOnce, false, send)
         .await
         .expect("queue");
-    let answer = loop {
-        match timeout(WAIT, el.poll()).await.expect("answered in time") {
-            Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::PubAck(a))) => {
-                break format!("{:?}", a.reason);
-            }
-            Ok(_) => {}
-            // rumqttc reports a refused PUBACK as an error carrying the reason.
-            Err(e) => break format!("{e:?}"),
-        }
-    };
-    assert!(answer.contains("NotAuthorized"), "{answer}");
-    // Nothing reached the subscriber of users/alice/#.
-    let echoed = timeout(Duration::from_millis(500), async {
-        loop {
-            if let Ok(Event::Incoming(Incoming::Publish(p))) = watcher_loop.poll().await {
-                return p;
-            }
-        }
+    let acked = next_v5(&mut phone_rx, |g| match g {
+        Ok(rumqttc::v5::Incoming::PubAck(a)) => Some(format!("{:?}", a.reason)),
+        Err(e) => Some(e.clone()),
+        _ => None,
     })
     .await;
-    assert!(echoed.is_err(), "the outbox was routed: {echoed:?}");
+    assert_eq!(acked, "Success");
+
+    let (topic, envelope) = next_v5(&mut bob_rx, publish_on).await;
+    assert_eq!(topic, "users/bob/inbox");
+    assert_eq!(envelope["body"]["text"], "hi");
+    assert_eq!(envelope["seq"], 1);
+    assert_eq!(envelope["conv"], "dm:alice:bob");
+
+    // The other device: the echo on the inbox and the `sent` event, never the
+    // outbox publish itself.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(next_v5(&mut watch_rx, publish_on).await);
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(seen[0].0, "users/alice/events");
+    assert_eq!(seen[0].1["type"], "sent");
+    assert_eq!(seen[0].1["client_msg_id"], "m1");
+    assert_eq!(seen[0].1["seq"], 1);
+    assert_eq!(seen[0].1["id"], envelope["id"]);
+    assert_eq!(seen[1].0, "users/alice/inbox");
+    assert_eq!(seen[1].1["id"], envelope["id"]);
+
+    // Stored: bob syncs it over HTTP.
+    let sync: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/sync", server.http_url()))
+        .bearer_auth(token("bob", Role::User, Duration::from_secs(600)))
+        .send()
+        .await
+        .expect("sync")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        sync["conversations"][0]["messages"][0]["id"],
+        envelope["id"]
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_outbox_send_is_refused_with_its_reason_and_an_error_event() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let server = Server::start().await;
+    let (events, mut events_rx) = v5_client(&server, "alice", "alice-laptop");
+    events
+        .subscribe("users/alice/events", Q5::AtLeastOnce)
+        .await
+        .expect("sub");
+    next_v5(&mut events_rx, |g| {
+        matches!(g, Ok(rumqttc::v5::Incoming::SubAck(_))).then_some(())
+    })
+    .await;
+    for bad in [
+        r#"not json"#,
+        r#"{"to":"bad id","body":1,"client_msg_id":"x1"}"#,
+    ] {
+        // A fresh client each round: rumqttc drops its state on a refused ack.
+        let (phone, mut phone_rx) = v5_client(&server, "alice", "alice-phone");
+        phone
+            .publish("users/alice/outbox", Q5::AtLeastOnce, false, bad)
+            .await
+            .expect("queue");
+        // rumqttc surfaces a refused PUBACK as an error carrying the reason.
+        let answer = next_v5(&mut phone_rx, |g| match g {
+            Ok(rumqttc::v5::Incoming::PubAck(a)) => Some(format!("{:?}", a.reason)),
+            Err(e) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(answer.contains("PayloadFormatInvalid"), "{answer}");
+        let (_, event) = next_v5(&mut events_rx, publish_on).await;
+        assert_eq!(event["type"], "error");
+        assert_eq!(event["error"]["code"], "bad_request");
+        if bad.contains("x1") {
+            assert_eq!(event["client_msg_id"], "x1");
+        }
+    }
 }

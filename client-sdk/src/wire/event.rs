@@ -19,8 +19,9 @@ pub enum Event {
     },
     /// A send over `users/{uid}/outbox` was accepted (it is durable).
     Sent {
-        /// The id the client gave the send.
-        client_msg_id: String,
+        /// The id the client gave the send, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
         /// The message's server id.
         id: String,
         /// Its conversation.
@@ -86,7 +87,7 @@ mod tests {
         );
         round_trip(
             &Event::Sent {
-                client_msg_id: "c-1".to_owned(),
+                client_msg_id: Some("c-1".to_owned()),
                 id: "01J".to_owned(),
                 conv,
                 seq: 10,
