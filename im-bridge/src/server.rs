@@ -19,6 +19,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::passwords::Passwords;
 use crate::store::{SledStore, Store};
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -91,6 +92,7 @@ impl Server {
             verifier,
             store,
             metrics: Arc::new(metrics),
+            passwords: Passwords::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
         Ok((state, http, mqtt))
