@@ -101,7 +101,9 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` / `nbf`.
     pub leeway: Duration,
-    /// Enables `POST /v1/accounts` and `POST /v1/tokens`.
+    /// Enables the built-in accounts, `POST /v1/accounts` (sign up) and
+    /// `POST /v1/tokens` (a user token for a user and password); off, both are 404.
+    /// Only with HS256, since the server mints the tokens.
     pub accounts: bool,
     /// Lifetime of tokens minted by the server (`/v1/tokens`, `imqtt token`).
     pub token_ttl: Duration,

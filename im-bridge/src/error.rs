@@ -16,6 +16,7 @@ use broker::auth::{KeyError, TokenError};
 use imqtt_client::wire::ErrorBody;
 
 use crate::config::ConfigErrors;
+use crate::store::StoreError;
 
 /// Everything that can go wrong in the bridge, from a bad request to a failed bind.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,13 @@ pub enum Error {
     /// The server is starting or draining.
     #[error("server is not ready")]
     NotReady,
+    /// Sign-up with a user id that already has an account.
+    #[error("user exists")]
+    UserExists,
+    /// Sign-in with an unknown user or a wrong password (one answer for both, so
+    /// that it does not tell which accounts exist).
+    #[error("wrong user or password")]
+    BadCredentials,
     /// The config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigErrors),
@@ -92,12 +100,16 @@ pub enum Error {
     /// The durable store failed.
     #[error("store: {0}")]
     Store(sled::Error),
+    /// A store operation failed.
+    #[error("{0}")]
+    Storage(StoreError),
+    /// Hashing or verifying a password failed (a corrupt stored hash, a lost
+    /// blocking task); never the password or the hash itself.
+    #[error("password hashing: {0}")]
+    PasswordHash(String),
     /// Some other I/O failed.
     #[error("i/o: {0}")]
     Io(std::io::Error),
-    /// A message write failed (logged; the client sees only "internal").
-    #[error("message store: {0}")]
-    Commit(crate::store::StoreError),
     /// A message body is over `limits.max_body_bytes`.
     #[error("message body is larger than {limit} bytes (limits.max_body_bytes)")]
     BodyTooLarge {
@@ -118,20 +130,17 @@ impl From<crate::commit::CommitError> for Error {
     }
 }
 
-impl From<crate::store::StoreError> for Error {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::AboveHead { .. } => Error::BadRequest(e.to_string()),
-            e => Error::Commit(e),
-        }
-    }
-}
-
 // By hand rather than `#[from]`, which would also make the inner error the
 // `source()` of a message that already quotes it.
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         Error::Store(e)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Storage(e)
     }
 }
 
@@ -212,6 +221,11 @@ impl Error {
             Error::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::UserExists => (StatusCode::CONFLICT, "user_exists"),
+            Error::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            Error::Storage(StoreError::AboveHead { .. }) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             Error::Config(_)
             | Error::Key(_)
             | Error::Bind { .. }
@@ -219,7 +233,8 @@ impl Error {
             | Error::StoreInUse { .. }
             | Error::StoreOpen { .. }
             | Error::Store(_)
-            | Error::Commit(_)
+            | Error::Storage(_)
+            | Error::PasswordHash(_)
             | Error::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -284,6 +299,7 @@ mod tests {
         let errors = [
             Error::from(std::io::Error::other("disk on fire")),
             Error::from(sled::Error::Unsupported("x".to_owned())),
+            Error::from(StoreError::Engine("disk on fire".to_owned())),
             Error::Bind {
                 key: "http.listen",
                 addr: "127.0.0.1:1".parse().expect("addr"),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use broker::auth::{Role, TokenVerifier};
+use broker::auth::{Algorithm, Role, TokenVerifier};
 use broker::units::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use im_bridge::config::{Config, DEFAULT_CONFIG, LogFormat};
@@ -128,6 +128,13 @@ async fn run(
             "DEVELOPMENT PROFILE: auth.jwt_secret is the published sample secret \
              (auth.allow_insecure_default = true), so anyone can mint tokens; \
              set IMQTT_AUTH__JWT_SECRET for any real deployment"
+        );
+    }
+    if config.auth.accounts && config.auth.algorithm != Algorithm::HS256 {
+        tracing::warn!(
+            algorithm = ?config.auth.algorithm,
+            "auth.accounts is on, but the server mints tokens only with HS256: \
+             POST /v1/accounts and /v1/tokens stay off (set auth.accounts = false)"
         );
     }
     raise_open_file_limit(&config);

@@ -121,7 +121,7 @@ fn client_msg_id_of(payload: &[u8]) -> Option<String> {
 
 fn tell_error(state: &AppState, uid: &str, client_msg_id: Option<String>, e: &Error) {
     let (_, code) = e.status_and_code();
-    let message = if matches!(e, Error::Commit(_)) {
+    let message = if matches!(e, Error::Storage(_)) {
         "internal error".to_owned()
     } else {
         e.to_string()

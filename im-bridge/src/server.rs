@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::config::FlushMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::passwords::Passwords;
 use crate::store::{SledStore, Store};
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -99,6 +100,7 @@ impl Server {
             verifier,
             store,
             metrics: Arc::new(metrics),
+            passwords: Passwords::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
         // Publishes on the users' outboxes are sends, from now on.

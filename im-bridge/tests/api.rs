@@ -14,6 +14,7 @@ use im_bridge::api::{AppState, Json, app};
 use im_bridge::auth::Caller;
 use im_bridge::config::Config;
 use im_bridge::metrics::Metrics;
+use im_bridge::passwords::Passwords;
 use im_bridge::store::SledStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -60,6 +61,7 @@ async fn state() -> AppState {
         broker: broker.handle(),
         store,
         metrics: Arc::new(Metrics::new(|_| {})),
+        passwords: Passwords::default(),
         ready: Arc::new(AtomicBool::new(true)),
     }
 }

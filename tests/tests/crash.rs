@@ -37,7 +37,9 @@ async fn sender(url: String, from: String, round: usize, acked: Acked, total: Ar
         if !resp.status().is_success() {
             return;
         }
-        let Ok(v) = resp.json::<Value>().await else { return };
+        let Ok(v) = resp.json::<Value>().await else {
+            return;
+        };
         let (Some(id), Some(seq)) = (v["id"].as_str(), v["seq"].as_u64()) else {
             return;
         };
@@ -116,10 +118,15 @@ async fn every_acknowledged_send_survives_a_sigkill() {
             // Contiguous from 1, each client_msg_id once.
             let mut seen = HashMap::new();
             for (k, m) in stored.iter().enumerate() {
-                assert_eq!(m["seq"].as_u64(), Some(k as u64 + 1), "round {round}: {conv} has a gap");
+                assert_eq!(
+                    m["seq"].as_u64(),
+                    Some(k as u64 + 1),
+                    "round {round}: {conv} has a gap"
+                );
                 let cmid = m["client_msg_id"].as_str().unwrap_or_default().to_owned();
                 assert!(
-                    seen.insert(cmid.clone(), (m["id"].clone(), m["seq"].clone())).is_none(),
+                    seen.insert(cmid.clone(), (m["id"].clone(), m["seq"].clone()))
+                        .is_none(),
                     "round {round}: {cmid} stored twice"
                 );
             }

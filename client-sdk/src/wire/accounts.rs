@@ -1,5 +1,6 @@
 //! Built-in accounts (DESIGN.md §2): `POST /v1/accounts` and `POST /v1/tokens` take
-//! a user and a password; a token request is answered with `{token, expires_at}`.
+//! a user and a password; a sign-up is answered with `{user}`, a token request with
+//! `{token, expires_at}`.
 
 use std::fmt;
 
@@ -22,6 +23,13 @@ impl fmt::Debug for Credentials {
             .field("password", &"<redacted>")
             .finish()
     }
+}
+
+/// `{user}`: the body of `201 Created` from `POST /v1/accounts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// The new account's user id.
+    pub user: String,
 }
 
 /// `{token, expires_at}`: a bearer token for HTTP and the MQTT password. `Debug`
@@ -60,6 +68,16 @@ mod tests {
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("alice"), "{debug}");
         assert!(serde_json::from_str::<Credentials>(r#"{"user":"alice"}"#).is_err());
+    }
+
+    #[test]
+    fn account_round_trips() {
+        let a = Account {
+            user: "alice".to_owned(),
+        };
+        let text = r#"{"user":"alice"}"#;
+        assert_eq!(serde_json::to_string(&a).expect("serialize"), text);
+        assert_eq!(serde_json::from_str::<Account>(text).expect("parse"), a);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod presence;
 mod sync;
 pub mod topic;
 
-pub use accounts::{Credentials, TokenResponse};
+pub use accounts::{Account, Credentials, TokenResponse};
 pub use conv::{ConvId, ConvIdError, ConvKind};
 pub use envelope::{Envelope, Qos};
 pub use error::{ErrorBody, ErrorDetail};

@@ -3,6 +3,7 @@
 //! Every response that is not a success carries the JSON error body of DESIGN.md §5,
 //! including unknown routes (404), wrong methods (405) and oversized bodies (413).
 
+mod accounts;
 mod health;
 mod json;
 mod messages;
@@ -28,6 +29,7 @@ use crate::commit::Committer;
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::passwords::Passwords;
 use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub broker: BrokerHandle,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Hashes and verifies account passwords, a bounded number at a time.
+    pub passwords: Passwords,
     /// Set when the server starts serving (every listener bound, the store open,
     /// before any request can be answered); cleared when shutdown begins, so load
     /// balancers stop sending new work.
@@ -59,9 +63,11 @@ impl AppState {
 }
 
 /// The whole HTTP API as a router over `state`; the caller binds it to a listener.
+/// The account endpoints exist only when `auth.accounts` is on (and the server can
+/// mint tokens); otherwise they are unknown routes, 404.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config.http.max_body;
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -71,7 +77,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sync", get(sync::sync))
         .route("/v1/conversations", get(sync::conversations))
         .route("/v1/conversations/{conv}/messages", get(sync::messages))
-        .route("/v1/ack", post(sync::ack))
+        .route("/v1/ack", post(sync::ack));
+    if accounts::enabled(&state.config.auth) {
+        router = router
+            .route("/v1/accounts", post(accounts::create))
+            .route("/v1/tokens", post(accounts::token));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body.as_usize()))
