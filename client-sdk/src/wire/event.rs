@@ -156,7 +156,6 @@ mod tests {
             r#"{"conv":"dm:a:b","seq":1}"#,
             r#"{"type":"sync","conv":"dm:a:b"}"#,
             r#"{"type":"sync","conv":"nowhere","seq":1}"#,
-            r#"{"type":"sent","id":"x","conv":"dm:a:b","seq":1,"ts":1}"#,
             r#"{"type":"error","client_msg_id":"c"}"#,
             r#"{"type":"group_deleted","group":"g"}"#,
             r#"[]"#,
