@@ -107,6 +107,7 @@ impl Server {
         if let Some(uplink) = state.broker.uplink() {
             crate::outbox::spawn(uplink, state.clone());
         }
+        expire_idempotency_keys(state.store.clone());
         Ok((state, http, mqtt))
     }
 
@@ -219,4 +220,28 @@ impl Serving {
         tracing::info!("store flushed; stopped");
         Ok(())
     }
+}
+
+/// How often expired idempotency keys are forgotten.
+const IDEMPOTENCY_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Forgets expired idempotency keys in the background, never on the send path:
+/// each sweep reads only the keys that expired since the last one (the store keeps
+/// them ordered by expiry).
+fn expire_idempotency_keys(store: Arc<dyn Store>) {
+    let weak = Arc::downgrade(&store);
+    drop(store);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDEMPOTENCY_SWEEP).await;
+            let Some(store) = weak.upgrade() else { return };
+            let now = crate::commit::now_ms();
+            match tokio::task::spawn_blocking(move || store.expire_idempotency(now)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(keys = n, "idempotency keys expired"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot expire idempotency keys"),
+                Err(_) => return,
+            }
+        }
+    });
 }
