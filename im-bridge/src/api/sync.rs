@@ -4,6 +4,7 @@
 //! Everything here reads only the caller's own conversation index and the keys of
 //! the conversations it names.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
@@ -43,6 +44,12 @@ fn is_member(uid: &str, conv: &ConvId) -> bool {
     }
 }
 
+/// A query string or path segment that did not parse is 400 with the JSON error
+/// body, like every other refusal (axum's own rejections are plain text).
+fn parsed<T>(extracted: Result<T, impl std::fmt::Display>) -> Result<T, Error> {
+    extracted.map_err(|e| Error::BadRequest(e.to_string()))
+}
+
 fn decode(stored: Vec<Bytes>) -> Result<Vec<Envelope>, Error> {
     stored
         .iter()
@@ -58,8 +65,9 @@ fn decode(stored: Vec<Bytes>) -> Result<Vec<Envelope>, Error> {
 pub(super) async fn sync(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<SyncQuery>,
+    q: Result<Query<SyncQuery>, QueryRejection>,
 ) -> Result<Json<SyncResponse>, Error> {
+    let Query(q) = parsed(q)?;
     let limit = limit(q.limit)?;
     let store = state.store.clone();
     let uid = caller.uid().to_owned();
@@ -110,9 +118,11 @@ pub(super) async fn conversations(
 pub(super) async fn messages(
     State(state): State<AppState>,
     caller: Caller,
-    Path(conv): Path<String>,
-    Query(q): Query<MessagesQuery>,
+    conv: Result<Path<String>, PathRejection>,
+    q: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Json<MessagesPage>, Error> {
+    let Path(conv) = parsed(conv)?;
+    let Query(q) = parsed(q)?;
     let conv: ConvId = conv
         .parse()
         .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
