@@ -45,6 +45,11 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Appended>, CommitError>>,
 }
 
+/// Called by the commit loop with every batch once it is durable, in commit order,
+/// before anyone is answered: delivery hangs here, so that pushes leave in seq
+/// order. Must not block (publishing to the hub never does).
+pub type OnCommit = Box<dyn Fn(&[Appended]) + Send>;
+
 /// The handle senders commit through. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Committer {
@@ -70,12 +75,12 @@ pub fn now_ms() -> u64 {
 impl Committer {
     /// Starts the commit loop on a thread of its own (it blocks on the store); it
     /// ends once every `Committer` is dropped, after answering what it took.
-    pub fn start(store: Arc<dyn Store>, policy: FlushPolicy) -> Committer {
+    pub fn start(store: Arc<dyn Store>, policy: FlushPolicy, on_commit: OnCommit) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let looped = store.clone();
         let spawned = std::thread::Builder::new()
             .name("imqtt-commit".into())
-            .spawn(move || commit_loop(looped, rx, policy));
+            .spawn(move || commit_loop(looped, rx, policy, on_commit));
         if let Err(e) = spawned {
             // Without the thread every commit answers `Stopped`.
             tracing::error!(error = %e, "cannot start the commit loop");
@@ -123,7 +128,12 @@ impl Committer {
     }
 }
 
-fn commit_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, policy: FlushPolicy) {
+fn commit_loop(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Job>,
+    policy: FlushPolicy,
+    on_commit: OnCommit,
+) {
     while let Some(first) = rx.blocking_recv() {
         // Everything that arrived meanwhile shares this write and flush.
         let mut jobs = vec![first];
@@ -153,6 +163,7 @@ fn commit_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, policy: Flush
         });
         match result {
             Ok(appended) => {
+                on_commit(&appended);
                 let mut rest = appended.into_iter();
                 for (reply, n) in replies.into_iter().zip(sizes) {
                     let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
@@ -190,7 +201,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn two_hundred_concurrent_sends_get_seqs_one_to_two_hundred() {
         let store = SledStore::temporary(Duration::from_secs(60)).expect("store");
-        let c = Committer::start(Arc::new(store.clone()), FlushPolicy::Always);
+        let c = Committer::start(
+            Arc::new(store.clone()),
+            FlushPolicy::Always,
+            Box::new(|_| {}),
+        );
         let tasks: Vec<_> = (0..200)
             .map(|n| {
                 let c = c.clone();
@@ -216,6 +231,7 @@ mod tests {
         let c = Committer::start(
             Arc::new(store),
             FlushPolicy::Interval(Duration::from_millis(5)),
+            Box::new(|_| {}),
         );
         let (a, b) = tokio::join!(
             c.commit(vec![send("ann", "ben", 1), send("ann", "cat", 2)]),

@@ -32,6 +32,16 @@ pub fn recipients<'a>(conv: &'a ConvId, from: &'a str) -> Vec<&'a str> {
     }
 }
 
+/// The commit loop's hook: delivers every newly stored message of a batch, in
+/// commit order (a retry's original was delivered back then).
+pub fn on_commit(broker: BrokerHandle, inline_max: usize) -> crate::commit::OnCommit {
+    Box::new(move |appended| {
+        for a in appended.iter().filter(|a| !a.duplicate) {
+            deliver(&broker, &a.envelope, &a.json, inline_max);
+        }
+    })
+}
+
 /// Publishes a stored envelope (`json` is its encoding) to everyone it is for.
 pub fn deliver(broker: &BrokerHandle, envelope: &Envelope, json: &Bytes, inline_max: usize) {
     let qos = mqtt_qos(envelope.qos);

@@ -74,11 +74,8 @@ async fn handle(state: &AppState, msg: UplinkMessage) {
             tokio::spawn(async move {
                 match committed.await {
                     Ok(appended) => {
-                        let inline_max = state.config.delivery.inline_max_bytes.as_usize();
+                        // Delivered by the commit loop; here only the sender's event.
                         for a in &appended {
-                            if !a.duplicate {
-                                delivery::deliver(&state.broker, &a.envelope, &a.json, inline_max);
-                            }
                             tell(
                                 &state,
                                 &uid,

@@ -94,7 +94,14 @@ impl Server {
             FlushMode::Interval => FlushPolicy::Interval(config.store.flush_interval.get()),
         };
         let state = AppState {
-            committer: Committer::start(store.clone(), policy),
+            committer: Committer::start(
+                store.clone(),
+                policy,
+                crate::delivery::on_commit(
+                    mqtt.handle(),
+                    config.delivery.inline_max_bytes.as_usize(),
+                ),
+            ),
             broker: mqtt.handle(),
             config: Arc::new(config),
             verifier,

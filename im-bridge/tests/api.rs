@@ -57,6 +57,7 @@ async fn state() -> AppState {
         committer: im_bridge::commit::Committer::start(
             store.clone(),
             im_bridge::commit::FlushPolicy::Always,
+            Box::new(|_| {}),
         ),
         broker: broker.handle(),
         store,

@@ -469,13 +469,13 @@ async fn two_hundred_concurrent_sends_from_both_sides_get_seqs_one_to_two_hundre
         200
     );
 
-    // An online device of bob's gets each of them, its own sends included, once.
+    // An online device of bob's gets each of them, its own sends included, once
+    // and in seq order: delivery follows commit order.
     let mut pushed = Vec::new();
     for _ in 0..200 {
         pushed.push(bob.message().await.json["seq"].as_u64().expect("seq"));
     }
     bob.nothing_arrives().await;
-    pushed.sort_unstable();
     assert_eq!(pushed, (1..=200).collect::<Vec<_>>());
 }
 

@@ -1,8 +1,8 @@
 //! Sending: `POST /v1/messages`, `POST /v1/messages/batch`, `POST /v1/notify`.
 //!
 //! A stored send is answered only once it is durable (the commit loop flushes
-//! before it answers), then delivered through the broker; a QoS 0 send is
-//! delivered only, never stored.
+//! before it answers, and delivers through the broker in commit order); a QoS 0
+//! send is delivered only, never stored.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,14 +32,6 @@ fn result(a: &Appended) -> SendResult {
     }
 }
 
-/// Delivers what was newly stored (a retry's original was delivered back then).
-fn deliver(state: &AppState, appended: &[Appended]) {
-    let inline_max = state.config.delivery.inline_max_bytes.as_usize();
-    for a in appended.iter().filter(|a| !a.duplicate) {
-        delivery::deliver(&state.broker, &a.envelope, &a.json, inline_max);
-    }
-}
-
 /// Delivers a QoS 0 send now and says what it was.
 fn deliver_live(state: &AppState, m: &NewMessage) -> LiveSendResult {
     let id = ulid::Ulid::new().to_string();
@@ -61,7 +53,6 @@ pub(super) async fn send(
         }
         Checked::Stored(m) => {
             let appended = state.committer.commit(vec![m]).await?;
-            deliver(&state, &appended);
             let Some(a) = appended.first() else {
                 return Err(Error::Stopping);
             };
@@ -108,7 +99,6 @@ pub(super) async fn batch(
         }
     }
     let appended = state.committer.commit(stored).await?;
-    deliver(&state, &appended);
     for (slot, a) in slots.into_iter().zip(&appended) {
         results[slot] = Some(BatchResult::Stored(result(a)));
     }
@@ -143,7 +133,6 @@ pub(super) async fn notify(
         )?);
     }
     let appended = state.committer.commit(notices).await?;
-    deliver(&state, &appended);
     Ok(Json(BatchResponse {
         results: appended
             .iter()
