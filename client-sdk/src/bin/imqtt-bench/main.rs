@@ -1,11 +1,13 @@
 //! `imqtt-bench`: measures an MQTT broker (imqtt, mosquitto, rumqttd, ...) on the IM
-//! workload of DESIGN.md section 9, from its own process, over loopback only.
+//! workload of DESIGN.md section 9, and imqtt's HTTP send, sync and ack API
+//! (DESIGN.md sections 5 and 6), from its own process, over loopback only.
 //!
 //! Prints `key=value` lines on stdout, then a human summary; progress goes to stderr.
 //! Exits 0 when the run completed, 1 when it timed out or anything failed (the
 //! figures gathered so far are still printed), 2 on bad arguments.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,7 +16,8 @@ use clap::{Parser, ValueEnum};
 mod bench;
 
 use bench::{
-    FanoutOptions, JwtSecret, RelayOptions, StalledOptions, Target, fanout, relay, stalled,
+    DrainOptions, FanoutOptions, JwtSecret, LatencyOptions, RelayOptions, SendOptions,
+    StalledOptions, Target, drain, fanout, fsync, latency, relay, send, stalled,
 };
 use tokio::time::Instant;
 
@@ -30,6 +33,25 @@ enum Scenario {
     /// Subscribers that never read beside ones that do; one publisher, M messages
     /// round-robin to all their inboxes.
     Stalled,
+    /// HTTP: N senders, M single `POST /v1/messages` in all, each answered when
+    /// durable.
+    Send,
+    /// HTTP: the same through `POST /v1/messages/batch`, B sends per request.
+    Batch,
+    /// HTTP in, MQTT out: sends at a fixed offered rate to one subscriber, timed from
+    /// POST start to MQTT receipt.
+    Latency,
+    /// HTTP: M messages stored for an offline user, then timed while it syncs and
+    /// acks them all.
+    Drain,
+}
+
+impl Scenario {
+    /// Whether the scenario uses the HTTP API (and so needs a token secret, and
+    /// starts with the fsync probe).
+    fn is_http(self) -> bool {
+        matches!(self, Self::Send | Self::Batch | Self::Latency | Self::Drain)
+    }
 }
 
 /// Load generator for MQTT brokers on the imqtt IM workload.
@@ -43,12 +65,37 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// The HTTP API's port on the same host (send, batch, latency, drain).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
     /// fanout: number of subscribing users.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
-    /// relay, stalled: number of messages.
+    /// relay, stalled, send, batch, latency, drain: number of messages.
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
+    /// send, batch, latency: concurrent HTTP connections, one user each; drain:
+    /// conversations the stored messages are spread over [default: 16 send, 4
+    /// batch, 64 latency, 1 drain].
+    #[arg(long)]
+    senders: Option<usize>,
+    /// batch, drain (storing): sends per batch request (at most 1000).
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// latency: offered rate, messages per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// drain: `limit` of each `GET /v1/sync`.
+    #[arg(long, default_value_t = 1000)]
+    sync_limit: u32,
+    /// HTTP scenarios: a directory on the filesystem of the server's data
+    /// directory, where the fsync probe writes its temporary file [default: the
+    /// system temp dir].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP scenarios: how long the fsync probe runs, seconds (0 skips it).
+    #[arg(long, default_value_t = 1.0)]
+    fsync_probe_secs: f64,
     /// stalled: subscribers that never read after subscribing.
     #[arg(long, default_value_t = 20)]
     stalled: usize,
@@ -86,7 +133,8 @@ struct Args {
     /// Keepalive announced in CONNECT, seconds; subscribers ping at half of it.
     #[arg(long, default_value_t = 600)]
     keep_alive: u16,
-    /// Longest one client may wait for one reply (CONNACK, SUBACK, PUBACK).
+    /// Longest one client may wait for one reply (CONNACK, SUBACK, PUBACK, an HTTP
+    /// answer).
     #[arg(long, default_value_t = 30)]
     step_timeout_secs: u64,
     /// Runtime worker threads of the bench (the broker shares the machine).
@@ -126,6 +174,27 @@ fn run(args: Args) -> anyhow::Result<bool> {
     if args.scenario == Scenario::Stalled && args.stalled + args.healthy == 0 {
         bail!("--stalled and --healthy cannot both be 0: nobody to send to");
     }
+    let senders = args.senders.unwrap_or(match args.scenario {
+        Scenario::Batch => 4,
+        Scenario::Latency => 64,
+        Scenario::Drain => 1,
+        _ => 16,
+    });
+    if args.scenario.is_http() {
+        if args.jwt_secret.is_none() {
+            bail!("--jwt-secret is needed for the HTTP scenarios (bearer tokens)");
+        }
+        if senders == 0 {
+            bail!("--senders must be at least 1");
+        }
+        if !(1..=1000).contains(&args.batch_size) {
+            bail!("--batch-size must be 1 to 1000");
+        }
+        if !(args.rate.is_finite() && args.rate >= 1.0) {
+            bail!("--rate must be at least 1 message per second");
+        }
+    }
+    let http_base = format!("http://{}", SocketAddr::new(server.ip(), args.http_port));
     let target = Target {
         server,
         jwt_secret: args.jwt_secret.map(JwtSecret::new),
@@ -141,6 +210,17 @@ fn run(args: Args) -> anyhow::Result<bool> {
     println!("broker={server}");
     println!("nofile_limit={fds}");
     println!("bench_threads={}", args.threads.max(1));
+    if args.scenario.is_http() {
+        println!("http={http_base}");
+        if args.fsync_probe_secs > 0.0 {
+            let dir = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let probe = Duration::from_secs_f64(args.fsync_probe_secs);
+            let rate = fsync::probe(&dir, probe)
+                .with_context(|| format!("fsync probe in {}", dir.display()))?;
+            println!("fsync_dir={}", dir.display());
+            println!("fsync_per_sec={:.0}", rate.per_sec());
+        }
+    }
     let complete = runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
         let stall = Duration::from_secs(args.stall_secs);
@@ -185,6 +265,53 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     stall,
                 };
                 let result = stalled::run(target, opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Send | Scenario::Batch => {
+                let opts = SendOptions {
+                    base: http_base,
+                    secret: target.jwt_secret.clone().expect("checked above"),
+                    senders,
+                    messages: args.messages,
+                    batch: (args.scenario == Scenario::Batch).then_some(args.batch_size),
+                    request_timeout: target.step_timeout,
+                    server_pid: args.server_pid,
+                    deadline,
+                };
+                let result = send::run(opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Latency => {
+                let opts = LatencyOptions {
+                    base: http_base,
+                    secret: target.jwt_secret.clone().expect("checked above"),
+                    rate: args.rate,
+                    messages: args.messages,
+                    senders,
+                    request_timeout: target.step_timeout,
+                    server_pid: args.server_pid,
+                    deadline,
+                    stall,
+                };
+                let result = latency::run(target, opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Drain => {
+                let opts = DrainOptions {
+                    base: http_base,
+                    secret: target.jwt_secret.clone().expect("checked above"),
+                    messages: args.messages,
+                    conversations: senders,
+                    batch: args.batch_size,
+                    limit: args.sync_limit,
+                    request_timeout: target.step_timeout,
+                    server_pid: args.server_pid,
+                    deadline,
+                };
+                let result = drain::run(opts).await;
                 print(&result.lines(), &result.summary());
                 result.complete()
             }

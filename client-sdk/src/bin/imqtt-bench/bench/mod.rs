@@ -8,20 +8,36 @@
 //! time and tallies them on arrival; `fanout`, `relay` and `stalled` are the
 //! scenarios, each returning a result that prints itself as `key=value` lines;
 //! `procfs` reads a process's RSS and CPU time.
+//!
+//! Over HTTP (DESIGN.md section 5): `api` is one user's client of the send, sync and
+//! ack endpoints; `schedule` splits work among senders and paces an open-loop rate;
+//! `histogram` keeps request and delivery latencies; `fsync` measures the disk the
+//! server writes to; `send` (single and batch sends), `latency` (HTTP in, MQTT
+//! out) and `drain` (an offline user's sync) are the scenarios.
 
+mod api;
 mod connection;
+pub(crate) mod drain;
 pub(crate) mod fanout;
+pub(crate) mod fsync;
+mod histogram;
+pub(crate) mod latency;
 mod procfs;
 mod publisher;
 pub(crate) mod relay;
+mod schedule;
+pub(crate) mod send;
 pub(crate) mod stalled;
 mod target;
 mod timed;
 
 pub(crate) use connection::Connection;
+pub(crate) use drain::DrainOptions;
 pub(crate) use fanout::FanoutOptions;
+pub(crate) use latency::LatencyOptions;
 pub(crate) use procfs::{cpu_secs, read_rss};
 pub(crate) use relay::RelayOptions;
+pub(crate) use send::SendOptions;
 pub(crate) use stalled::StalledOptions;
 pub(crate) use target::{JwtSecret, Target};
 
@@ -57,6 +73,17 @@ pub(crate) enum BenchError {
     /// Signing the client's JWT failed.
     #[error("token: {0}")]
     Token(#[from] jsonwebtoken::errors::Error),
+    /// An HTTP request failed before an answer arrived (connect, timeout, body).
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The server answered with a status the request did not expect.
+    #[error("HTTP {status}: {body}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// The start of the answer's body (the JSON error, normally).
+        body: String,
+    },
 }
 
 /// Formats seconds for the `key=value` output: fixed precision, no unit.

@@ -40,6 +40,52 @@ pub(crate) fn cpu_secs(pid: Option<u32>) -> io::Result<f64> {
         .ok_or_else(|| io::Error::other(format!("unreadable {path}")))
 }
 
+/// CPU time spent by the server and by the bench over one timed phase, to put a
+/// CPU cost on each message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuMeter {
+    server_pid: Option<u32>,
+    server_start: Option<f64>,
+    own_start: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring now; the server's CPU only when its pid is given.
+    pub(crate) fn start(server_pid: Option<u32>) -> Self {
+        Self {
+            server_pid,
+            server_start: server_pid.and_then(|pid| cpu_secs(Some(pid)).ok()),
+            own_start: cpu_secs(None).ok(),
+        }
+    }
+
+    /// `server_cpu_secs`, `server_cpu_us_per_message` and `bench_cpu_secs` since
+    /// the start, for `messages` messages; what could not be read is left out.
+    pub(crate) fn lines(&self, messages: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let server = self
+            .server_pid
+            .zip(self.server_start)
+            .and_then(|(pid, start)| Some(cpu_secs(Some(pid)).ok()? - start));
+        if let Some(secs) = server {
+            out.push(format!("server_cpu_secs={secs:.2}"));
+            if messages > 0 {
+                out.push(format!(
+                    "server_cpu_us_per_message={:.1}",
+                    secs * 1e6 / messages as f64
+                ));
+            }
+        }
+        if let Some(secs) = self
+            .own_start
+            .and_then(|start| Some(cpu_secs(None).ok()? - start))
+        {
+            out.push(format!("bench_cpu_secs={secs:.2}"));
+        }
+        out
+    }
+}
+
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name in
 /// field 2 may hold spaces and parentheses, so fields are counted from the last `)`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {

@@ -20,6 +20,29 @@ impl JwtSecret {
     pub(crate) fn new(secret: String) -> Self {
         Self(secret)
     }
+
+    /// An HS256 token for `user` (with a `role` claim when given), valid for an
+    /// hour: the MQTT password, or the HTTP bearer token.
+    pub(crate) fn token(
+        &self,
+        user: &str,
+        role: Option<&str>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = Claims {
+            sub: user,
+            exp: now + 3600,
+            role,
+        };
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(self.0.as_bytes()),
+        )
+    }
 }
 
 impl fmt::Debug for JwtSecret {
@@ -75,24 +98,10 @@ impl Target {
         user: &str,
         role: Option<&str>,
     ) -> Result<Option<(String, String)>, BenchError> {
-        let Some(JwtSecret(secret)) = &self.jwt_secret else {
+        let Some(secret) = &self.jwt_secret else {
             return Ok(None);
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let claims = Claims {
-            sub: user,
-            exp: now + 3600,
-            role,
-        };
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )?;
-        Ok(Some((user.to_owned(), token)))
+        Ok(Some((user.to_owned(), secret.token(user, role)?)))
     }
 
     /// Opens a TCP connection and completes the MQTT 3.1.1 CONNECT / CONNACK exchange

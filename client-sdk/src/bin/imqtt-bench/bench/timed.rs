@@ -68,6 +68,11 @@ impl Tally {
         self.seen.len()
     }
 
+    /// Whether message `seq` has arrived.
+    pub(crate) fn has(&self, seq: usize) -> bool {
+        self.seen.get(seq).copied().unwrap_or(false)
+    }
+
     /// The lowest sequence number not received, if any.
     pub(crate) fn first_missing(&self) -> Option<usize> {
         self.seen.iter().position(|seen| !seen)
@@ -75,7 +80,7 @@ impl Tally {
 
     /// Counts one message given its send time and sequence number, at `now` (both
     /// times in microseconds from the start of publishing).
-    fn record(&mut self, sent: u64, seq: usize, now: u64) -> Result<(), BenchError> {
+    pub(crate) fn record(&mut self, sent: u64, seq: usize, now: u64) -> Result<(), BenchError> {
         let Some(seen) = self.seen.get_mut(seq) else {
             return Err(BenchError::Unexpected(format!(
                 "message with sequence number {seq}, never sent"
@@ -104,6 +109,19 @@ pub(crate) async fn receive(
     start: Instant,
     tally: &mut Tally,
     arrived: &AtomicUsize,
+) -> Result<(), BenchError> {
+    receive_with(conn, topic, start, tally, arrived, stamp).await
+}
+
+/// [`receive`] for payloads of another shape: `stamp` reads a payload's send time
+/// (microseconds from `start`) and sequence number.
+pub(crate) async fn receive_with(
+    conn: &mut Connection,
+    topic: &str,
+    start: Instant,
+    tally: &mut Tally,
+    arrived: &AtomicUsize,
+    stamp: impl Fn(&Bytes) -> Option<(u64, usize)>,
 ) -> Result<(), BenchError> {
     let (mut reader, mut writer) = conn.split();
     while tally.received < tally.expected() {
