@@ -162,16 +162,24 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// The `[limits]` section. Reserved for the IM core: read and checked, not used yet
-/// (except that `http.max_body` must be at least `max_body_bytes`).
+/// The `[limits]` section. `max_body_bytes` bounds each sent message's body;
+/// `max_group_size` is read and checked, not used yet (there are no groups yet).
+/// `rate_per_user` and `rate_burst` build the send limiter
+/// (`ratelimit::RateLimiter`, in `AppState::send_limit`) at startup; the send
+/// paths do not charge it yet, so until they do it limits nothing.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest message body (the encoded JSON `body`).
     pub max_body_bytes: ByteSize,
-    /// Messages a user may send per second (0 = unlimited).
+    /// Messages a user may send per second, sustained (0 = unlimited). Each send
+    /// costs one token of the user's bucket, a batch of N sends N; a send that
+    /// finds too few tokens gets 429 with `Retry-After`.
     pub rate_per_user: u32,
-    /// Burst allowed above `rate_per_user`.
+    /// The size of each user's bucket: how many messages a user idle long enough
+    /// may send at once (the bucket refills at `rate_per_user`). A batch of more
+    /// sends than this can never pass and gets 413. At least 1 when
+    /// `rate_per_user` is set.
     pub rate_burst: u32,
     /// Members a group may have.
     pub max_group_size: usize,
@@ -185,6 +193,21 @@ impl Default for LimitsConfig {
             rate_burst: 200,
             max_group_size: 10_000,
         }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks that need more than one key; each problem names the key.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        if self.rate_per_user > 0 && self.rate_burst == 0 {
+            errs.push((
+                "limits.rate_burst",
+                "must be at least 1 when limits.rate_per_user is set (0 would refuse every send)"
+                    .to_owned(),
+            ));
+        }
+        errs
     }
 }
 
@@ -326,6 +349,9 @@ impl Config {
         }
         if clean("auth") {
             checks.extend(cfg.auth.validate());
+        }
+        if clean("limits") {
+            checks.extend(cfg.limits.validate());
         }
         if clean("http") && clean("limits") && cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
             checks.push((
@@ -602,6 +628,19 @@ mod tests {
         )
         .expect_err("bad filter");
         assert_eq!(err.errors[0].key, "mqtt.acl");
+    }
+
+    #[test]
+    fn a_rate_limit_needs_a_burst_of_at_least_one() {
+        let err = load(&format!("{DEV}[limits]\nrate_burst = 0\n"), &[]).expect_err("no burst");
+        assert_eq!(err.errors.len(), 1);
+        assert_eq!(err.errors[0].key, "limits.rate_burst");
+        let cfg = load(
+            &format!("{DEV}[limits]\nrate_per_user = 0\nrate_burst = 0\n"),
+            &[],
+        )
+        .expect("unlimited needs no burst");
+        assert_eq!(cfg.limits.rate_per_user, 0);
     }
 
     #[test]

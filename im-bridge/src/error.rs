@@ -1,6 +1,7 @@
-//! The crate's error enum and its one mapping to HTTP: status, error code and the
+//! The crate's error enum and its one mapping to HTTP: status, error code, the
 //! JSON body `{"error":{"code","message"}}` of DESIGN.md §5 (the wire module's
-//! [`ErrorBody`]).
+//! [`ErrorBody`]) and the headers that go with a status (`WWW-Authenticate` on 401,
+//! `Retry-After` on 429).
 //!
 //! Each variant's message is complete and reads as one line: a variant that quotes
 //! an underlying error in its message does not also return it as its `source()`,
@@ -16,6 +17,7 @@ use broker::auth::{KeyError, TokenError};
 use imqtt_client::wire::ErrorBody;
 
 use crate::config::ConfigErrors;
+use crate::ratelimit::Refused;
 use crate::store::StoreError;
 
 /// Everything that can go wrong in the bridge, from a bad request to a failed bind.
@@ -47,6 +49,25 @@ pub enum Error {
     PayloadTooLarge {
         /// The configured limit.
         limit: u64,
+    },
+    /// The caller is sending faster than `limits.rate_per_user` allows: 429, with
+    /// `Retry-After`.
+    #[error("too many messages: retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Whole seconds until the refused sends would pass (at least 1).
+        retry_after_secs: u64,
+    },
+    /// One request asks for more sends than `limits.rate_burst`, which no wait would
+    /// ever allow: 413, so that a client splits the batch rather than retrying it
+    /// forever as it would a 429.
+    #[error(
+        "{cost} sends in one request exceed the per-user burst of {burst}; send at most {burst} at once"
+    )]
+    OverRateBurst {
+        /// The sends asked for.
+        cost: u32,
+        /// `limits.rate_burst`.
+        burst: u32,
     },
     /// The body is not declared as JSON.
     #[error("expected a JSON body (Content-Type: application/json)")]
@@ -150,6 +171,17 @@ impl From<std::io::Error> for Error {
     }
 }
 
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::RetryAfter(wait) => Error::RateLimited {
+                retry_after_secs: wait.secs(),
+            },
+            Refused::OverBurst { cost, burst } => Error::OverRateBurst { cost, burst },
+        }
+    }
+}
+
 impl From<KeyError> for Error {
     fn from(e: KeyError) -> Self {
         Error::Key(e)
@@ -215,6 +247,8 @@ impl Error {
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Error::OverRateBurst { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "over_rate_burst"),
             Error::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -243,6 +277,10 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let retry_after = match self {
+            Error::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             // The details stay in the log, inside the request's span; the client
             // gets no storage or OS error text.
@@ -256,6 +294,12 @@ impl IntoResponse for Error {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
             );
         }
         response

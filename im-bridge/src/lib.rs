@@ -3,11 +3,12 @@
 //! Modules: `config` loads the typed config, `api` is the HTTP surface
 //! (`api::app(state)`), `auth` the bearer-token extractor, `passwords` the bounded
 //! argon2id hashing of account passwords, `metrics` the Prometheus registry, `store`
-//! the durable sled store, `error` the crate's error enum and its HTTP mapping,
-//! `server` binds every listener, serves and shuts down, `shutdown` turns
-//! SIGTERM/SIGINT into a stop request. The JSON bodies, events and topics
-//! shared with clients come from the client SDK's `wire` module
-//! (`imqtt_client::wire`, without the SDK's networking `client` feature).
+//! the durable sled store, `ratelimit` the per-user limit on message sends, `error`
+//! the crate's error enum and its HTTP mapping, `server` binds every listener,
+//! serves and shuts down, `shutdown` turns SIGTERM/SIGINT into a stop request. The
+//! JSON bodies, events and topics shared with clients come from the client SDK's
+//! `wire` module (`imqtt_client::wire`, without the SDK's networking `client`
+//! feature).
 
 pub mod api;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod metrics;
 pub mod outbox;
 pub mod passwords;
+pub mod ratelimit;
 pub mod sending;
 pub mod server;
 pub mod shutdown;

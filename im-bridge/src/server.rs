@@ -22,6 +22,7 @@ use crate::config::FlushMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::passwords::Passwords;
+use crate::ratelimit::RateLimiter;
 use crate::store::{SledStore, Store};
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -103,6 +104,7 @@ impl Server {
                 ),
             ),
             broker: mqtt.handle(),
+            send_limit: Arc::new(RateLimiter::from_config(&config.limits)),
             config: Arc::new(config),
             verifier,
             store,

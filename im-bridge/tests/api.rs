@@ -1,20 +1,25 @@
 //! The HTTP building blocks through `app(state)` and a router over the same state:
-//! bearer authentication and JSON rejections map to the API's error bodies.
+//! bearer authentication, JSON rejections and the send limiter's refusals map to the
+//! API's error bodies.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{Request, StatusCode, header};
 use axum::routing::{get, post};
 use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
 use http_body_util::BodyExt;
+use im_bridge::Error;
 use im_bridge::api::{AppState, Json, app};
 use im_bridge::auth::Caller;
 use im_bridge::config::Config;
 use im_bridge::metrics::Metrics;
 use im_bridge::passwords::Passwords;
+use im_bridge::ratelimit::RateLimiter;
 use im_bridge::store::SledStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -51,7 +56,10 @@ async fn state() -> AppState {
         ..Config::default()
     };
     config.http.max_body = broker::units::ByteSize(1024);
+    config.limits.rate_per_user = 1;
+    config.limits.rate_burst = 5;
     AppState {
+        send_limit: Arc::new(RateLimiter::from_config(&config.limits)),
         verifier: Arc::new(TokenVerifier::new(&config.auth).expect("verifier")),
         config: Arc::new(config),
         committer: im_bridge::commit::Committer::start(
@@ -76,6 +84,22 @@ fn probe_router(state: AppState) -> Router {
         .route(
             "/echo",
             post(|_: Caller, Json(v): Json<Value>| async move { Json(v) }),
+        )
+        .with_state(state)
+}
+
+/// A router whose `POST /send/{n}` charges the caller `n` sends, all at `now` (a
+/// fixed instant, so the waits are exact).
+fn send_router(state: AppState, now: Instant) -> Router {
+    Router::new()
+        .route(
+            "/send/{n}",
+            post(
+                move |State(s): State<AppState>, c: Caller, Path(n): Path<u32>| async move {
+                    s.send_limit.check(c.uid(), n, now)?;
+                    Ok::<_, Error>(StatusCode::NO_CONTENT)
+                },
+            ),
         )
         .with_state(state)
 }
@@ -190,6 +214,51 @@ async fn json_rejections_are_api_errors() {
     let (status, body) = call(router, send("application/json", big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn rate_limited_sends_get_429_with_retry_after_and_oversized_batches_413() {
+    let state = state().await;
+    let now = Instant::now();
+    let send = |uid: &str, n: u32| {
+        Request::post(format!("/send/{n}"))
+            .header(header::AUTHORIZATION, bearer(uid, Role::User))
+            .body(Body::empty())
+            .expect("req")
+    };
+    let answer = |req: Request<Body>| {
+        let router = send_router(state.clone(), now);
+        async move {
+            let resp = router.oneshot(req).await.expect("infallible");
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            (status, retry_after, body["error"]["code"].clone())
+        }
+    };
+
+    // rate_per_user = 1, rate_burst = 5: the whole burst passes.
+    let (status, retry, _) = answer(send("alice", 5)).await;
+    assert_eq!((status, retry), (StatusCode::NO_CONTENT, None));
+
+    // 3 more need 3 seconds of refill.
+    let (status, retry, code) = answer(send("alice", 3)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry.as_deref(), Some("3"));
+    assert_eq!(code, "rate_limited");
+
+    // More than the burst at once never passes: 413, and no Retry-After to wait on.
+    let (status, retry, code) = answer(send("alice", 6)).await;
+    assert_eq!((status, retry), (StatusCode::PAYLOAD_TOO_LARGE, None));
+    assert_eq!(code, "over_rate_burst");
+
+    // Another user has a bucket of its own.
+    let (status, _, _) = answer(send("bob", 1)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::passwords::Passwords;
+use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
@@ -49,6 +50,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Hashes and verifies account passwords, a bounded number at a time.
     pub passwords: Passwords,
+    /// The per-user limit on message sends (`limits.rate_per_user`,
+    /// `limits.rate_burst`), one limiter for every way of sending: a send costs 1, a
+    /// batch of N sends N.
+    pub send_limit: Arc<RateLimiter>,
     /// Set when the server starts serving (every listener bound, the store open,
     /// before any request can be answered); cleared when shutdown begins, so load
     /// balancers stop sending new work.
