@@ -49,6 +49,12 @@ async fn handle(state: &AppState, msg: UplinkMessage) {
         }
     };
     let cmid = req.client_msg_id.clone();
+    if let Err(refused) = state.send_limit.check(&uid, 1, std::time::Instant::now()) {
+        let e = Error::from(refused);
+        tell_error(state, &uid, cmid, &e);
+        answer.refuse(Refusal::QuotaExceeded);
+        return;
+    }
     match sending::check(&state.config, &uid, req) {
         Err(e) => {
             tell_error(state, &uid, cmid, &e);

@@ -481,7 +481,9 @@ async fn two_hundred_concurrent_sends_from_both_sides_get_seqs_one_to_two_hundre
 
 #[tokio::test]
 async fn an_offline_user_syncs_everything_in_order_and_acks_it_away() {
-    let server = Server::start().await;
+    // 250 sends from one user at once: more than the default burst of the per-user
+    // rate limit, which is not what this test is about.
+    let server = Server::start_env("", &[("IMQTT_LIMITS__RATE_PER_USER", "0")]).await;
     let api = Api::new(&server);
     for n in 1..=250u64 {
         api.send("alice", "bob", json!({ "n": n })).await;
@@ -1011,4 +1013,79 @@ async fn bad_sends_get_their_status_and_a_json_error() {
         .await
         .expect(201);
     assert_eq!(sent["seq"], 1, "nothing refused was stored");
+}
+
+#[tokio::test]
+async fn a_user_over_its_send_rate_gets_429_with_retry_after_and_backends_do_not() {
+    let server = Server::start_env(
+        "",
+        &[
+            ("IMQTT_LIMITS__RATE_PER_USER", "1"),
+            ("IMQTT_LIMITS__RATE_BURST", "2"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let post = |uid: &'static str, role: Role, path: &'static str, body: Value| {
+        let http = http.clone();
+        let url = format!("{}{path}", server.http_url());
+        async move {
+            http.post(url)
+                .bearer_auth(token(uid, role, Duration::from_secs(600)))
+                .json(&body)
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    for _ in 0..2 {
+        let r = post(
+            "alice",
+            Role::User,
+            "/v1/messages",
+            json!({"to": "bob", "body": 1}),
+        )
+        .await;
+        assert_eq!(r.status(), 201);
+    }
+    let r = post(
+        "alice",
+        Role::User,
+        "/v1/messages",
+        json!({"to": "bob", "body": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another user is not affected; a batch larger than the burst can never pass.
+    let r = post(
+        "carol",
+        Role::User,
+        "/v1/messages",
+        json!({"to": "bob", "body": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let three = json!({"messages": [{"to": "bob", "body": 1}, {"to": "bob", "body": 2}, {"to": "bob", "body": 3}]});
+    let r = post("dave", Role::User, "/v1/messages/batch", three.clone()).await;
+    assert_eq!(r.status(), 413);
+    // A backend's service token is not limited.
+    for _ in 0..5 {
+        let r = post(
+            "backend",
+            Role::Service,
+            "/v1/messages/batch",
+            three.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
 }

@@ -47,6 +47,7 @@ pub(super) async fn send(
     caller: Caller,
     Json(req): Json<SendRequest>,
 ) -> Result<Response, Error> {
+    charge(&state, &caller, 1)?;
     match sending::check(&state.config, caller.uid(), req)? {
         Checked::Live(m) => {
             Ok((StatusCode::ACCEPTED, Json(deliver_live(&state, &m))).into_response())
@@ -64,6 +65,17 @@ pub(super) async fn send(
             Ok((status, Json(result(a))).into_response())
         }
     }
+}
+
+/// Charges a user's sends to its rate limit (`limits.rate_per_user`); backends'
+/// service and admin tokens are not limited.
+fn charge(state: &AppState, caller: &Caller, sends: u32) -> Result<(), Error> {
+    if caller.role() == Role::User {
+        state
+            .send_limit
+            .check(caller.uid(), sends, std::time::Instant::now())?;
+    }
+    Ok(())
 }
 
 fn failed(e: &Error) -> BatchResult {
@@ -84,6 +96,11 @@ pub(super) async fn batch(
             req.messages.len()
         )));
     }
+    charge(
+        &state,
+        &caller,
+        u32::try_from(req.messages.len()).unwrap_or(u32::MAX),
+    )?;
     let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(req.messages.len());
     let mut stored = Vec::new();
     let mut slots = Vec::new();
