@@ -187,6 +187,19 @@ impl BrokerHandle {
         self.hub.presence_snapshot()
     }
 
+    /// The retained messages that changed since the last call: each topic with its
+    /// current payload and QoS, or `None` when it was cleared. The first call starts
+    /// the tracking and returns nothing. Costs the publish path one short lock per
+    /// retained publish, and visits only changed topics: for persisting retained
+    /// messages behind the publish path.
+    pub fn retained_changes(&self) -> Vec<(String, Option<(Bytes, QoS)>)> {
+        self.hub
+            .take_retained_changes()
+            .into_iter()
+            .map(|(topic, now)| (topic.to_string(), now.map(|p| (p.payload.clone(), p.qos))))
+            .collect()
+    }
+
     /// Client ids of `uid`'s connected devices.
     pub fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.hub.connected_clients(uid)

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod passwords;
 pub mod ratelimit;
+pub mod retained;
 pub mod sending;
 pub mod server;
 pub mod shutdown;

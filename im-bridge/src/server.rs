@@ -117,6 +117,11 @@ impl Server {
             crate::outbox::spawn(uplink, state.clone());
         }
         expire_idempotency_keys(state.store.clone());
+        let restored = crate::retained::restore(&state.broker, &state.store).await?;
+        if restored > 0 {
+            tracing::info!(restored, "retained messages restored");
+        }
+        crate::retained::spawn(state.broker.clone(), &state.store);
         Ok((state, http, mqtt))
     }
 
@@ -143,6 +148,8 @@ impl Server {
             mqtt,
         } = self;
         let addrs = listener_addrs(&mqtt, &http);
+        let broker = state.broker.clone();
+        let shared = state.store.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -169,6 +176,8 @@ impl Server {
             http,
             mqtt,
             store,
+            broker,
+            shared,
             grace,
         }
     }
@@ -192,6 +201,8 @@ pub struct Serving {
     http: JoinHandle<std::io::Result<()>>,
     mqtt: JoinHandle<()>,
     store: SledStore,
+    broker: BrokerHandle,
+    shared: Arc<dyn Store>,
     grace: Duration,
 }
 
@@ -212,6 +223,8 @@ impl Serving {
             http,
             mqtt,
             store,
+            broker,
+            shared,
             grace,
             ..
         } = self;
@@ -225,6 +238,9 @@ impl Serving {
             Err(_) => tracing::warn!("grace period over; abandoning in-flight requests"),
         }
         let _ = mqtt.await;
+        if let Err(e) = crate::retained::persist(&broker, &shared).await {
+            tracing::warn!(error = %e, "cannot persist retained messages");
+        }
         store.flush_async().await?;
         tracing::info!("store flushed; stopped");
         Ok(())

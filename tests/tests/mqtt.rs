@@ -332,3 +332,58 @@ async fn a_malformed_outbox_send_is_refused_with_its_reason_and_an_error_event()
         }
     }
 }
+
+#[tokio::test]
+async fn retained_messages_survive_a_restart_but_presence_does_not() {
+    let mut server = Server::start().await;
+    let admin = token("ops", Role::Admin, Duration::from_secs(600));
+    let (ops, mut el) = client(&server, "ops", &admin);
+    for (topic, payload) in [
+        ("news/today", "hello"),
+        ("presence/alice", "online"),
+        ("news/gone", "soon cleared"),
+        ("news/gone", ""),
+    ] {
+        ops.publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+    }
+    for _ in 0..4 {
+        until(&mut el, |i| matches!(i, Incoming::PubAck(_)).then_some(())).await;
+    }
+    drop(el);
+    let status = server.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let (_, dir) = server.stopped().await;
+    let server = imqtt_tests::Launch::spawn_in(dir, "", &[])
+        .into_server()
+        .await;
+
+    let (ops, mut el) = client(&server, "ops", &admin);
+    ops.subscribe("news/#", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    ops.subscribe("presence/#", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let p = until(&mut el, |i| match i {
+        Incoming::Publish(p) => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("news/today", &b"hello"[..])
+    );
+    assert!(p.retain);
+    // Nothing else: the cleared topic stays cleared, presence starts over.
+    let more = timeout(Duration::from_millis(700), async {
+        loop {
+            if let Ok(Event::Incoming(Incoming::Publish(p))) = el.poll().await {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "unexpected retained message: {more:?}");
+}

@@ -10,7 +10,7 @@ mod index;
 mod retained;
 pub(crate) mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -119,6 +119,9 @@ pub(crate) struct Hub {
     next_id: AtomicU64,
     pub(crate) metrics: Arc<BrokerMetrics>,
     events: broadcast::Sender<Event>,
+    /// Topics whose retained message changed since the last
+    /// [`Hub::take_retained_changes`]; `None` until someone asks (no cost before).
+    retained_dirty: Mutex<Option<HashSet<Arc<str>>>>,
     me: Weak<Hub>,
 }
 
@@ -141,6 +144,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             metrics,
             events,
+            retained_dirty: Mutex::new(None),
             me: me.clone(),
         })
     }
@@ -397,6 +401,10 @@ impl Hub {
                 tracing::warn!(topic = %p.topic, "retained store full; message not retained");
             }
             self.metrics.retained.set(retained.len() as i64);
+            drop(retained);
+            if let Some(dirty) = lock(&self.retained_dirty).as_mut() {
+                dirty.insert(p.topic.clone());
+            }
         }
         let mut targets: Vec<Subscriber> = Vec::new();
         {
@@ -511,6 +519,30 @@ impl Hub {
             .iter()
             .filter(|s| s.is_online())
             .map(|s| s.client_id().to_owned())
+            .collect()
+    }
+
+    /// The retained messages that changed since the last call (`None`: cleared),
+    /// and from now on keeps track. Visits only the changed topics.
+    pub(crate) fn take_retained_changes(&self) -> Vec<(Arc<str>, Option<Arc<Publication>>)> {
+        let changed = {
+            let mut dirty = lock(&self.retained_dirty);
+            match dirty.as_mut() {
+                Some(d) => std::mem::take(d),
+                None => {
+                    *dirty = Some(HashSet::new());
+                    return Vec::new();
+                }
+            }
+        };
+        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        changed
+            .into_iter()
+            .map(|topic| {
+                // A topic name is a filter that matches only itself.
+                let now = retained.matching(&topic).into_iter().next();
+                (topic, now)
+            })
             .collect()
     }
 

@@ -139,4 +139,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Forgets idempotency keys that expired by `now_ms`; returns how many.
     fn expire_idempotency(&self, now_ms: u64) -> Result<usize, StoreError>;
+
+    /// Records MQTT retained messages: `Some((payload, qos))` sets a topic's,
+    /// `None` clears it. Durable after [`Store::flush`].
+    fn put_retained(
+        &self,
+        changes: &[(String, Option<(bytes::Bytes, u8)>)],
+    ) -> Result<(), StoreError>;
+
+    /// Every recorded retained message: topic, payload, QoS (read at startup; at
+    /// most `mqtt.max_retained` of them).
+    fn retained(&self) -> Result<Vec<(String, bytes::Bytes, u8)>, StoreError>;
 }

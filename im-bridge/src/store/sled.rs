@@ -13,6 +13,7 @@
 //! | `idem` | sender `0` client_msg_id | conv `0` seq, then the expiry |
 //! | `idem_exp` | expiry sender `0` client_msg_id | nothing: what to forget when |
 //! | `accounts` | uid | the argon2 hash |
+//! | `retained` | MQTT topic | QoS, then the payload |
 //!
 //! A send touches its conversation's keys, its participants' keys and its
 //! idempotency key, all in one sled transaction, so they are written (and after a
@@ -43,6 +44,7 @@ pub struct SledStore {
     idem: sled::Tree,
     idem_exp: sled::Tree,
     accounts: sled::Tree,
+    retained: sled::Tree,
     /// How long a `(sender, client_msg_id)` keeps retries idempotent.
     idempotency_ttl: Duration,
     /// sled's log file, opened again to fsync it: sled 0.34 makes its writes
@@ -118,6 +120,7 @@ impl SledStore {
             idem: tree("idem")?,
             idem_exp: tree("idem_exp")?,
             accounts: tree("accounts")?,
+            retained: tree("retained")?,
             db,
             idempotency_ttl,
             log: None,
@@ -507,6 +510,36 @@ impl Store for SledStore {
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt("accounts")),
         }
+    }
+
+    fn put_retained(&self, changes: &[(String, Option<(Bytes, u8)>)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (topic, now) in changes {
+            match now {
+                Some((payload, qos)) => {
+                    let mut v = Vec::with_capacity(1 + payload.len());
+                    v.push(*qos);
+                    v.extend_from_slice(payload);
+                    batch.insert(topic.as_bytes(), v);
+                }
+                None => batch.remove(topic.as_bytes()),
+            }
+        }
+        self.retained.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn retained(&self) -> Result<Vec<(String, Bytes, u8)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.retained.iter() {
+            let (k, v) = kv?;
+            let (Ok(topic), Some((qos, payload))) = (std::str::from_utf8(&k), v.split_first())
+            else {
+                return Err(StoreError::Corrupt("retained"));
+            };
+            out.push((topic.to_owned(), Bytes::copy_from_slice(payload), *qos));
+        }
+        Ok(out)
     }
 
     fn expire_idempotency(&self, now_ms: u64) -> Result<usize, StoreError> {
