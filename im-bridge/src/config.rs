@@ -101,8 +101,8 @@ impl<'de> Deserialize<'de> for Retention {
 pub struct StoreConfig {
     /// The sled directory, created if missing.
     pub path: PathBuf,
-    /// How long messages are kept: `"forever"` or a duration such as `"90d"`.
-    /// Reserved for the IM core: read and checked, not used yet.
+    /// How long messages are kept: `"forever"` or a duration such as `"90d"`,
+    /// after which a background sweep deletes them.
     pub retention: Retention,
     /// sled's page cache size.
     pub cache_capacity: ByteSize,
@@ -142,8 +142,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// The `[delivery]` section. Reserved for the IM core: read and checked, not used
-/// yet.
+/// The `[delivery]` section: how stored messages reach MQTT.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {

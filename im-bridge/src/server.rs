@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::commit::{Committer, FlushPolicy};
 use crate::config::Config;
-use crate::config::FlushMode;
+use crate::config::{FlushMode, Retention};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::passwords::Passwords;
@@ -116,7 +116,11 @@ impl Server {
         if let Some(uplink) = state.broker.uplink() {
             crate::outbox::spawn(uplink, state.clone());
         }
-        expire_idempotency_keys(state.store.clone());
+        let retention = match state.config.store.retention {
+            Retention::Forever => None,
+            Retention::For(d) => Some(d.get()),
+        };
+        housekeeping(state.store.clone(), retention);
         let restored = crate::retained::restore(&state.broker, &state.store).await?;
         if restored > 0 {
             tracing::info!(restored, "retained messages restored");
@@ -247,24 +251,38 @@ impl Serving {
     }
 }
 
-/// How often expired idempotency keys are forgotten.
-const IDEMPOTENCY_SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often expired idempotency keys and messages are deleted.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Forgets expired idempotency keys in the background, never on the send path:
-/// each sweep reads only the keys that expired since the last one (the store keeps
-/// them ordered by expiry).
-fn expire_idempotency_keys(store: Arc<dyn Store>) {
+/// Deletes, in the background and never on the send path, idempotency keys past
+/// their TTL and, with `store.retention`, messages older than it. Each sweep reads
+/// only what expired since the last one (the store keeps both ordered by time).
+fn housekeeping(store: Arc<dyn Store>, retention: Option<std::time::Duration>) {
     let weak = Arc::downgrade(&store);
     drop(store);
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(IDEMPOTENCY_SWEEP).await;
+            tokio::time::sleep(SWEEP).await;
             let Some(store) = weak.upgrade() else { return };
             let now = crate::commit::now_ms();
-            match tokio::task::spawn_blocking(move || store.expire_idempotency(now)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::debug!(keys = n, "idempotency keys expired"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot expire idempotency keys"),
+            let swept = tokio::task::spawn_blocking(move || {
+                let keys = store.expire_idempotency(now)?;
+                let messages = match retention {
+                    Some(keep) => {
+                        let keep = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+                        store.expire_messages(now.saturating_sub(keep))?
+                    }
+                    None => 0,
+                };
+                Ok::<_, crate::store::StoreError>((keys, messages))
+            })
+            .await;
+            match swept {
+                Ok(Ok((0, 0))) => {}
+                Ok(Ok((keys, messages))) => {
+                    tracing::debug!(keys, messages, "expired idempotency keys and messages");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
                 Err(_) => return,
             }
         }

@@ -140,6 +140,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Forgets idempotency keys that expired by `now_ms`; returns how many.
     fn expire_idempotency(&self, now_ms: u64) -> Result<usize, StoreError>;
 
+    /// Deletes the messages committed before `before_ms` (`store.retention`);
+    /// returns how many. Reads only those, in commit-time order.
+    fn expire_messages(&self, before_ms: u64) -> Result<usize, StoreError>;
+
     /// Records MQTT retained messages: `Some((payload, qos))` sets a topic's,
     /// `None` clears it. Durable after [`Store::flush`].
     fn put_retained(

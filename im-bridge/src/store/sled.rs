@@ -12,6 +12,7 @@
 //! | `activity` | uid `0` conv | last ts (finds the `recent` key to replace) |
 //! | `idem` | sender `0` client_msg_id | conv `0` seq, then the expiry |
 //! | `idem_exp` | expiry sender `0` client_msg_id | nothing: what to forget when |
+//! | `msgs_by_time` | ts conv `0` seq | nothing: what `store.retention` deletes when |
 //! | `accounts` | uid | the argon2 hash |
 //! | `retained` | MQTT topic | QoS, then the payload |
 //!
@@ -43,6 +44,7 @@ pub struct SledStore {
     activity: sled::Tree,
     idem: sled::Tree,
     idem_exp: sled::Tree,
+    msgs_by_time: sled::Tree,
     accounts: sled::Tree,
     retained: sled::Tree,
     /// How long a `(sender, client_msg_id)` keeps retries idempotent.
@@ -119,6 +121,7 @@ impl SledStore {
             activity: tree("activity")?,
             idem: tree("idem")?,
             idem_exp: tree("idem_exp")?,
+            msgs_by_time: tree("msgs_by_time")?,
             accounts: tree("accounts")?,
             retained: tree("retained")?,
             db,
@@ -243,6 +246,7 @@ struct Trees<'a> {
     activity: Tx<'a>,
     idem: Tx<'a>,
     idem_exp: Tx<'a>,
+    msgs_by_time: Tx<'a>,
 }
 
 impl Trees<'_> {
@@ -342,6 +346,9 @@ impl SledStore {
             Err(e) => return abort(engine(e)),
         };
         t.msgs.insert(msg_key(conv, seq), json.as_slice())?;
+        let mut by_time = now_ms.to_be_bytes().to_vec();
+        by_time.extend_from_slice(&msg_key(conv, seq));
+        t.msgs_by_time.insert(by_time, &[])?;
         t.heads.insert(
             conv.as_bytes(),
             &encode_head(Head {
@@ -384,23 +391,27 @@ impl Store for SledStore {
             &self.activity,
             &self.idem,
             &self.idem_exp,
+            &self.msgs_by_time,
         );
         trees
-            .transaction(|(msgs, heads, cursors, recent, activity, idem, idem_exp)| {
-                let t = Trees {
-                    msgs,
-                    heads,
-                    cursors,
-                    recent,
-                    activity,
-                    idem,
-                    idem_exp,
-                };
-                sends
-                    .iter()
-                    .map(|send| self.append_one(&t, send, now_ms))
-                    .collect::<TxResult<Vec<_>>>()
-            })
+            .transaction(
+                |(msgs, heads, cursors, recent, activity, idem, idem_exp, msgs_by_time)| {
+                    let t = Trees {
+                        msgs,
+                        heads,
+                        cursors,
+                        recent,
+                        activity,
+                        idem,
+                        idem_exp,
+                        msgs_by_time,
+                    };
+                    sends
+                        .iter()
+                        .map(|send| self.append_one(&t, send, now_ms))
+                        .collect::<TxResult<Vec<_>>>()
+                },
+            )
             .map_err(from_tx)
     }
 
@@ -510,6 +521,20 @@ impl Store for SledStore {
                 .map(Some)
                 .map_err(|_| StoreError::Corrupt("accounts")),
         }
+    }
+
+    fn expire_messages(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let end = before_ms.to_be_bytes();
+        for kv in self.msgs_by_time.range(..end.as_slice()) {
+            let (k, _) = kv?;
+            // Heads, cursors and the index stay: seqs are never reused, and a
+            // conversation's history simply starts later.
+            self.msgs.remove(&k[8..])?;
+            self.msgs_by_time.remove(&k)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn put_retained(&self, changes: &[(String, Option<(Bytes, u8)>)]) -> Result<(), StoreError> {
@@ -766,6 +791,27 @@ mod tests {
             .expect("new");
         assert!(!again[0].duplicate);
         assert_eq!(again[0].envelope.seq, first[0].envelope.seq + 1);
+    }
+
+    #[test]
+    fn retention_deletes_what_is_older_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = open(&dir);
+        s.append(&[send("ann", "ben", None, "old")], 1_000)
+            .expect("append");
+        s.append(&[send("ann", "ben", None, "new")], 5_000)
+            .expect("append");
+        assert_eq!(s.expire_messages(1_000).expect("none yet"), 0);
+        assert_eq!(s.expire_messages(2_000).expect("expire"), 1);
+        let conv = ConvId::dm("ann", "ben").expect("conv");
+        let (page, _) = s.messages(&conv, Range::After(0), 10).expect("page");
+        let seqs: Vec<u64> = page
+            .iter()
+            .map(|b| serde_json::from_slice::<Envelope>(b).expect("json").seq)
+            .collect();
+        assert_eq!(seqs, vec![2]);
+        assert_eq!(s.head(&conv).expect("head").seq, 2, "the head stays");
+        assert_eq!(s.expire_messages(2_000).expect("again"), 0);
     }
 
     #[test]
