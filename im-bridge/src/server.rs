@@ -29,7 +29,6 @@ use crate::store::{SledStore, Store};
 #[derive(Debug)]
 pub struct Server {
     state: AppState,
-    store: SledStore,
     http: TcpListener,
     mqtt: Broker,
 }
@@ -48,16 +47,11 @@ impl Server {
             tokio::task::spawn_blocking(move || SledStore::open(&store_cfg, idempotency_ttl))
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let shared: Arc<dyn Store> = Arc::new(store.clone());
-        match Server::bind_listeners(config, verifier, shared).await {
-            Ok((state, http, mqtt)) => Ok(Server {
-                state,
-                store,
-                http,
-                mqtt,
-            }),
+        let store: Arc<dyn Store> = Arc::new(store);
+        match Server::bind_listeners(config, verifier, store.clone()).await {
+            Ok((state, http, mqtt)) => Ok(Server { state, http, mqtt }),
             Err(e) => {
-                if let Err(flush) = store.flush_async().await {
+                if let Err(flush) = flush(&store).await {
                     tracing::error!(error = %flush, "cannot flush the store");
                 }
                 Err(e)
@@ -137,7 +131,7 @@ impl Server {
     /// Closes a server that never served: flushes the store and releases its lock
     /// and the listeners.
     pub async fn close(self) -> Result<()> {
-        self.store.flush_async().await?;
+        flush(&self.state.store).await?;
         tracing::info!("store flushed; stopped before serving");
         Ok(())
     }
@@ -145,15 +139,10 @@ impl Server {
     /// Starts serving: from the moment this returns, every listener accepts and
     /// `/readyz` answers 200 until [`Serving::stop`].
     pub fn serve(self) -> Serving {
-        let Server {
-            state,
-            store,
-            http,
-            mqtt,
-        } = self;
+        let Server { state, http, mqtt } = self;
         let addrs = listener_addrs(&mqtt, &http);
         let broker = state.broker.clone();
-        let shared = state.store.clone();
+        let store = state.store.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -181,10 +170,18 @@ impl Server {
             mqtt,
             store,
             broker,
-            shared,
             grace,
         }
     }
+}
+
+/// Makes every write durable (sled's flush and the log's fsync), off the runtime.
+async fn flush(store: &Arc<dyn Store>) -> Result<()> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    Ok(())
 }
 
 /// The bound address of every listener, keyed as in `--print-addrs`.
@@ -204,9 +201,8 @@ pub struct Serving {
     stop_tx: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     mqtt: JoinHandle<()>,
-    store: SledStore,
+    store: Arc<dyn Store>,
     broker: BrokerHandle,
-    shared: Arc<dyn Store>,
     grace: Duration,
 }
 
@@ -228,7 +224,6 @@ impl Serving {
             mqtt,
             store,
             broker,
-            shared,
             grace,
             ..
         } = self;
@@ -242,10 +237,10 @@ impl Serving {
             Err(_) => tracing::warn!("grace period over; abandoning in-flight requests"),
         }
         let _ = mqtt.await;
-        if let Err(e) = crate::retained::persist(&broker, &shared).await {
+        if let Err(e) = crate::retained::persist(&broker, &store).await {
             tracing::warn!(error = %e, "cannot persist retained messages");
         }
-        store.flush_async().await?;
+        flush(&store).await?;
         tracing::info!("store flushed; stopped");
         Ok(())
     }

@@ -9,9 +9,21 @@
 
 mod sled;
 
-use imqtt_client::wire::{ConvId, Envelope, Qos};
+use imqtt_client::wire::{ConvId, ConvKind, Envelope, Qos};
 
 pub use self::sled::SledStore;
+
+/// The users whose conversation list shows `conv`, and who may read and ack it:
+/// both sides of a direct conversation, the user of a notice conversation.
+pub fn participants(conv: &ConvId) -> Vec<&str> {
+    match conv.kind() {
+        ConvKind::Dm { a, b } => vec![a, b],
+        ConvKind::Sys { uid } => vec![uid],
+        // A group's members find it through their membership (read fan-out),
+        // never through a copy per member.
+        ConvKind::Group { .. } => Vec::new(),
+    }
+}
 
 /// One send to store.
 #[derive(Clone, Debug)]

@@ -23,13 +23,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use imqtt_client::wire::{ConvId, ConvKind, Envelope};
+use imqtt_client::wire::{ConvId, Envelope};
 use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::{Appended, Head, NewMessage, Range, Store, StoreError, Summary};
+use super::{Appended, Head, NewMessage, Range, Store, StoreError, Summary, participants};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 
@@ -129,17 +129,6 @@ impl SledStore {
             log: None,
         })
     }
-
-    /// Writes every pending change to disk, without blocking the runtime.
-    pub async fn flush_async(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        if let Some(log) = self.log.clone() {
-            tokio::task::spawn_blocking(move || log.sync_data())
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        }
-        Ok(())
-    }
 }
 
 /// Whether sled refused to open because another process holds the directory's
@@ -210,17 +199,6 @@ fn encode_head(h: Head) -> [u8; 16] {
     v[..8].copy_from_slice(&h.seq.to_be_bytes());
     v[8..].copy_from_slice(&h.last_ts.to_be_bytes());
     v
-}
-
-/// The users whose conversation list shows `conv`.
-fn participants(conv: &ConvId) -> Vec<&str> {
-    match conv.kind() {
-        ConvKind::Dm { a, b } => vec![a, b],
-        ConvKind::Sys { uid } => vec![uid],
-        // A group's members find it through their membership (read fan-out),
-        // never through a copy per member.
-        ConvKind::Group { .. } => Vec::new(),
-    }
 }
 
 type Tx<'a> = &'a TransactionalTree;
