@@ -200,6 +200,18 @@ impl BrokerHandle {
             .collect()
     }
 
+    /// The retained message on `topic` (a topic, not a filter), if there is one.
+    pub fn retained(&self, topic: &str) -> Option<Bytes> {
+        if !topic::valid_topic(topic) {
+            return None;
+        }
+        self.hub
+            .retained_matching(topic)
+            .into_iter()
+            .next()
+            .map(|p| p.payload.clone())
+    }
+
     /// Client ids of `uid`'s connected devices.
     pub fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.hub.connected_clients(uid)

@@ -1,22 +1,26 @@
-//! Group commit: every message write goes through one commit loop, which takes
-//! whatever sends arrived while its last write and flush ran, stores them in one
-//! atomic write and makes them durable with one flush, then answers each sender.
+//! Group commit: every write of messages, memberships, contacts and cursors goes
+//! through one commit loop, which takes whatever arrived while its last write and
+//! flush ran, stores it and makes it durable with one flush, then answers each
+//! caller.
 //!
-//! Under load a flush covers many sends (one fsync per batch, not per message);
-//! alone, a send waits for its own flush only. The loop is the store's only
-//! writer of messages, so a conversation's seqs are assigned in commit order and
-//! never skip, without any lock held by request handlers.
+//! Under load a flush covers many writes (one fsync per batch, not per message);
+//! alone, a write waits for its own flush only. The loop is the store's only
+//! writer of messages and groups, so a conversation's seqs are assigned in commit
+//! order and never skip, and a group change computed from what the loop read is
+//! never stale: a member joins, leaves or is refused a send at one exact seq.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use imqtt_client::wire::ConvKind;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::Error;
 use crate::store::{Appended, NewMessage, Store, StoreError};
 
-/// Sends waiting for the loop before senders wait for room (each holds a request).
+/// Jobs waiting for the loop before callers wait for room (each holds a request).
 const QUEUE: usize = 4096;
-/// Most sends stored by one write and one flush.
+/// Most sends stored by one round (one flush).
 const MAX_BATCH: usize = 4096;
 
 /// When a commit becomes durable.
@@ -25,7 +29,7 @@ pub enum FlushPolicy {
     /// Flushed before anyone is answered (`store.flush = "always"`).
     Always,
     /// Flushed every so often; an answer may come before its flush, so a crash can
-    /// lose up to one interval of answered sends (`store.flush = "interval"`).
+    /// lose up to one interval of answered writes (`store.flush = "interval"`).
     Interval(Duration),
 }
 
@@ -40,17 +44,45 @@ pub enum CommitError {
     Stopped,
 }
 
-struct Job {
-    sends: Vec<NewMessage>,
-    reply: oneshot::Sender<Result<Vec<Appended>, CommitError>>,
+/// Why the loop refused one send of a commit (the others go on).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A group send whose sender is not (or no longer) a member when it commits.
+    #[error("not a member of group {0:?}")]
+    NotAMember(String),
 }
 
-/// Called by the commit loop with every batch once it is durable, in commit order,
-/// before anyone is answered: delivery hangs here, so that pushes leave in seq
-/// order. Must not block (publishing to the hub never does).
+/// What became of one send: stored (or found as a retry), or refused.
+pub type Outcome = Result<Appended, Refusal>;
+
+/// Runs in the commit loop once a write is durable, before its caller is answered
+/// and before anything committed later is delivered: unsubscribing a removed
+/// member here means no later group message can reach it. Must not block.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
+/// What a write job leaves to do after the round's flush: told whether it held.
+type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+/// A write job: runs in the loop, returns what to do after the flush.
+type WriteOp = Box<dyn FnOnce(&dyn Store) -> Finish + Send>;
+
+/// Where a send job's outcomes go.
+type ReplyTo = oneshot::Sender<Result<Vec<Outcome>, CommitError>>;
+
+enum Job {
+    Sends {
+        sends: Vec<NewMessage>,
+        reply: ReplyTo,
+    },
+    Write(WriteOp),
+}
+
+/// Called by the commit loop with every batch of sends once it is durable, in
+/// commit order, before anyone is answered: delivery hangs here, so that pushes
+/// leave in seq order. Must not block (publishing to the hub never does).
 pub type OnCommit = Box<dyn Fn(&[Appended]) + Send>;
 
-/// The handle senders commit through. Cheap to clone.
+/// The handle writers commit through. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
@@ -58,9 +90,10 @@ pub struct Committer {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("sends", &self.sends.len())
-            .finish()
+        match self {
+            Job::Sends { sends, .. } => f.debug_struct("Sends").field("n", &sends.len()).finish(),
+            Job::Write(_) => f.write_str("Write"),
+        }
     }
 }
 
@@ -80,7 +113,7 @@ impl Committer {
         let looped = store.clone();
         let spawned = std::thread::Builder::new()
             .name("imqtt-commit".into())
-            .spawn(move || commit_loop(looped, rx, policy, on_commit));
+            .spawn(move || commit_loop(&*looped, rx, policy, on_commit));
         if let Err(e) = spawned {
             // Without the thread every commit answers `Stopped`.
             tracing::error!(error = %e, "cannot start the commit loop");
@@ -103,8 +136,9 @@ impl Committer {
     }
 
     /// Stores `sends` (in order, atomically) and returns once they are durable
-    /// under the flush policy. Waits while the loop's queue is full.
-    pub async fn commit(&self, sends: Vec<NewMessage>) -> Result<Vec<Appended>, CommitError> {
+    /// under the flush policy, one outcome per send. Waits while the loop's queue
+    /// is full.
+    pub async fn commit(&self, sends: Vec<NewMessage>) -> Result<Vec<Outcome>, CommitError> {
         self.submit(sends).await?.await
     }
 
@@ -114,69 +148,198 @@ impl Committer {
     pub async fn submit(
         &self,
         sends: Vec<NewMessage>,
-    ) -> Result<impl Future<Output = Result<Vec<Appended>, CommitError>> + use<>, CommitError> {
+    ) -> Result<impl Future<Output = Result<Vec<Outcome>, CommitError>> + use<>, CommitError> {
         let (reply, answer) = oneshot::channel();
         if sends.is_empty() {
             let _ = reply.send(Ok(Vec::new()));
         } else {
             self.tx
-                .send(Job { sends, reply })
+                .send(Job::Sends { sends, reply })
                 .await
                 .map_err(|_| CommitError::Stopped)?;
         }
         Ok(async move { answer.await.map_err(|_| CommitError::Stopped)? })
     }
+
+    /// Runs `op` in the commit loop, between the sends committed before and after
+    /// it, and returns its value once what it wrote is durable. `op` reads what it
+    /// needs and writes with one atomic store call, or fails having written
+    /// nothing; its [`AfterCommit`] runs after the flush, before the answer.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&dyn Store) -> Result<(T, Option<AfterCommit>), Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Write(Box::new(move |store| -> Finish {
+            match op(store) {
+                Err(e) => {
+                    // Nothing was written: the answer need not wait for the flush.
+                    let _ = tx.send(Err(e));
+                    Box::new(|_| {})
+                }
+                Ok((value, after)) => Box::new(move |flushed| match flushed {
+                    Ok(()) => {
+                        if let Some(after) = after {
+                            after();
+                        }
+                        let _ = tx.send(Ok(value));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Storage(StoreError::Engine(e.to_string()))));
+                    }
+                }),
+            }
+        }));
+        self.tx.send(job).await.map_err(|_| Error::Stopping)?;
+        rx.await.map_err(|_| Error::Stopping)?
+    }
+}
+
+/// Whether `send` may be stored now: a group send only from a current member.
+/// Asked in the loop, so no membership change can slip between check and write.
+fn admit(store: &dyn Store, send: &NewMessage) -> Result<(), Refusal> {
+    if let ConvKind::Group { gid } = send.conv.kind() {
+        match store.membership(gid, &send.from) {
+            Ok(Some(m)) if m.is_current() => {}
+            Ok(_) => return Err(Refusal::NotAMember(gid.to_owned())),
+            Err(e) => {
+                tracing::error!(error = %e, gid, "cannot read a membership");
+                return Err(Refusal::NotAMember(gid.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One run of consecutive send jobs, stored by one `append`.
+struct SendRun {
+    replies: Vec<(ReplyTo, usize)>,
+    outcomes: Result<Vec<Outcome>, String>,
+}
+
+/// What a round did, in job order.
+enum Done {
+    Sends(SendRun),
+    Write(Finish),
+}
+
+/// Stores the sends of `jobs`: refused ones keep their place as refusals.
+fn store_sends(store: &dyn Store, jobs: Vec<(Vec<NewMessage>, ReplyTo)>) -> SendRun {
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut admitted = Vec::new();
+    // For each send in order: its refusal, or None for "next appended".
+    let mut slots = Vec::new();
+    for (sends, reply) in jobs {
+        replies.push((reply, sends.len()));
+        for send in sends {
+            match admit(store, &send) {
+                Ok(()) => {
+                    admitted.push(send);
+                    slots.push(None);
+                }
+                Err(r) => slots.push(Some(r)),
+            }
+        }
+    }
+    let outcomes = match store.append(&admitted, now_ms()) {
+        Ok(appended) => {
+            let mut appended = appended.into_iter();
+            Ok(slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(refused) => Err(refused),
+                    None => appended.next().ok_or(Refusal::NotAMember(String::new())),
+                })
+                .collect())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, sends = admitted.len(), "commit failed");
+            Err(e.to_string())
+        }
+    };
+    SendRun { replies, outcomes }
 }
 
 fn commit_loop(
-    store: Arc<dyn Store>,
+    store: &dyn Store,
     mut rx: mpsc::Receiver<Job>,
     policy: FlushPolicy,
     on_commit: OnCommit,
 ) {
     while let Some(first) = rx.blocking_recv() {
-        // Everything that arrived meanwhile shares this write and flush.
+        // Everything that arrived meanwhile shares this round's flush.
         let mut jobs = vec![first];
-        let mut total = jobs[0].sends.len();
+        let mut total = 0;
         while total < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => {
-                    total += job.sends.len();
+                    total += match &job {
+                        Job::Sends { sends, .. } => sends.len(),
+                        Job::Write(_) => 1,
+                    };
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let mut sends = Vec::with_capacity(total);
-        let mut sizes = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
+        // In job order: each run of sends in one append, each write on its own.
+        let mut done = Vec::new();
+        let mut run = Vec::new();
         for job in jobs {
-            sizes.push(job.sends.len());
-            sends.extend(job.sends);
-            replies.push(job.reply);
-        }
-        let result = store.append(&sends, now_ms()).and_then(|appended| {
-            if policy == FlushPolicy::Always {
-                store.flush()?;
-            }
-            Ok(appended)
-        });
-        match result {
-            Ok(appended) => {
-                on_commit(&appended);
-                let mut rest = appended.into_iter();
-                for (reply, n) in replies.into_iter().zip(sizes) {
-                    let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, sends = total, "commit failed");
-                let text = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(CommitError::Store(StoreError::Engine(text.clone()))));
+            match job {
+                Job::Sends { sends, reply } => run.push((sends, reply)),
+                Job::Write(op) => {
+                    if !run.is_empty() {
+                        done.push(Done::Sends(store_sends(store, std::mem::take(&mut run))));
+                    }
+                    done.push(Done::Write(op(store)));
                 }
             }
         }
+        if !run.is_empty() {
+            done.push(Done::Sends(store_sends(store, run)));
+        }
+        let flushed = match policy {
+            FlushPolicy::Always => store.flush(),
+            FlushPolicy::Interval(_) => Ok(()),
+        };
+        if let Err(e) = &flushed {
+            tracing::error!(error = %e, "flush failed");
+        }
+        for d in done {
+            match d {
+                Done::Write(finish) => finish(flushed.as_ref().map(|_| ())),
+                Done::Sends(SendRun { replies, outcomes }) => {
+                    let outcomes = match (&flushed, outcomes) {
+                        (Ok(()), Ok(o)) => o,
+                        (Err(e), _) => {
+                            fail(replies, &e.to_string());
+                            continue;
+                        }
+                        (_, Err(text)) => {
+                            fail(replies, &text);
+                            continue;
+                        }
+                    };
+                    let stored: Vec<Appended> = outcomes
+                        .iter()
+                        .filter_map(|o| o.as_ref().ok())
+                        .cloned()
+                        .collect();
+                    on_commit(&stored);
+                    let mut rest = outcomes.into_iter();
+                    for (reply, n) in replies {
+                        let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fail(replies: Vec<(ReplyTo, usize)>, text: &str) {
+    for (reply, _) in replies {
+        let _ = reply.send(Err(CommitError::Store(StoreError::Engine(text.to_owned()))));
     }
 }
 
@@ -217,7 +380,7 @@ mod tests {
         let mut seqs = Vec::new();
         for t in tasks {
             let out = t.await.expect("task").expect("commit");
-            seqs.push(out[0].envelope.seq);
+            seqs.push(out[0].as_ref().expect("stored").envelope.seq);
         }
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
@@ -237,12 +400,13 @@ mod tests {
             c.commit(vec![send("ann", "ben", 1), send("ann", "cat", 2)]),
             c.commit(vec![send("dan", "eve", 3)]),
         );
+        let body = |o: &Outcome| o.as_ref().expect("stored").envelope.body.clone();
         let a = a.expect("a");
         let b = b.expect("b");
         assert_eq!(a.len(), 2);
-        assert_eq!(a[0].envelope.body, serde_json::json!(1));
-        assert_eq!(a[1].envelope.body, serde_json::json!(2));
+        assert_eq!(body(&a[0]), serde_json::json!(1));
+        assert_eq!(body(&a[1]), serde_json::json!(2));
         assert_eq!(b.len(), 1);
-        assert_eq!(b[0].envelope.body, serde_json::json!(3));
+        assert_eq!(body(&b[0]), serde_json::json!(3));
     }
 }

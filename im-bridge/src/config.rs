@@ -162,10 +162,9 @@ impl Default for DeliveryConfig {
 }
 
 /// The `[limits]` section. `max_body_bytes` bounds each sent message's body;
-/// `max_group_size` is read and checked, not used yet (there are no groups yet).
 /// `rate_per_user` and `rate_burst` build the send limiter
-/// (`ratelimit::RateLimiter`, in `AppState::send_limit`) at startup; the send
-/// paths do not charge it yet, so until they do it limits nothing.
+/// (`ratelimit::RateLimiter`, in `AppState::send_limit`) that every user send
+/// path charges; `max_group_size` bounds a group's members.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {

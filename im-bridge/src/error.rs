@@ -78,6 +78,18 @@ pub enum Error {
     /// The server is starting or draining.
     #[error("server is not ready")]
     NotReady,
+    /// A group's id is taken.
+    #[error("group {0:?} exists")]
+    GroupExists(String),
+    /// A group at `limits.max_group_size`.
+    #[error("the group has {limit} members, the most it may have (limits.max_group_size)")]
+    GroupFull {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A change that the group's state does not allow (the owner leaving, say).
+    #[error("{0}")]
+    Conflict(String),
     /// Sign-up with a user id that already has an account.
     #[error("user exists")]
     UserExists,
@@ -140,6 +152,14 @@ pub enum Error {
     /// The server is stopping and takes no more writes.
     #[error("the server is stopping")]
     Stopping,
+}
+
+impl From<crate::commit::Refusal> for Error {
+    fn from(r: crate::commit::Refusal) -> Self {
+        match r {
+            crate::commit::Refusal::NotAMember(_) => Error::NotAMember,
+        }
+    }
 }
 
 impl From<crate::commit::CommitError> for Error {
@@ -256,6 +276,9 @@ impl Error {
             Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Error::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::UserExists => (StatusCode::CONFLICT, "user_exists"),
+            Error::GroupExists(_) => (StatusCode::CONFLICT, "group_exists"),
+            Error::GroupFull { .. } => (StatusCode::CONFLICT, "group_full"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
             Error::Storage(StoreError::AboveHead { .. }) => {
                 (StatusCode::BAD_REQUEST, "bad_request")

@@ -3,22 +3,30 @@
 //! Modules: `config` loads the typed config, `api` is the HTTP surface
 //! (`api::app(state)`), `auth` the bearer-token extractor, `passwords` the bounded
 //! argon2id hashing of account passwords, `metrics` the Prometheus registry, `store`
-//! the durable sled store, `ratelimit` the per-user limit on message sends, `error`
-//! the crate's error enum and its HTTP mapping, `server` binds every listener,
-//! serves and shuts down, `shutdown` turns SIGTERM/SIGINT into a stop request. The
+//! the durable sled store, `commit` the group-commit loop every write goes
+//! through, `sending` what a send must be, `delivery` publishing after commit,
+//! `outbox` sends over MQTT, `groups` who may change a group and how, `access` the
+//! broker's group and presence questions, `presence` retained presence from
+//! connection events, `retained` MQTT retained messages kept in the store,
+//! `ratelimit` the per-user limit on message sends, `error` the crate's error enum
+//! and its HTTP mapping, `server` binds every listener, serves and shuts down,
+//! `shutdown` turns SIGTERM/SIGINT into a stop request. The
 //! JSON bodies, events and topics shared with clients come from the client SDK's
 //! `wire` module (`imqtt_client::wire`, without the SDK's networking `client`
 //! feature).
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod commit;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod groups;
 pub mod metrics;
 pub mod outbox;
 pub mod passwords;
+pub mod presence;
 pub mod ratelimit;
 pub mod retained;
 pub mod sending;

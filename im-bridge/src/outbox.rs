@@ -11,9 +11,8 @@
 //! a device's messages keep their order in a conversation while many commit
 //! together.
 
-use broker::{QoS, Refusal, Uplink, UplinkMessage};
-use bytes::Bytes;
-use imqtt_client::wire::{self, ErrorDetail, Event, SendRequest};
+use broker::{Refusal, Uplink, UplinkMessage};
+use imqtt_client::wire::{ErrorDetail, Event, SendRequest};
 
 use crate::api::AppState;
 use crate::delivery;
@@ -55,7 +54,7 @@ async fn handle(state: &AppState, msg: UplinkMessage) {
         answer.refuse(Refusal::QuotaExceeded);
         return;
     }
-    match sending::check(&state.config, &uid, req) {
+    match sending::check(&state.config, &*state.store, &uid, req) {
         Err(e) => {
             tell_error(state, &uid, cmid, &e);
             answer.refuse(refusal(&e));
@@ -79,22 +78,32 @@ async fn handle(state: &AppState, msg: UplinkMessage) {
             let state = state.clone();
             tokio::spawn(async move {
                 match committed.await {
-                    Ok(appended) => {
+                    Ok(outcomes) => {
                         // Delivered by the commit loop; here only the sender's event.
-                        for a in &appended {
-                            tell(
-                                &state,
-                                &uid,
-                                &Event::Sent {
-                                    client_msg_id: a.envelope.client_msg_id.clone(),
-                                    id: a.envelope.id.clone(),
-                                    conv: a.envelope.conv.clone(),
-                                    seq: a.envelope.seq,
-                                    ts: a.envelope.ts,
-                                },
-                            );
+                        let mut refused = None;
+                        for o in outcomes {
+                            match o {
+                                Ok(a) => tell(
+                                    &state,
+                                    &uid,
+                                    &Event::Sent {
+                                        client_msg_id: a.envelope.client_msg_id.clone(),
+                                        id: a.envelope.id.clone(),
+                                        conv: a.envelope.conv.clone(),
+                                        seq: a.envelope.seq,
+                                        ts: a.envelope.ts,
+                                    },
+                                ),
+                                Err(r) => refused = Some(Error::from(r)),
+                            }
                         }
-                        answer.accept();
+                        match refused {
+                            None => answer.accept(),
+                            Some(e) => {
+                                tell_error(&state, &uid, cmid, &e);
+                                answer.refuse(refusal(&e));
+                            }
+                        }
                     }
                     Err(e) => {
                         tell_error(&state, &uid, cmid, &Error::from(e));
@@ -142,15 +151,6 @@ fn tell_error(state: &AppState, uid: &str, client_msg_id: Option<String>, e: &Er
     );
 }
 
-/// Publishes `event` on `users/{uid}/events` at QoS 1.
 fn tell(state: &AppState, uid: &str, event: &Event) {
-    let (Ok(topic), Ok(json)) = (wire::topic::events(uid), serde_json::to_vec(event)) else {
-        return;
-    };
-    if let Err(e) = state
-        .broker
-        .publish(&topic, Bytes::from(json), QoS::AtLeastOnce, false)
-    {
-        tracing::error!(error = %e, uid, "cannot publish an event");
-    }
+    delivery::tell(&state.broker, uid, event);
 }

@@ -1,12 +1,14 @@
 //! What a send must be before it is stored, whether it came over HTTP or the
-//! MQTT outbox: exactly one recipient, a valid id that is not the sender's own, a
-//! body within `limits.max_body_bytes`, a sane `client_msg_id`.
+//! MQTT outbox: exactly one recipient, a valid id that is not the sender's own (or
+//! a group the sender is a member of), a body within `limits.max_body_bytes`, a
+//! sane `client_msg_id`. The commit loop asks about membership again when it
+//! stores the send, so a member removed in between is refused there.
 
 use imqtt_client::wire::{self, ConvId, Qos, Recipient, SendRequest};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::store::NewMessage;
+use crate::store::{NewMessage, Store};
 
 /// Longest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
@@ -21,7 +23,12 @@ pub enum Checked {
 }
 
 /// Checks `req` from `from`.
-pub fn check(config: &Config, from: &str, req: SendRequest) -> Result<Checked, Error> {
+pub fn check(
+    config: &Config,
+    store: &dyn Store,
+    from: &str,
+    req: SendRequest,
+) -> Result<Checked, Error> {
     let qos = req.qos();
     let (conv, to) = match req.recipient() {
         Some(Recipient::User(to)) => {
@@ -33,9 +40,12 @@ pub fn check(config: &Config, from: &str, req: SendRequest) -> Result<Checked, E
             (conv, to.to_owned())
         }
         Some(Recipient::Group(gid)) => {
-            wire::check_id(gid).map_err(|e| Error::BadRequest(format!("group: {e}")))?;
-            // Groups come with the next part of the IM core.
-            return Err(Error::NotFound(format!("no group {gid:?}")));
+            crate::groups::existing(store, gid)?;
+            if !store.membership(gid, from)?.is_some_and(|m| m.is_current()) {
+                return Err(Error::NotAMember);
+            }
+            let conv = ConvId::group(gid).map_err(|e| Error::BadRequest(e.to_string()))?;
+            (conv, gid.to_owned())
         }
         None => {
             return Err(Error::BadRequest(
@@ -121,9 +131,14 @@ mod tests {
         serde_json::from_value(v).expect("request")
     }
 
+    fn store() -> crate::store::SledStore {
+        crate::store::SledStore::temporary(std::time::Duration::from_secs(60)).expect("store")
+    }
+
     #[test]
     fn each_bad_send_is_refused_with_its_reason() {
         let cfg = Config::default();
+        let store = store();
         let cases = [
             (json!({"body": 1}), "exactly one"),
             (json!({"to": "bob", "group": "g", "body": 1}), "exactly one"),
@@ -139,19 +154,19 @@ mod tests {
             ),
         ];
         for (body, why) in cases {
-            match check(&cfg, "alice", req(body.clone())) {
+            match check(&cfg, &store, "alice", req(body.clone())) {
                 Err(Error::BadRequest(m)) => assert!(m.contains(why), "{body}: {m}"),
                 other => panic!("{body}: {other:?}"),
             }
         }
         let big = json!({"to": "bob", "body": "x".repeat(70_000)});
         assert!(matches!(
-            check(&cfg, "alice", req(big)),
+            check(&cfg, &store, "alice", req(big)),
             Err(Error::BodyTooLarge { .. })
         ));
         let group = json!({"group": "g1", "body": 1});
         assert!(matches!(
-            check(&cfg, "alice", req(group)),
+            check(&cfg, &store, "alice", req(group)),
             Err(Error::NotFound(_))
         ));
     }
@@ -159,9 +174,13 @@ mod tests {
     #[test]
     fn a_good_send_is_stored_unless_it_is_qos_0() {
         let cfg = Config::default();
-        let Ok(Checked::Stored(m)) =
-            check(&cfg, "bob", req(json!({"to": "alice", "body": {"t": 1}})))
-        else {
+        let store = store();
+        let Ok(Checked::Stored(m)) = check(
+            &cfg,
+            &store,
+            "bob",
+            req(json!({"to": "alice", "body": {"t": 1}})),
+        ) else {
             panic!("stored");
         };
         assert_eq!(m.conv.as_str(), "dm:alice:bob");
@@ -169,6 +188,7 @@ mod tests {
         assert!(matches!(
             check(
                 &cfg,
+                &store,
                 "bob",
                 req(json!({"to": "alice", "body": 1, "qos": 0}))
             ),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use broker::auth::TokenVerifier;
-use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll};
+use broker::{Broker, BrokerHandle, BrokerMetrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -70,11 +70,11 @@ impl Server {
         });
         let broker_metrics =
             broker_metrics.unwrap_or_else(|| Arc::new(BrokerMetrics::unregistered()));
-        // Group and presence questions are denied until the bridge answers them.
+        // Group and presence questions are answered from the store.
         let mqtt = Broker::bind(
             config.mqtt.clone(),
             verifier.clone(),
-            Arc::new(DenyAll),
+            Arc::new(crate::access::Access::new(store.clone())),
             broker_metrics,
         )
         .await?;
@@ -94,6 +94,7 @@ impl Server {
                 policy,
                 crate::delivery::on_commit(
                     mqtt.handle(),
+                    store.clone(),
                     config.delivery.inline_max_bytes.as_usize(),
                 ),
             ),
@@ -106,6 +107,8 @@ impl Server {
             passwords: Passwords::default(),
             ready: Arc::new(AtomicBool::new(false)),
         };
+        // Presence follows connections from the first one on.
+        crate::presence::spawn(state.broker.clone());
         // Publishes on the users' outboxes are sends, from now on.
         if let Some(uplink) = state.broker.uplink() {
             crate::outbox::spawn(uplink, state.clone());

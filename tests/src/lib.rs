@@ -2,6 +2,8 @@
 //! directory, reads the bound addresses from `--print-addrs`, and stops or kills it.
 //! [`Launch`] is the process before it is known to serve, for tests of startup.
 
+pub mod client;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

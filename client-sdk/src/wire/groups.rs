@@ -1,5 +1,6 @@
-//! Groups (DESIGN.md §5): create, list, look at one, add members. Removing a member
-//! (`DELETE /v1/groups/{gid}/members/{uid}`) has no body.
+//! Groups (DESIGN.md §5): create, list, look at one, add members, change a member's
+//! role (ownership transfer included). Removing a member
+//! (`DELETE /v1/groups/{gid}/members/{uid}`) and deleting a group have no body.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +15,21 @@ pub struct CreateGroupRequest {
     /// Whether anyone may join by adding themselves; server default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open: Option<bool>,
-    /// Whether new members may read messages from before they joined; server
-    /// default when absent.
+    /// What a member may read of the messages from before it joined; server
+    /// default (`"since_join"`) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history_visible: Option<bool>,
+    pub history_visible: Option<HistoryVisible>,
+}
+
+/// What a member may read of a group's messages from before it joined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryVisible {
+    /// Only what was sent from its joining on (the default).
+    #[default]
+    SinceJoin,
+    /// Everything the group holds.
+    All,
 }
 
 /// A group's settings: the `201` answer to a create.
@@ -31,8 +43,8 @@ pub struct Group {
     pub owner: String,
     /// Whether anyone may join by adding themselves.
     pub open: bool,
-    /// Whether new members may read messages from before they joined.
-    pub history_visible: bool,
+    /// What new members may read of the messages from before they joined.
+    pub history_visible: HistoryVisible,
 }
 
 /// `GET /v1/groups/{gid}`: a group's settings and members.
@@ -46,8 +58,8 @@ pub struct GroupInfo {
     pub owner: String,
     /// Whether anyone may join by adding themselves.
     pub open: bool,
-    /// Whether new members may read messages from before they joined.
-    pub history_visible: bool,
+    /// What new members may read of the messages from before they joined.
+    pub history_visible: HistoryVisible,
     /// Every member with its role.
     pub members: Vec<GroupMember>,
 }
@@ -93,8 +105,8 @@ pub struct GroupSummary {
     pub role: GroupRole,
     /// Whether anyone may join by adding themselves.
     pub open: bool,
-    /// Whether new members may read messages from before they joined.
-    pub history_visible: bool,
+    /// What new members may read of the messages from before they joined.
+    pub history_visible: HistoryVisible,
 }
 
 /// `POST /v1/groups/{gid}/members`: add users (owner and admins, or oneself on an
@@ -103,6 +115,24 @@ pub struct GroupSummary {
 pub struct AddMembersRequest {
     /// The uids to add.
     pub users: Vec<String>,
+}
+
+/// The `200` answer to `POST /v1/groups/{gid}/members`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMembersResponse {
+    /// The group.
+    pub group: String,
+    /// The users that became members (those who already were are left out).
+    pub added: Vec<String>,
+}
+
+/// `PUT /v1/groups/{gid}/members/{uid}`: change a member's role. `"admin"` and
+/// `"member"` promote and demote (owner only); `"owner"` transfers the ownership,
+/// and the old owner becomes an admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRoleRequest {
+    /// The new role.
+    pub role: GroupRole,
 }
 
 #[cfg(test)]
@@ -126,16 +156,20 @@ mod tests {
         let full = CreateGroupRequest {
             id: Some("team".to_owned()),
             open: Some(true),
-            history_visible: Some(false),
+            history_visible: Some(HistoryVisible::All),
             ..minimal
         };
-        let text = r#"{"id":"team","name":"Team","open":true,"history_visible":false}"#;
+        let text = r#"{"id":"team","name":"Team","open":true,"history_visible":"all"}"#;
         assert_eq!(serde_json::to_string(&full).expect("serialize"), text);
         assert_eq!(
             serde_json::from_str::<CreateGroupRequest>(text).expect("parse"),
             full
         );
         assert!(serde_json::from_str::<CreateGroupRequest>(r#"{"id":"x"}"#).is_err());
+        assert!(
+            serde_json::from_str::<CreateGroupRequest>(r#"{"name":"x","history_visible":"some"}"#)
+                .is_err()
+        );
     }
 
     #[test]
@@ -145,10 +179,9 @@ mod tests {
             name: "Team".to_owned(),
             owner: "alice".to_owned(),
             open: false,
-            history_visible: true,
+            history_visible: HistoryVisible::SinceJoin,
         };
-        let text =
-            r#"{"id":"team","name":"Team","owner":"alice","open":false,"history_visible":true}"#;
+        let text = r#"{"id":"team","name":"Team","owner":"alice","open":false,"history_visible":"since_join"}"#;
         assert_eq!(serde_json::to_string(&group).expect("serialize"), text);
         assert_eq!(serde_json::from_str::<Group>(text).expect("parse"), group);
 
@@ -157,7 +190,7 @@ mod tests {
             name: "Team".to_owned(),
             owner: "alice".to_owned(),
             open: false,
-            history_visible: true,
+            history_visible: HistoryVisible::All,
             members: vec![
                 GroupMember {
                     user: "alice".to_owned(),
@@ -169,7 +202,7 @@ mod tests {
                 },
             ],
         };
-        let text = r#"{"id":"team","name":"Team","owner":"alice","open":false,"history_visible":true,"members":[{"user":"alice","role":"owner"},{"user":"bob","role":"member"}]}"#;
+        let text = r#"{"id":"team","name":"Team","owner":"alice","open":false,"history_visible":"all","members":[{"user":"alice","role":"owner"},{"user":"bob","role":"member"}]}"#;
         assert_eq!(serde_json::to_string(&info).expect("serialize"), text);
         assert_eq!(
             serde_json::from_str::<GroupInfo>(text).expect("parse"),
@@ -183,10 +216,10 @@ mod tests {
                 owner: "alice".to_owned(),
                 role: GroupRole::Admin,
                 open: true,
-                history_visible: false,
+                history_visible: HistoryVisible::SinceJoin,
             }],
         };
-        let text = r#"{"groups":[{"id":"team","name":"Team","owner":"alice","role":"admin","open":true,"history_visible":false}]}"#;
+        let text = r#"{"groups":[{"id":"team","name":"Team","owner":"alice","role":"admin","open":true,"history_visible":"since_join"}]}"#;
         assert_eq!(serde_json::to_string(&list).expect("serialize"), text);
         assert_eq!(
             serde_json::from_str::<GroupList>(text).expect("parse"),

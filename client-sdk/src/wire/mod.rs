@@ -26,8 +26,8 @@ pub use envelope::{Envelope, Qos};
 pub use error::{ErrorBody, ErrorDetail};
 pub use event::Event;
 pub use groups::{
-    AddMembersRequest, CreateGroupRequest, Group, GroupInfo, GroupList, GroupMember, GroupRole,
-    GroupSummary,
+    AddMembersRequest, AddMembersResponse, CreateGroupRequest, Group, GroupInfo, GroupList,
+    GroupMember, GroupRole, GroupSummary, HistoryVisible, SetRoleRequest,
 };
 pub use id::{InvalidId, MAX_ID_LEN, check_id, is_valid_id};
 pub use messages::{

@@ -48,21 +48,23 @@ pub(super) async fn send(
     Json(req): Json<SendRequest>,
 ) -> Result<Response, Error> {
     charge(&state, &caller, 1)?;
-    match sending::check(&state.config, caller.uid(), req)? {
+    match sending::check(&state.config, &*state.store, caller.uid(), req)? {
         Checked::Live(m) => {
             Ok((StatusCode::ACCEPTED, Json(deliver_live(&state, &m))).into_response())
         }
         Checked::Stored(m) => {
-            let appended = state.committer.commit(vec![m]).await?;
-            let Some(a) = appended.first() else {
-                return Err(Error::Stopping);
+            let outcomes = state.committer.commit(vec![m]).await?;
+            let a = match outcomes.into_iter().next() {
+                Some(Ok(a)) => a,
+                Some(Err(refused)) => return Err(refused.into()),
+                None => return Err(Error::Stopping),
             };
             let status = if a.duplicate {
                 StatusCode::OK
             } else {
                 StatusCode::CREATED
             };
-            Ok((status, Json(result(a))).into_response())
+            Ok((status, Json(result(&a))).into_response())
         }
     }
 }
@@ -105,7 +107,7 @@ pub(super) async fn batch(
     let mut stored = Vec::new();
     let mut slots = Vec::new();
     for send in req.messages {
-        match sending::check(&state.config, caller.uid(), send) {
+        match sending::check(&state.config, &*state.store, caller.uid(), send) {
             Ok(Checked::Stored(m)) => {
                 slots.push(results.len());
                 stored.push(m);
@@ -115,9 +117,12 @@ pub(super) async fn batch(
             Err(e) => results.push(Some(failed(&e))),
         }
     }
-    let appended = state.committer.commit(stored).await?;
-    for (slot, a) in slots.into_iter().zip(&appended) {
-        results[slot] = Some(BatchResult::Stored(result(a)));
+    let outcomes = state.committer.commit(stored).await?;
+    for (slot, o) in slots.into_iter().zip(outcomes) {
+        results[slot] = Some(match o {
+            Ok(a) => BatchResult::Stored(result(&a)),
+            Err(refused) => failed(&refused.into()),
+        });
     }
     Ok(Json(BatchResponse {
         results: results
@@ -149,11 +154,14 @@ pub(super) async fn notify(
             req.body.clone(),
         )?);
     }
-    let appended = state.committer.commit(notices).await?;
+    let outcomes = state.committer.commit(notices).await?;
     Ok(Json(BatchResponse {
-        results: appended
-            .iter()
-            .map(|a| BatchResult::Stored(result(a)))
+        results: outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(a) => BatchResult::Stored(result(&a)),
+                Err(refused) => failed(&refused.into()),
+            })
             .collect(),
     }))
 }

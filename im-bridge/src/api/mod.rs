@@ -4,9 +4,11 @@
 //! including unknown routes (404), wrong methods (405) and oversized bodies (413).
 
 mod accounts;
+mod groups;
 mod health;
 mod json;
 mod messages;
+mod presence;
 mod sync;
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use broker::BrokerHandle;
 use broker::auth::TokenVerifier;
 use http_body_util::BodyExt;
@@ -82,7 +84,20 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sync", get(sync::sync))
         .route("/v1/conversations", get(sync::conversations))
         .route("/v1/conversations/{conv}/messages", get(sync::messages))
-        .route("/v1/ack", post(sync::ack));
+        .route("/v1/ack", post(sync::ack))
+        .route("/v1/groups", post(groups::create).get(groups::mine))
+        .route("/v1/groups/{gid}", get(groups::info).delete(groups::delete))
+        .route("/v1/groups/{gid}/members", post(groups::add))
+        .route(
+            "/v1/groups/{gid}/members/{uid}",
+            put(groups::set_role).delete(groups::remove),
+        )
+        .route("/v1/contacts", get(presence::list))
+        .route(
+            "/v1/contacts/{uid}",
+            put(presence::put).delete(presence::delete),
+        )
+        .route("/v1/presence", get(presence::presence));
     if accounts::enabled(&state.config.auth) {
         router = router
             .route("/v1/accounts", post(accounts::create))

@@ -1,22 +1,25 @@
 //! Reading: `GET /v1/sync`, `GET /v1/conversations`,
 //! `GET /v1/conversations/{conv}/messages`, and `POST /v1/ack`.
 //!
-//! Everything here reads only the caller's own conversation index and the keys of
-//! the conversations it names.
+//! Everything here reads only the caller's own conversation index, its list of
+//! groups, and the keys of the conversations they name. A group member reads the
+//! group's messages from the seq at which it joined (or all, per the group), and a
+//! past member up to the head at its removal.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use broker::auth::Role;
 use bytes::Bytes;
 use imqtt_client::wire::{
-    AckRequest, ConvId, ConversationList, ConversationSummary, Envelope, MessagesPage,
+    AckRequest, ConvId, ConvKind, ConversationList, ConversationSummary, Envelope, MessagesPage,
     MessagesQuery, SyncConversation, SyncQuery, SyncResponse,
 };
 
 use super::{AppState, Json};
 use crate::auth::Caller;
 use crate::error::Error;
-use crate::store::Range;
+use crate::store::{Range, Store, Summary, Window};
 
 /// Messages per conversation or page when the request does not say.
 const DEFAULT_LIMIT: u32 = 100;
@@ -34,10 +37,37 @@ fn limit(asked: Option<u32>) -> Result<usize, Error> {
     }
 }
 
-/// Whether `uid` may read and ack `conv` (groups come with the next part of the
-/// IM core).
-fn is_member(uid: &str, conv: &ConvId) -> bool {
-    crate::store::participants(conv).contains(&uid)
+/// The seqs of `conv` that `uid` may read and ack, if any: all of its own direct
+/// and notice conversations, its span of a group it is or was in.
+fn window(store: &dyn Store, uid: &str, conv: &ConvId) -> Result<Option<Window>, Error> {
+    Ok(match conv.kind() {
+        ConvKind::Group { gid } => store.membership(gid, uid)?.map(|m| m.window()),
+        _ => crate::store::participants(conv)
+            .contains(&uid)
+            .then_some(Window::ALL),
+    })
+}
+
+/// `uid`'s conversations with what it may read of each, the most recent first:
+/// its direct and notice conversations from its index, and its current groups.
+fn summaries(store: &dyn Store, uid: &str) -> Result<Vec<(Summary, Window)>, Error> {
+    let mut all: Vec<(Summary, Window)> = store
+        .conversations(uid, MAX_CONVERSATIONS)?
+        .into_iter()
+        .map(|s| (s, Window::ALL))
+        .collect();
+    for gid in store.user_groups(uid, crate::groups::MAX_GROUPS)? {
+        let Some(m) = store.membership(&gid, uid)?.filter(|m| m.is_current()) else {
+            continue;
+        };
+        let conv = ConvId::group(&gid).map_err(|e| Error::BadRequest(e.to_string()))?;
+        let head = store.head(&conv)?;
+        let cursor = store.cursor(uid, &conv)?;
+        all.push((Summary { conv, head, cursor }, m.window()));
+    }
+    all.sort_by_key(|(s, _)| std::cmp::Reverse(s.head.last_ts));
+    all.truncate(MAX_CONVERSATIONS);
+    Ok(all)
 }
 
 /// A query string or path segment that did not parse is 400 with the JSON error
@@ -69,11 +99,12 @@ pub(super) async fn sync(
     let uid = caller.uid().to_owned();
     let conversations = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        for c in store.conversations(&uid, MAX_CONVERSATIONS)? {
+        for (c, window) in summaries(&*store, &uid)? {
             if c.head.seq <= c.cursor {
                 continue;
             }
-            let (stored, has_more) = store.messages(&c.conv, Range::After(c.cursor), limit)?;
+            let (stored, has_more) =
+                store.messages(&c.conv, Range::After(c.cursor), window, limit)?;
             out.push(SyncConversation {
                 conv: c.conv,
                 head: c.head.seq,
@@ -94,11 +125,15 @@ pub(super) async fn conversations(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ConversationList>, Error> {
-    let list = state.store.conversations(caller.uid(), MAX_CONVERSATIONS)?;
+    let store = state.store.clone();
+    let uid = caller.uid().to_owned();
+    let list = tokio::task::spawn_blocking(move || summaries(&*store, &uid))
+        .await
+        .map_err(|_| Error::Stopping)??;
     Ok(Json(ConversationList {
         conversations: list
             .into_iter()
-            .map(|c| ConversationSummary {
+            .map(|(c, _)| ConversationSummary {
                 unread: c.head.seq.saturating_sub(c.cursor),
                 head: c.head.seq,
                 cursor: c.cursor,
@@ -110,7 +145,7 @@ pub(super) async fn conversations(
 }
 
 /// `GET /v1/conversations/{conv}/messages?after=S&limit=N` (or `before=S`): a
-/// contiguous, ascending page; members only.
+/// contiguous, ascending page; members only (and admins, who may read all).
 pub(super) async fn messages(
     State(state): State<AppState>,
     caller: Caller,
@@ -122,9 +157,11 @@ pub(super) async fn messages(
     let conv: ConvId = conv
         .parse()
         .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
-    if !is_member(caller.uid(), &conv) {
-        return Err(Error::NotAMember);
-    }
+    let visible = match window(&*state.store, caller.uid(), &conv)? {
+        Some(w) => w,
+        None if caller.role() == Role::Admin => Window::ALL,
+        None => return Err(Error::NotAMember),
+    };
     let limit = limit(q.limit)?;
     let range = match (q.after, q.before) {
         (Some(_), Some(_)) => {
@@ -133,7 +170,7 @@ pub(super) async fn messages(
         (None, Some(before)) => Range::Before(before),
         (after, None) => Range::After(after.unwrap_or(0)),
     };
-    let (stored, has_more) = state.store.messages(&conv, range, limit)?;
+    let (stored, has_more) = state.store.messages(&conv, range, visible, limit)?;
     Ok(Json(MessagesPage {
         messages: decode(stored)?,
         has_more,
@@ -141,7 +178,8 @@ pub(super) async fn messages(
 }
 
 /// `POST /v1/ack {cursors: {conv: seq}}`: moves the caller's cursors forward
-/// (never back); a seq above a head is 400 and moves nothing.
+/// (never back); a seq above a head is 400 and moves nothing. Answered once the
+/// cursors are durable (they go through the commit loop, sharing its flushes).
 pub(super) async fn ack(
     State(state): State<AppState>,
     caller: Caller,
@@ -152,11 +190,20 @@ pub(super) async fn ack(
             "at most {MAX_LIMIT} cursors per ack"
         )));
     }
-    if let Some(conv) = req.cursors.keys().find(|c| !is_member(caller.uid(), c)) {
-        tracing::debug!(%conv, "ack refused");
-        return Err(Error::NotAMember);
-    }
+    let uid = caller.uid().to_owned();
     let cursors: Vec<(ConvId, u64)> = req.cursors.into_iter().collect();
-    state.store.ack(caller.uid(), &cursors)?;
+    state
+        .committer
+        .write(move |store| {
+            for (conv, _) in &cursors {
+                if window(store, &uid, conv)?.is_none() {
+                    tracing::debug!(%conv, "ack refused");
+                    return Err(Error::NotAMember);
+                }
+            }
+            store.ack(&uid, &cursors)?;
+            Ok(((), None))
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

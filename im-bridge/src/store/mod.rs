@@ -1,5 +1,6 @@
 //! The durable store: conversations under contiguous seqs, their heads, per-user
-//! read cursors and conversation index, idempotency keys and accounts.
+//! read cursors and conversation index, idempotency keys, accounts, groups with
+//! their memberships, and contacts.
 //!
 //! [`Store`] is the whole contract the API and delivery code use, narrow enough for
 //! a PostgreSQL-protocol engine to implement later (DESIGN.md §10); [`SledStore`]
@@ -9,7 +10,7 @@
 
 mod sled;
 
-use imqtt_client::wire::{ConvId, ConvKind, Envelope, Qos};
+use imqtt_client::wire::{ConvId, ConvKind, Envelope, GroupRole, HistoryVisible, Qos};
 
 pub use self::sled::SledStore;
 
@@ -86,6 +87,101 @@ pub enum Range {
     Before(u64),
 }
 
+/// The seqs of a conversation a reader may see, both ends included: all of a
+/// direct conversation, a member's span of a group's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// The first visible seq.
+    pub first: u64,
+    /// The last visible seq.
+    pub last: u64,
+}
+
+impl Window {
+    /// Every seq.
+    pub const ALL: Window = Window {
+        first: 1,
+        last: u64::MAX,
+    };
+}
+
+/// A group's settings as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupRecord {
+    /// The group id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The current owner.
+    pub owner: String,
+    /// Whether anyone may join by adding themselves.
+    pub open: bool,
+    /// What new members may read of the history.
+    pub history_visible: HistoryVisible,
+    /// The head of `group:{id}` when the group was created: a group created again
+    /// under a deleted one's id goes on from the old head, and nobody sees the old
+    /// messages.
+    pub base: u64,
+    /// How many current members it has.
+    pub members: u32,
+}
+
+/// One user's membership of a group, current or past.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// The role while a member.
+    pub role: GroupRole,
+    /// The first seq the user may read.
+    pub since: u64,
+    /// The last seq the user may read once it has left or was removed; `None`
+    /// while it is a member.
+    pub until: Option<u64>,
+}
+
+impl Membership {
+    /// Whether the user is a member now.
+    pub fn is_current(&self) -> bool {
+        self.until.is_none()
+    }
+
+    /// The seqs of the group's conversation the user may read.
+    pub fn window(&self) -> Window {
+        Window {
+            first: self.since,
+            last: self.until.unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// One change of [`Store::write_groups`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupWrite {
+    /// Creates or replaces a group's settings.
+    Put(GroupRecord),
+    /// Forgets a group's settings (its memberships go with `Forget` writes).
+    Delete(String),
+    /// Sets `uid`'s membership of `gid`: a current one puts the group in the user's
+    /// list of groups, a past one takes it out. `cursor` raises the user's read
+    /// cursor in the group (a new member starts having read what it may not see).
+    Member {
+        /// The group.
+        gid: String,
+        /// The user.
+        uid: String,
+        /// The membership.
+        membership: Membership,
+        /// A cursor to raise to, if any.
+        cursor: Option<u64>,
+    },
+    /// Forgets `uid`'s membership of `gid`, current or past.
+    Forget {
+        /// The group.
+        gid: String,
+        /// The user.
+        uid: String,
+    },
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -124,12 +220,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The head of `conv` (all zero when it has no message).
     fn head(&self, conv: &ConvId) -> Result<Head, StoreError>;
 
-    /// Up to `limit` messages of `conv` in `range`, ascending, as stored JSON; and
-    /// whether more lie beyond them in that direction.
+    /// Up to `limit` messages of `conv` in `range` and inside `window`, ascending,
+    /// as stored JSON; and whether more lie beyond them in that direction, inside
+    /// the window.
     fn messages(
         &self,
         conv: &ConvId,
         range: Range,
+        window: Window,
         limit: usize,
     ) -> Result<(Vec<bytes::Bytes>, bool), StoreError>;
 
@@ -140,8 +238,37 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// whole call and moves nothing.
     fn ack(&self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError>;
 
-    /// `uid`'s conversations, the most recently active first, at most `limit`.
+    /// `uid`'s direct and notice conversations, the most recently active first, at
+    /// most `limit` (its groups come from [`Store::user_groups`]).
     fn conversations(&self, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError>;
+
+    /// A group's settings.
+    fn group(&self, gid: &str) -> Result<Option<GroupRecord>, StoreError>;
+
+    /// `uid`'s membership of `gid`, current or past (one key read: the send and
+    /// subscribe paths ask this).
+    fn membership(&self, gid: &str, uid: &str) -> Result<Option<Membership>, StoreError>;
+
+    /// Every membership of `gid`, current and past, in uid order (reads only that
+    /// group's keys).
+    fn members(&self, gid: &str) -> Result<Vec<(String, Membership)>, StoreError>;
+
+    /// The groups `uid` is a member of now, in gid order, at most `limit`.
+    fn user_groups(&self, uid: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Applies `writes` in one atomic write. Written only by the commit loop, so a
+    /// write computed from what it read there is never stale.
+    fn write_groups(&self, writes: &[GroupWrite]) -> Result<(), StoreError>;
+
+    /// Adds (`true`) or removes `contact` from `owner`'s contacts, the users who may
+    /// see `owner`'s presence; whether that changed anything.
+    fn set_contact(&self, owner: &str, contact: &str, on: bool) -> Result<bool, StoreError>;
+
+    /// Whether `contact` is one of `owner`'s contacts (one key read).
+    fn is_contact(&self, owner: &str, contact: &str) -> Result<bool, StoreError>;
+
+    /// `owner`'s contacts in uid order, at most `limit`.
+    fn contacts(&self, owner: &str, limit: usize) -> Result<Vec<String>, StoreError>;
 
     /// Creates an account; `false` if the user exists.
     fn create_account(&self, uid: &str, password_hash: &str) -> Result<bool, StoreError>;

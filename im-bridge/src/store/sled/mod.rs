@@ -15,21 +15,31 @@
 //! | `msgs_by_time` | ts conv `0` seq | nothing: what `store.retention` deletes when |
 //! | `accounts` | uid | the argon2 hash |
 //! | `retained` | MQTT topic | QoS, then the payload |
+//! | `groups` | gid | the group's settings (JSON) |
+//! | `members` | gid `0` uid | role, first visible seq, last visible seq (MAX: a member now) |
+//! | `user_groups` | uid `0` gid | nothing: the user's current groups |
+//! | `contacts` | owner `0` uid | nothing: who may see owner's presence |
 //!
 //! A send touches its conversation's keys, its participants' keys and its
 //! idempotency key, all in one sled transaction, so they are written (and after a
-//! crash, recovered) together or not at all.
+//! crash, recovered) together or not at all; so does each group change
+//! (`groups.rs`).
+
+mod groups;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use imqtt_client::wire::{ConvId, Envelope};
+use imqtt_client::wire::{ConvId, ConvKind, Envelope, GroupRole};
 use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::{Appended, Head, NewMessage, Range, Store, StoreError, Summary, participants};
+use super::{
+    Appended, GroupRecord, GroupWrite, Head, Membership, NewMessage, Range, Store, StoreError,
+    Summary, Window, participants,
+};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 
@@ -47,6 +57,10 @@ pub struct SledStore {
     msgs_by_time: sled::Tree,
     accounts: sled::Tree,
     retained: sled::Tree,
+    groups: sled::Tree,
+    members: sled::Tree,
+    user_groups: sled::Tree,
+    contacts: sled::Tree,
     /// How long a `(sender, client_msg_id)` keeps retries idempotent.
     idempotency_ttl: Duration,
     /// sled's log file, opened again to fsync it: sled 0.34 makes its writes
@@ -124,6 +138,10 @@ impl SledStore {
             msgs_by_time: tree("msgs_by_time")?,
             accounts: tree("accounts")?,
             retained: tree("retained")?,
+            groups: tree("groups")?,
+            members: tree("members")?,
+            user_groups: tree("user_groups")?,
+            contacts: tree("contacts")?,
             db,
             idempotency_ttl,
             log: None,
@@ -336,10 +354,13 @@ impl SledStore {
         )?;
         for uid in participants(&send.conv) {
             t.touch(uid, conv, now_ms)?;
-            if uid == send.from {
-                // One's own message is read.
-                t.raise_cursor(uid, conv, seq)?;
-            }
+        }
+        if matches!(
+            send.conv.kind(),
+            ConvKind::Dm { .. } | ConvKind::Group { .. }
+        ) {
+            // One's own message is read.
+            t.raise_cursor(&send.from, conv, seq)?;
         }
         if let Some(k) = idem_key {
             let ttl = u64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -412,19 +433,23 @@ impl Store for SledStore {
         &self,
         conv: &ConvId,
         range: Range,
+        window: Window,
         limit: usize,
     ) -> Result<(Vec<Bytes>, bool), StoreError> {
         let c = conv.as_str();
+        // Both ends included: [first, last].
+        let (first, last) = match range {
+            Range::After(after) => (after.saturating_add(1).max(window.first), window.last),
+            Range::Before(before) => (window.first, before.saturating_sub(1).min(window.last)),
+        };
+        if first > last {
+            return Ok((Vec::new(), false));
+        }
+        let span = msg_key(c, first)..=msg_key(c, last);
         match range {
-            Range::After(after) => {
-                let from = msg_key(c, after.saturating_add(1));
-                let to = msg_key(c, u64::MAX);
-                take(self.msgs.range(from..=to), limit)
-            }
-            Range::Before(before) => {
-                let from = msg_key(c, 1);
-                let to = msg_key(c, before);
-                let (mut out, more) = take(self.msgs.range(from..to).rev(), limit)?;
+            Range::After(_) => take(self.msgs.range(span), limit),
+            Range::Before(_) => {
+                let (mut out, more) = take(self.msgs.range(span).rev(), limit)?;
                 out.reverse();
                 Ok((out, more))
             }
@@ -481,6 +506,38 @@ impl Store for SledStore {
             out.push(Summary { conv, head, cursor });
         }
         Ok(out)
+    }
+
+    fn group(&self, gid: &str) -> Result<Option<GroupRecord>, StoreError> {
+        self.group_record(gid)
+    }
+
+    fn membership(&self, gid: &str, uid: &str) -> Result<Option<Membership>, StoreError> {
+        self.group_membership(gid, uid)
+    }
+
+    fn members(&self, gid: &str) -> Result<Vec<(String, Membership)>, StoreError> {
+        self.group_members(gid)
+    }
+
+    fn user_groups(&self, uid: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.groups_of(uid, limit)
+    }
+
+    fn write_groups(&self, writes: &[GroupWrite]) -> Result<(), StoreError> {
+        self.apply_group_writes(writes)
+    }
+
+    fn set_contact(&self, owner: &str, contact: &str, on: bool) -> Result<bool, StoreError> {
+        self.put_contact(owner, contact, on)
+    }
+
+    fn is_contact(&self, owner: &str, contact: &str) -> Result<bool, StoreError> {
+        self.has_contact(owner, contact)
+    }
+
+    fn contacts(&self, owner: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.contacts_of(owner, limit)
     }
 
     fn create_account(&self, uid: &str, password_hash: &str) -> Result<bool, StoreError> {
@@ -664,25 +721,33 @@ mod tests {
         s.append(&sends, 5).expect("append");
         let conv = ConvId::dm("ann", "ben").expect("conv");
         let seq_of = |b: &Bytes| serde_json::from_slice::<Envelope>(b).expect("json").seq;
-        let (page, more) = s.messages(&conv, Range::After(0), 4).expect("page");
+        let (page, more) = s
+            .messages(&conv, Range::After(0), Window::ALL, 4)
+            .expect("page");
         assert_eq!(
             page.iter().map(seq_of).collect::<Vec<_>>(),
             vec![1, 2, 3, 4]
         );
         assert!(more);
-        let (page, more) = s.messages(&conv, Range::After(8), 4).expect("page");
+        let (page, more) = s
+            .messages(&conv, Range::After(8), Window::ALL, 4)
+            .expect("page");
         assert_eq!(page.iter().map(seq_of).collect::<Vec<_>>(), vec![9, 10]);
         assert!(!more);
-        let (page, more) = s.messages(&conv, Range::Before(8), 3).expect("page");
+        let (page, more) = s
+            .messages(&conv, Range::Before(8), Window::ALL, 3)
+            .expect("page");
         assert_eq!(page.iter().map(seq_of).collect::<Vec<_>>(), vec![5, 6, 7]);
         assert!(more);
-        let (page, more) = s.messages(&conv, Range::Before(3), 5).expect("page");
+        let (page, more) = s
+            .messages(&conv, Range::Before(3), Window::ALL, 5)
+            .expect("page");
         assert_eq!(page.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2]);
         assert!(!more);
         // Another conversation's keys are never read.
         let other = ConvId::dm("ann", "bea").expect("conv");
         assert!(
-            s.messages(&other, Range::After(0), 10)
+            s.messages(&other, Range::After(0), Window::ALL, 10)
                 .expect("page")
                 .0
                 .is_empty()
@@ -782,7 +847,9 @@ mod tests {
         assert_eq!(s.expire_messages(1_000).expect("none yet"), 0);
         assert_eq!(s.expire_messages(2_000).expect("expire"), 1);
         let conv = ConvId::dm("ann", "ben").expect("conv");
-        let (page, _) = s.messages(&conv, Range::After(0), 10).expect("page");
+        let (page, _) = s
+            .messages(&conv, Range::After(0), Window::ALL, 10)
+            .expect("page");
         let seqs: Vec<u64> = page
             .iter()
             .map(|b| serde_json::from_slice::<Envelope>(b).expect("json").seq)

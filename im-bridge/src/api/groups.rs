@@ -1,0 +1,133 @@
+//! Groups: `POST /v1/groups`, `GET /v1/groups`, `GET|DELETE /v1/groups/{gid}`,
+//! `POST /v1/groups/{gid}/members`, `PUT|DELETE /v1/groups/{gid}/members/{uid}`.
+//!
+//! Changes run in the commit loop (`groups.rs` says who may do what) and are
+//! answered once durable; membership events go out after that, to the member
+//! concerned and the group's other members.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use imqtt_client::wire::{
+    AddMembersRequest, AddMembersResponse, CreateGroupRequest, GroupInfo, GroupList, SetRoleRequest,
+};
+
+use super::{AppState, Json};
+use crate::auth::Caller;
+use crate::error::Error;
+use crate::groups;
+
+fn parsed<T>(extracted: Result<T, PathRejection>) -> Result<T, Error> {
+    extracted.map_err(|e| Error::BadRequest(e.to_string()))
+}
+
+/// Runs `blocking` (store reads) off the runtime.
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    blocking: impl FnOnce(&dyn crate::store::Store) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || blocking(&*store))
+        .await
+        .map_err(|_| Error::Stopping)?
+}
+
+/// `POST /v1/groups`: 201 with the new group; 409 `group_exists` for a taken id.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<CreateGroupRequest>,
+) -> Result<Response, Error> {
+    let group = state
+        .committer
+        .write(move |store| groups::create(store, &caller, req))
+        .await?;
+    Ok((StatusCode::CREATED, Json(group)).into_response())
+}
+
+/// `GET /v1/groups`: the caller's groups.
+pub(super) async fn mine(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<GroupList>, Error> {
+    let uid = caller.uid().to_owned();
+    let groups = read(&state, move |store| groups::mine(store, &uid)).await?;
+    Ok(Json(GroupList { groups }))
+}
+
+/// `GET /v1/groups/{gid}`: settings and members.
+pub(super) async fn info(
+    State(state): State<AppState>,
+    caller: Caller,
+    gid: Result<Path<String>, PathRejection>,
+) -> Result<Json<GroupInfo>, Error> {
+    let Path(gid) = parsed(gid)?;
+    let info = read(&state, move |store| groups::info(store, &caller, &gid)).await?;
+    Ok(Json(info))
+}
+
+/// `DELETE /v1/groups/{gid}`: 204; every member is told `group_deleted`.
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    gid: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, Error> {
+    let Path(gid) = parsed(gid)?;
+    let broker = state.broker.clone();
+    let notices = state
+        .committer
+        .write(move |store| groups::delete(store, &broker, &caller, &gid))
+        .await?;
+    groups::publish(&state.broker, &notices);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/groups/{gid}/members {users}`: 200 with the users added.
+pub(super) async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    gid: Result<Path<String>, PathRejection>,
+    Json(req): Json<AddMembersRequest>,
+) -> Result<Json<AddMembersResponse>, Error> {
+    let Path(gid) = parsed(gid)?;
+    let max = state.config.limits.max_group_size;
+    let (answer, notices) = state
+        .committer
+        .write(move |store| groups::add(store, &caller, &gid, req.users, max))
+        .await?;
+    groups::publish(&state.broker, &notices);
+    Ok(Json(answer))
+}
+
+/// `DELETE /v1/groups/{gid}/members/{uid}`: 204 once removed, its live
+/// subscriptions to the group gone.
+pub(super) async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, Error> {
+    let Path((gid, uid)) = parsed(path)?;
+    let broker = state.broker.clone();
+    let notices = state
+        .committer
+        .write(move |store| groups::remove(store, &broker, &caller, &gid, &uid))
+        .await?;
+    groups::publish(&state.broker, &notices);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/groups/{gid}/members/{uid} {role}`: 204.
+pub(super) async fn set_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    Json(req): Json<SetRoleRequest>,
+) -> Result<StatusCode, Error> {
+    let Path((gid, uid)) = parsed(path)?;
+    state
+        .committer
+        .write(move |store| groups::set_role(store, &caller, &gid, &uid, req.role))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

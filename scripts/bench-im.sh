@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The IM core's benchmark pass (issue 13's "Measure"): each HTTP scenario RUNS times
+# (default 5) on a fresh server and store, printing every run's key=value figures
+# prefixed by the scenario, for medians. Loopback only; ports 18831/18081.
+#   scripts/bench-im.sh [RUNS] [SCENARIO...]
+# SCENARIO: send1 send16 send64 send64-interval batch batch-interval lat1000 lat5000 drain
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-5}"; shift || true
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(send1 send16 send64 send64-interval batch batch-interval lat1000 lat5000 drain)
+# BENCH_BIN: a directory holding imqtt and imqtt-bench (another build to compare).
+bin=${BENCH_BIN:-target/release}
+[ -n "${BENCH_BIN:-}" ] || cargo build --release -q --bin imqtt --bin imqtt-bench
+secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+run_one() { # name flush bench-args...
+  local name=$1 flush=$2; shift 2
+  local data; data=$(mktemp -d)
+  IMQTT_AUTH__JWT_SECRET=$secret IMQTT_MQTT__TCP=127.0.0.1:18831 IMQTT_MQTT__WS="" \
+    IMQTT_HTTP__LISTEN=127.0.0.1:18081 IMQTT_STORE__PATH="$data/db" IMQTT_STORE__FLUSH=$flush \
+    IMQTT_LIMITS__RATE_PER_USER=0 RUST_LOG=warn \
+    $bin/imqtt --config config/imqtt.toml --print-addrs >"$data/addrs" 2>"$data/log" &
+  local pid=$!
+  for _ in $(seq 100); do grep -q '^http=' "$data/addrs" 2>/dev/null && break; sleep 0.1; done
+  $bin/imqtt-bench --port 18831 --http-port 18081 --jwt-secret "$secret" --server-pid $pid \
+    --data-dir "$data" "$@" 2>/dev/null | grep '=' | sed "s/^/$name /" || echo "$name FAILED"
+  kill $pid; wait $pid 2>/dev/null || true
+  rm -rf "$data"
+}
+
+for s in "${scenarios[@]}"; do
+  for _ in $(seq "$runs"); do
+    case $s in
+      send1) run_one "$s" always --scenario send --senders 1 --messages 5000 ;;
+      send16) run_one "$s" always --scenario send --senders 16 --messages 20000 ;;
+      send64) run_one "$s" always --scenario send --senders 64 --messages 20000 ;;
+      send64-interval) run_one "$s" interval --scenario send --senders 64 --messages 20000 ;;
+      batch) run_one "$s" always --scenario batch --senders 4 --batch-size 1000 --messages 200000 ;;
+      batch-interval) run_one "$s" interval --scenario batch --senders 4 --batch-size 1000 --messages 200000 ;;
+      lat1000) run_one "$s" always --scenario latency --rate 1000 --messages 10000 ;;
+      lat5000) run_one "$s" always --scenario latency --rate 5000 --messages 25000 ;;
+      drain) run_one "$s" always --scenario drain --messages 100000 ;;
+      *) echo "unknown scenario $s" >&2; exit 2 ;;
+    esac
+  done
+done
