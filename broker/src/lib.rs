@@ -212,6 +212,20 @@ impl BrokerHandle {
             .map(|p| p.payload.clone())
     }
 
+    /// The users with a session (connected or not) subscribed to `topic`, through
+    /// an exact filter or a wildcard, each once. Costs what a publish to `topic`
+    /// costs: the filter levels plus the subscribers.
+    pub fn subscribers(&self, topic: &str) -> Vec<String> {
+        if !topic::valid_topic(topic) {
+            return Vec::new();
+        }
+        self.hub
+            .subscribers(topic)
+            .iter()
+            .map(|u| u.to_string())
+            .collect()
+    }
+
     /// Client ids of `uid`'s connected devices.
     pub fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.hub.connected_clients(uid)

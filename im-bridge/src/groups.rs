@@ -31,6 +31,17 @@ pub const MAX_ADD: usize = 1000;
 /// Events to publish once a change is durable: each to every uid listed.
 pub type Notices = Vec<(Vec<String>, Event)>;
 
+/// Co-memberships a change ended: `left` no longer share the group with each
+/// other nor with `stay`. Their presence subscriptions that only the group
+/// allowed are taken away ([`prune_presence`]).
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// Who left the group (everyone, when it was deleted).
+    pub left: Vec<String>,
+    /// Who is still in it.
+    pub stay: Vec<String>,
+}
+
 /// A change's answer, with what the commit loop does after the flush.
 type Change<T> = Result<(T, Option<AfterCommit>), Error>;
 
@@ -216,7 +227,7 @@ pub fn remove(
     caller: &Caller,
     gid: &str,
     uid: &str,
-) -> Change<Notices> {
+) -> Change<(Notices, Ended)> {
     let mut group = existing(store, gid)?;
     wire::check_id(uid).map_err(|e| Error::BadRequest(format!("member: {e}")))?;
     let Some(target) = store.membership(gid, uid)?.filter(Membership::is_current) else {
@@ -257,10 +268,11 @@ pub fn remove(
         },
         GroupWrite::Put(group),
     ])?;
-    let mut told: Vec<String> = current_members(store, gid)?
+    let stay: Vec<String> = current_members(store, gid)?
         .into_iter()
         .map(|(u, _)| u)
         .collect();
+    let mut told = stay.clone();
     told.push(uid.to_owned());
     let notices = vec![(
         told,
@@ -270,11 +282,15 @@ pub fn remove(
             by: caller.uid().to_owned(),
         },
     )];
+    let ended = Ended {
+        left: vec![uid.to_owned()],
+        stay,
+    };
     let (broker, uid, filter) = (broker.clone(), uid.to_owned(), group_topic(gid)?);
     let after: AfterCommit = Box::new(move || {
         broker.unsubscribe_user(&uid, &filter);
     });
-    Ok((notices, Some(after)))
+    Ok(((notices, ended), Some(after)))
 }
 
 /// `PUT /v1/groups/{gid}/members/{uid} {role}` (the owner, or a service token):
@@ -341,7 +357,7 @@ pub fn delete(
     broker: &BrokerHandle,
     caller: &Caller,
     gid: &str,
-) -> Change<Notices> {
+) -> Change<(Notices, Ended)> {
     let group = existing(store, gid)?;
     if !is_manager(caller) && role_of(store, gid, caller.uid())? != Some(GroupRole::Owner) {
         return Err(Error::Forbidden("only the group's owner deletes it".into()));
@@ -368,13 +384,17 @@ pub fn delete(
             by: caller.uid().to_owned(),
         },
     )];
+    let ended = Ended {
+        left: current.clone(),
+        stay: Vec::new(),
+    };
     let (broker, filter) = (broker.clone(), group_topic(gid)?);
     let after: AfterCommit = Box::new(move || {
         for uid in &current {
             broker.unsubscribe_user(uid, &filter);
         }
     });
-    Ok((notices, Some(after)))
+    Ok(((notices, ended), Some(after)))
 }
 
 fn group_topic(gid: &str) -> Result<String, Error> {
@@ -429,6 +449,45 @@ pub fn mine(store: &dyn Store, uid: &str) -> Result<Vec<GroupSummary>, Error> {
         });
     }
     Ok(out)
+}
+
+/// Takes away the presence subscriptions that only the ended co-memberships
+/// allowed: for each user who left, its watchers among the others, and its own
+/// watching of them, unless a contact or another shared group still allows it.
+/// Visits the watchers of each user concerned (the hub's subscribers of its
+/// `presence/{uid}`), never all users. Reads the store: run it off the runtime,
+/// once the change is durable.
+pub fn prune_presence(store: &dyn Store, broker: &BrokerHandle, ended: &Ended) {
+    use std::collections::HashSet;
+    let left: HashSet<&str> = ended.left.iter().map(String::as_str).collect();
+    let everyone: HashSet<&str> = left
+        .iter()
+        .copied()
+        .chain(ended.stay.iter().map(String::as_str))
+        .collect();
+    let prune = |watched: &str, former: &HashSet<&str>| {
+        let Ok(topic) = wire::topic::presence(watched) else {
+            return;
+        };
+        for watcher in broker.subscribers(&topic) {
+            if watcher == watched || !former.contains(watcher.as_str()) {
+                continue;
+            }
+            match crate::access::can_see_presence(store, &watcher, watched) {
+                Ok(true) => {}
+                Ok(false) => {
+                    broker.unsubscribe_user(&watcher, &topic);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read presence visibility"),
+            }
+        }
+    };
+    for u in &ended.left {
+        prune(u, &everyone);
+    }
+    for u in &ended.stay {
+        prune(u, &left);
+    }
 }
 
 /// Publishes each notice on `users/{uid}/events` of its uids, at QoS 1.

@@ -223,3 +223,76 @@ async fn removing_a_contact_ends_its_live_subscription_at_once() {
         .await
         .error(400, "bad_request");
 }
+
+#[tokio::test]
+async fn leaving_a_shared_group_ends_the_presence_watch_it_allowed_both_ways() {
+    let server = Server::start().await;
+    let api = Api::new(&server);
+    api.post(
+        "alice",
+        "/v1/groups",
+        &json!({"id": "team", "name": "Team"}),
+    )
+    .await
+    .expect(201);
+    api.post(
+        "alice",
+        "/v1/groups/team/members",
+        &json!({"users": ["carol", "dan"]}),
+    )
+    .await
+    .expect(200);
+    // Dan is also alice's contact: that watch stays.
+    api.put("alice", "/v1/contacts/dan", &json!({}))
+        .await
+        .expect(204);
+    let mut carol = Device::connect(&server, "carol", "phone", &["presence/alice"]).await;
+    let mut dan = Device::connect(&server, "dan", "phone", &["presence/alice"]).await;
+    let mut alice = Device::connect(&server, "alice", "phone", &["presence/carol"]).await;
+    assert_eq!(
+        until_status(&mut carol, "alice", "online").await["user"],
+        "alice"
+    );
+    assert_eq!(
+        until_status(&mut dan, "alice", "online").await["user"],
+        "alice"
+    );
+    assert_eq!(
+        until_status(&mut alice, "carol", "online").await["user"],
+        "carol"
+    );
+    api.delete("alice", "/v1/groups/team/members/carol")
+        .await
+        .expect(204);
+    api.delete("alice", "/v1/groups/team/members/dan")
+        .await
+        .expect(204);
+    // Alice's second device changes her presence; carol, no longer a co-member,
+    // hears nothing; dan, a contact, does.
+    let _laptop = Device::connect(&server, "alice", "laptop", &["users/alice/inbox"]).await;
+    let seen = presence_of(&mut dan, "alice").await;
+    assert_eq!(seen["devices"].as_array().map(Vec::len), Some(2), "{seen}");
+    carol.nothing_arrives().await;
+    // Nor does alice hear of carol any more.
+    let _carol_laptop = Device::connect(&server, "carol", "laptop", &["users/carol/inbox"]).await;
+    alice.nothing_arrives().await;
+}
+
+#[tokio::test]
+async fn a_takeover_keeps_the_user_online_without_an_offline_in_between() {
+    let server = Server::start().await;
+    let api = Api::new(&server);
+    api.put("alice", "/v1/contacts/bob", &json!({}))
+        .await
+        .expect(204);
+    let mut bob = Device::connect(&server, "bob", "phone", &["presence/alice"]).await;
+    let first = Device::connect(&server, "alice", "phone", &["users/alice/inbox"]).await;
+    until_status(&mut bob, "alice", "online").await;
+    // The same device connects again: the old connection is taken over.
+    let _second = Device::connect(&server, "alice", "phone", &["users/alice/inbox"]).await;
+    let again = presence_of(&mut bob, "alice").await;
+    assert_eq!(again["status"], "online");
+    assert_eq!(again["devices"], json!(["phone"]));
+    drop(first);
+    bob.nothing_arrives().await;
+}

@@ -513,6 +513,16 @@ impl Hub {
         }
     }
 
+    /// The users whose sessions hold a subscription matching `topic`, each once.
+    pub(crate) fn subscribers(&self, topic: &str) -> Vec<Arc<str>> {
+        let mut uids: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.for_each_match(topic, |s| {
+            uids.insert(s.session.uid.clone());
+        });
+        uids.into_iter().collect()
+    }
+
     /// Client ids of `uid`'s connected sessions.
     pub(crate) fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.sessions_of(uid)

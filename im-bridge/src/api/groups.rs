@@ -33,6 +33,17 @@ async fn read<T: Send + 'static>(
         .map_err(|_| Error::Stopping)?
 }
 
+/// Ends the presence subscriptions the ended co-memberships allowed, before the
+/// answer.
+async fn prune(state: &AppState, ended: groups::Ended) -> Result<(), Error> {
+    let broker = state.broker.clone();
+    read(state, move |store| {
+        groups::prune_presence(store, &broker, &ended);
+        Ok(())
+    })
+    .await
+}
+
 /// `POST /v1/groups`: 201 with the new group; 409 `group_exists` for a taken id.
 pub(super) async fn create(
     State(state): State<AppState>,
@@ -75,10 +86,11 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, Error> {
     let Path(gid) = parsed(gid)?;
     let broker = state.broker.clone();
-    let notices = state
+    let (notices, ended) = state
         .committer
         .write(move |store| groups::delete(store, &broker, &caller, &gid))
         .await?;
+    prune(&state, ended).await?;
     groups::publish(&state.broker, &notices);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -101,7 +113,8 @@ pub(super) async fn add(
 }
 
 /// `DELETE /v1/groups/{gid}/members/{uid}`: 204 once removed, its live
-/// subscriptions to the group gone.
+/// subscriptions to the group gone, and those to presence that only the group
+/// allowed.
 pub(super) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -109,10 +122,11 @@ pub(super) async fn remove(
 ) -> Result<StatusCode, Error> {
     let Path((gid, uid)) = parsed(path)?;
     let broker = state.broker.clone();
-    let notices = state
+    let (notices, ended) = state
         .committer
         .write(move |store| groups::remove(store, &broker, &caller, &gid, &uid))
         .await?;
+    prune(&state, ended).await?;
     groups::publish(&state.broker, &notices);
     Ok(StatusCode::NO_CONTENT)
 }
