@@ -80,7 +80,7 @@ enum Job {
 /// Called by the commit loop with every batch of sends once it is durable, in
 /// commit order, before anyone is answered: delivery hangs here, so that pushes
 /// leave in seq order. Must not block (publishing to the hub never does).
-pub type OnCommit = Box<dyn Fn(&[Appended]) + Send>;
+pub type OnCommit = Box<dyn Fn(&[&Appended]) + Send>;
 
 /// The handle writers commit through. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -321,11 +321,8 @@ fn commit_loop(
                             continue;
                         }
                     };
-                    let stored: Vec<Appended> = outcomes
-                        .iter()
-                        .filter_map(|o| o.as_ref().ok())
-                        .cloned()
-                        .collect();
+                    let stored: Vec<&Appended> =
+                        outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
                     on_commit(&stored);
                     let mut rest = outcomes.into_iter();
                     for (reply, n) in replies {
@@ -386,6 +383,99 @@ mod tests {
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         let conv = ConvId::dm("ann", "ben").expect("conv");
         assert_eq!(store.head(&conv).expect("head").seq, 200);
+    }
+
+    fn member(gid: &str, uid: &str, until: Option<u64>) -> crate::store::GroupWrite {
+        crate::store::GroupWrite::Member {
+            gid: gid.into(),
+            uid: uid.into(),
+            membership: crate::store::Membership {
+                role: imqtt_client::wire::GroupRole::Member,
+                since: 1,
+                until,
+            },
+            cursor: None,
+        }
+    }
+
+    fn group_send(from: &str, n: u64) -> NewMessage {
+        NewMessage {
+            from: from.into(),
+            conv: ConvId::group("g").expect("conv"),
+            to: "g".into(),
+            client_msg_id: None,
+            idempotency_key: None,
+            qos: Qos::AtLeastOnce,
+            body: serde_json::json!(n),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_send_commits_only_while_its_sender_is_a_member() {
+        let store = SledStore::temporary(Duration::from_secs(60)).expect("store");
+        let c = Committer::start(Arc::new(store), FlushPolicy::Always, Box::new(|_| {}));
+        c.write(|s| Ok((s.write_groups(&[member("g", "ann", None)])?, None)))
+            .await
+            .expect("join");
+        // Queued before the removal, so it commits before it; the one queued
+        // after is refused in the loop, whatever a check before it said.
+        let before = c.submit(vec![group_send("ann", 1)]).await.expect("queued");
+        let removal = c.write(|s| Ok((s.write_groups(&[member("g", "ann", Some(1))])?, None)));
+        let (before, removal) = tokio::join!(before, removal);
+        removal.expect("removal");
+        let before = before.expect("commit");
+        assert_eq!(before[0].as_ref().expect("stored").envelope.seq, 1);
+        let after = c
+            .commit(vec![group_send("ann", 2), send("ann", "ben", 3)])
+            .await;
+        let after = after.expect("commit");
+        assert_eq!(
+            after[0].as_ref().err(),
+            Some(&Refusal::NotAMember("g".into()))
+        );
+        assert_eq!(
+            after[1]
+                .as_ref()
+                .expect("a direct send is not held up")
+                .envelope
+                .seq,
+            1
+        );
+        assert_eq!(
+            c.commit(vec![group_send("bob", 4)]).await.expect("commit")[0]
+                .as_ref()
+                .err(),
+            Some(&Refusal::NotAMember("g".into())),
+            "never a member"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_gets_its_error_and_an_accepted_one_runs_its_after_commit_before_the_answer()
+     {
+        let store = SledStore::temporary(Duration::from_secs(60)).expect("store");
+        let c = Committer::start(
+            Arc::new(store.clone()),
+            FlushPolicy::Always,
+            Box::new(|_| {}),
+        );
+        let refused: Result<(), Error> = c.write(|_| Err(Error::Conflict("no".into()))).await;
+        assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let v = c
+            .write(move |_| {
+                let after: AfterCommit =
+                    Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+                Ok((7, Some(after)))
+            })
+            .await
+            .expect("write");
+        assert_eq!(v, 7);
+        assert!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            "after-commit ran first"
+        );
     }
 
     #[tokio::test]
