@@ -289,6 +289,27 @@ impl Device {
         }
     }
 
+    /// Publishes `payload` on `topic` at QoS 1 and drives the connection until its
+    /// PUBACK; returns the messages that arrived meanwhile.
+    pub async fn publish(&mut self, topic: &str, payload: &Value) -> Vec<Delivered> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+            .await
+            .expect("publish");
+        let mut meanwhile = Vec::new();
+        loop {
+            match self.next().await {
+                Incoming::PubAck(_) => return meanwhile,
+                Incoming::Publish(p) => meanwhile.push(Delivered {
+                    json: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+                    topic: p.topic,
+                    qos: p.qos,
+                }),
+                _ => {}
+            }
+        }
+    }
+
     /// The next packet from the server.
     pub async fn next(&mut self) -> Incoming {
         loop {

@@ -528,3 +528,39 @@ async fn bad_group_requests_get_their_status_and_a_json_error() {
     assert_eq!(made["history_visible"], "since_join");
     assert_eq!(made["open"], false);
 }
+
+#[tokio::test]
+async fn a_member_sends_to_its_group_over_the_mqtt_outbox_and_a_stranger_is_refused() {
+    let server = Server::start().await;
+    let api = Api::new(&server);
+    group(&api, "team", json!({}), &["bob", "carol"]).await;
+    let mut carol = Device::connect(&server, "carol", "phone", &["groups/team"]).await;
+    let mut bob = Device::connect(&server, "bob", "phone", &["users/bob/events"]).await;
+    let send = json!({"group": "team", "body": {"text": "from mqtt"}, "client_msg_id": "m-1"});
+    // The PUBACK leaves once the message is stored; the `sent` event with it.
+    let mut meanwhile = bob.publish("users/bob/outbox", &send).await;
+    let got = carol.message().await;
+    assert_eq!(got.topic, "groups/team");
+    assert_eq!(got.json["from"], "bob");
+    assert_eq!(got.json["client_msg_id"], "m-1");
+    let sent = match meanwhile.pop() {
+        Some(m) => m,
+        None => bob.message().await,
+    };
+    assert_eq!(sent.json["type"], "sent");
+    assert_eq!(sent.json["conv"], "group:team");
+    assert_eq!(sent.json["seq"], got.json["seq"]);
+
+    let mut eve = Device::connect(&server, "eve", "phone", &["users/eve/events"]).await;
+    let intrude = json!({"group": "team", "body": 1, "client_msg_id": "e-1"});
+    // MQTT 3.1.1 has no reason code: a plain PUBACK, and the error event.
+    let mut meanwhile = eve.publish("users/eve/outbox", &intrude).await;
+    let refused = match meanwhile.pop() {
+        Some(m) => m,
+        None => eve.message().await,
+    };
+    assert_eq!(refused.json["type"], "error");
+    assert_eq!(refused.json["client_msg_id"], "e-1");
+    assert_eq!(refused.json["error"]["code"], "not_a_member");
+    carol.nothing_arrives().await;
+}

@@ -398,6 +398,31 @@ async fn a_stranger_cannot_read_a_conversation_and_a_malformed_conv_id_is_400() 
     // The peer may name it either way round.
     let (page, _) = api.page("bob", "dm:bob:alice", "after=0").await;
     assert_eq!(seqs(&page), [1]);
+    // An admin may read everything (DESIGN.md §2); a service token may not.
+    let admin = token("ops", Role::Admin, TTL);
+    let read = api
+        .call(
+            api.http
+                .get(format!(
+                    "{}/v1/conversations/dm:alice:bob/messages",
+                    api.base
+                ))
+                .bearer_auth(&admin),
+        )
+        .await
+        .expect(200);
+    assert_eq!(seqs(read["messages"].as_array().expect("messages")), [1]);
+    let service = token("backend", Role::Service, TTL);
+    api.call(
+        api.http
+            .get(format!(
+                "{}/v1/conversations/dm:alice:bob/messages",
+                api.base
+            ))
+            .bearer_auth(&service),
+    )
+    .await
+    .error(403, "not_a_member");
 
     for conv in [
         "nonsense",
