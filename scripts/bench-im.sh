@@ -4,6 +4,8 @@
 # prefixed by the scenario, for medians. Loopback only; ports 18831/18081.
 #   scripts/bench-im.sh [RUNS] [SCENARIO...]
 # SCENARIO: send1 send16 send64 send64-interval batch batch-interval lat1000 lat5000 drain
+# BEFORE=path/to/another/imqtt runs that build too, alternating run by run, its
+# lines prefixed "before-", to compare two builds in one pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"; shift || true
@@ -15,12 +17,17 @@ bin=${BENCH_BIN:-target/release}
 secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 run_one() { # name flush bench-args...
-  local name=$1 flush=$2; shift 2
+  run_with "$bin/imqtt" "$@"
+  [ -z "${BEFORE:-}" ] || { local name=$1; shift; run_with "$BEFORE" "before-$name" "$@"; }
+}
+
+run_with() { # server-binary name flush bench-args...
+  local server=$1 name=$2 flush=$3; shift 3
   local data; data=$(mktemp -d)
   IMQTT_AUTH__JWT_SECRET=$secret IMQTT_MQTT__TCP=127.0.0.1:18831 IMQTT_MQTT__WS="" \
     IMQTT_HTTP__LISTEN=127.0.0.1:18081 IMQTT_STORE__PATH="$data/db" IMQTT_STORE__FLUSH=$flush \
     IMQTT_LIMITS__RATE_PER_USER=0 RUST_LOG=warn \
-    $bin/imqtt --config config/imqtt.toml --print-addrs >"$data/addrs" 2>"$data/log" &
+    "$server" --config config/imqtt.toml --print-addrs >"$data/addrs" 2>"$data/log" &
   local pid=$!
   for _ in $(seq 100); do grep -q '^http=' "$data/addrs" 2>/dev/null && break; sleep 0.1; done
   $bin/imqtt-bench --port 18831 --http-port 18081 --jwt-secret "$secret" --server-pid $pid \

@@ -352,16 +352,19 @@ pub fn set_role(
 /// `DELETE /v1/groups/{gid}` (the owner, or a service token): every membership,
 /// current and past, goes with it, so nobody reads the group any more; a group
 /// made again under the same id starts after the old head and shows none of it.
+/// The messages are deleted afterwards, in the background ([`purge`]), up to the
+/// head this returns.
 pub fn delete(
     store: &dyn Store,
     broker: &BrokerHandle,
     caller: &Caller,
     gid: &str,
-) -> Change<(Notices, Ended)> {
+) -> Change<(Notices, Ended, u64)> {
     let group = existing(store, gid)?;
     if !is_manager(caller) && role_of(store, gid, caller.uid())? != Some(GroupRole::Owner) {
         return Err(Error::Forbidden("only the group's owner deletes it".into()));
     }
+    let head = store.head(&conv(gid)?)?.seq;
     let all = store.members(gid)?;
     let mut writes: Vec<GroupWrite> = all
         .iter()
@@ -394,7 +397,30 @@ pub fn delete(
             broker.unsubscribe_user(uid, &filter);
         }
     });
-    Ok(((notices, ended), Some(after)))
+    Ok(((notices, ended, head), Some(after)))
+}
+
+/// Messages a purge deletes per store call.
+const PURGE_CHUNK: usize = 1000;
+
+/// Deletes a deleted group's messages up to `through`, a chunk at a time, off
+/// the runtime and off the send path; nobody can read them any more.
+pub fn purge(store: std::sync::Arc<dyn Store>, gid: &str, through: u64) {
+    let Ok(conv) = conv(gid) else { return };
+    tokio::task::spawn_blocking(move || {
+        let mut total = 0;
+        loop {
+            match store.purge(&conv, through, PURGE_CHUNK) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!(error = %e, %conv, "purging a deleted group stopped");
+                    return;
+                }
+            }
+        }
+        tracing::debug!(%conv, messages = total, "deleted group purged");
+    });
 }
 
 fn group_topic(gid: &str) -> Result<String, Error> {

@@ -78,7 +78,8 @@ pub(super) async fn info(
     Ok(Json(info))
 }
 
-/// `DELETE /v1/groups/{gid}`: 204; every member is told `group_deleted`.
+/// `DELETE /v1/groups/{gid}`: 204; every member is told `group_deleted`, and the
+/// messages are deleted in the background.
 pub(super) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,12 +87,14 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, Error> {
     let Path(gid) = parsed(gid)?;
     let broker = state.broker.clone();
-    let (notices, ended) = state
+    let deleted = gid.clone();
+    let (notices, ended, head) = state
         .committer
         .write(move |store| groups::delete(store, &broker, &caller, &gid))
         .await?;
     prune(&state, ended).await?;
     groups::publish(&state.broker, &notices);
+    groups::purge(state.store.clone(), &deleted, head);
     Ok(StatusCode::NO_CONTENT)
 }
 

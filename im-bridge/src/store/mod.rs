@@ -283,6 +283,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// returns how many. Reads only those, in commit-time order.
     fn expire_messages(&self, before_ms: u64) -> Result<usize, StoreError>;
 
+    /// Deletes the messages of `conv` up to seq `through` (a deleted group's), at
+    /// most `limit` of them, oldest first; returns how many. The head stays, so
+    /// seqs are never reused. Reads only that conversation's keys.
+    fn purge(&self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError>;
+
     /// Records MQTT retained messages: `Some((payload, qos))` sets a topic's,
     /// `None` clears it. Durable after [`Store::flush`].
     fn put_retained(

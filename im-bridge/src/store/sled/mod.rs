@@ -572,6 +572,27 @@ impl Store for SledStore {
         Ok(n)
     }
 
+    fn purge(&self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
+        let c = conv.as_str();
+        let mut n = 0;
+        for kv in self
+            .msgs
+            .range(msg_key(c, 1)..=msg_key(c, through))
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            // Its retention index entry goes with it (keyed by commit time).
+            if let Ok(e) = serde_json::from_slice::<Envelope>(&v) {
+                let mut by_time = e.ts.to_be_bytes().to_vec();
+                by_time.extend_from_slice(&k);
+                self.msgs_by_time.remove(by_time)?;
+            }
+            self.msgs.remove(&k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn put_retained(&self, changes: &[(String, Option<(Bytes, u8)>)]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (topic, now) in changes {
@@ -857,6 +878,33 @@ mod tests {
         assert_eq!(seqs, vec![2]);
         assert_eq!(s.head(&conv).expect("head").seq, 2, "the head stays");
         assert_eq!(s.expire_messages(2_000).expect("again"), 0);
+    }
+
+    #[test]
+    fn purging_a_conversation_deletes_its_messages_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = open(&dir);
+        let sends: Vec<_> = (0..5)
+            .map(|i| send("ann", "ben", None, &i.to_string()))
+            .collect();
+        s.append(&sends, 1_000).expect("append");
+        s.append(&[send("ann", "cat", None, "other")], 1_000)
+            .expect("append");
+        let conv = ConvId::dm("ann", "ben").expect("conv");
+        assert_eq!(s.purge(&conv, 4, 3).expect("purge"), 3);
+        assert_eq!(s.purge(&conv, 4, 3).expect("purge"), 1);
+        let (page, _) = s
+            .messages(&conv, Range::After(0), Window::ALL, 10)
+            .expect("page");
+        assert_eq!(page.len(), 1, "seq 5 stays");
+        assert_eq!(s.head(&conv).expect("head").seq, 5, "the head stays");
+        let other = ConvId::dm("ann", "cat").expect("conv");
+        let (page, _) = s
+            .messages(&other, Range::After(0), Window::ALL, 10)
+            .expect("page");
+        assert_eq!(page.len(), 1);
+        // Their retention entries went with them: only the two left expire.
+        assert_eq!(s.expire_messages(2_000).expect("expire"), 2);
     }
 
     #[test]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The broker's benchmark pass (DESIGN.md §9): imqtt and mosquitto alternating,
+# a fresh server per run, the same imqtt-bench binary; fanout at CLIENTS clients
+# (default 19000), RUNS times each (default 3), then relay. Loopback only, port
+# 18831 (imqtt) and 18832 (mosquitto). Needs mosquitto on PATH (apt-get install
+# mosquitto). BEFORE=path/to/another/imqtt adds that build to each round, to
+# compare two builds in one pass.  scripts/bench-broker.sh [RUNS] [CLIENTS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-3}"; clients="${2:-19000}"
+bin=${BENCH_BIN:-target/release}
+[ -n "${BENCH_BIN:-}" ] || cargo build --release -q --bin imqtt --bin imqtt-bench
+secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+ulimit -n "$(ulimit -Hn)"
+
+imqtt_run() { # server-binary name bench-args...
+  local server=$1 name=$2; shift 2
+  local data; data=$(mktemp -d)
+  IMQTT_AUTH__JWT_SECRET=$secret IMQTT_MQTT__TCP=127.0.0.1:18831 IMQTT_MQTT__WS="" \
+    IMQTT_HTTP__LISTEN=127.0.0.1:18081 IMQTT_STORE__PATH="$data/db" RUST_LOG=warn \
+    "$server" --config config/imqtt.toml --print-addrs >"$data/addrs" 2>"$data/log" &
+  local pid=$!
+  for _ in $(seq 100); do grep -q '^http=' "$data/addrs" 2>/dev/null && break; sleep 0.1; done
+  $bin/imqtt-bench --port 18831 --jwt-secret "$secret" --client-role admin --server-pid $pid \
+    "$@" 2>/dev/null | grep '=' | sed "s/^/imqtt-$name /" || echo "imqtt-$name FAILED"
+  kill $pid; wait $pid 2>/dev/null || true
+  rm -rf "$data"
+}
+
+mosquitto_run() { # name bench-args...
+  local name=$1; shift
+  local dir; dir=$(mktemp -d)
+  printf 'listener 18832 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n' >"$dir/m.conf"
+  mosquitto -c "$dir/m.conf" >"$dir/log" 2>&1 &
+  local pid=$!
+  sleep 0.5
+  $bin/imqtt-bench --port 18832 --server-pid $pid "$@" 2>/dev/null | grep '=' \
+    | sed "s/^/mosquitto-$name /" || echo "mosquitto-$name FAILED"
+  kill $pid; wait $pid 2>/dev/null || true
+  rm -rf "$dir"
+}
+
+for _ in $(seq "$runs"); do
+  imqtt_run "$bin/imqtt" fanout --clients "$clients"
+  [ -z "${BEFORE:-}" ] || imqtt_run "$BEFORE" before-fanout --clients "$clients"
+  mosquitto_run fanout --clients "$clients"
+done
+for _ in $(seq "$runs"); do
+  imqtt_run "$bin/imqtt" relay --scenario relay --messages 20000
+  [ -z "${BEFORE:-}" ] || imqtt_run "$BEFORE" before-relay --scenario relay --messages 20000
+  mosquitto_run relay --scenario relay --messages 20000
+done
