@@ -1,6 +1,7 @@
 //! `imqtt-bench`: measures an MQTT broker (imqtt, mosquitto, rumqttd, ...) on the IM
 //! workload of DESIGN.md section 9, and imqtt's HTTP send, sync and ack API
-//! (DESIGN.md sections 5 and 6), from its own process, over loopback only.
+//! (DESIGN.md sections 5 and 6), its groups and its presence, from its own
+//! process, over loopback only.
 //!
 //! Prints `key=value` lines on stdout, then a human summary; progress goes to stderr.
 //! Exits 0 when the run completed, 1 when it timed out or anything failed (the
@@ -16,8 +17,9 @@ use clap::{Parser, ValueEnum};
 mod bench;
 
 use bench::{
-    DrainOptions, FanoutOptions, JwtSecret, LatencyOptions, RelayOptions, SendOptions,
-    StalledOptions, Target, drain, fanout, fsync, latency, relay, send, stalled,
+    DrainOptions, FanoutOptions, GroupOptions, JwtSecret, LatencyOptions, PresenceOptions,
+    RelayOptions, SendOptions, StalledOptions, Target, drain, fanout, fsync, group, latency,
+    presence, relay, send, stalled,
 };
 use tokio::time::Instant;
 
@@ -44,13 +46,23 @@ enum Scenario {
     /// HTTP: M messages stored for an offline user, then timed while it syncs and
     /// acks them all.
     Drain,
+    /// HTTP in, MQTT out: a group of `--members`, `--online` of them subscribed;
+    /// batch-send throughput and deliveries/s, send-to-receipt latency at `--rate`,
+    /// and the cost of adding and removing a member.
+    Group,
+    /// `--users` users each watched by `--contacts` others over MQTT; `--flaps` of
+    /// them disconnect and reconnect, timed to each watcher's offline and online.
+    Presence,
 }
 
 impl Scenario {
     /// Whether the scenario uses the HTTP API (and so needs a token secret, and
     /// starts with the fsync probe).
     fn is_http(self) -> bool {
-        matches!(self, Self::Send | Self::Batch | Self::Latency | Self::Drain)
+        matches!(
+            self,
+            Self::Send | Self::Batch | Self::Latency | Self::Drain | Self::Group | Self::Presence
+        )
     }
 }
 
@@ -65,26 +77,54 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
-    /// The HTTP API's port on the same host (send, batch, latency, drain).
+    /// The HTTP API's port on the same host (send, batch, latency, drain, group,
+    /// presence).
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
     /// fanout: number of subscribing users.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
-    /// relay, stalled, send, batch, latency, drain: number of messages.
+    /// relay, stalled, send, batch, latency, drain: number of messages; group:
+    /// messages of the throughput phase.
     #[arg(long, default_value_t = 10_000)]
     messages: usize,
-    /// send, batch, latency: concurrent HTTP connections, one user each; drain:
-    /// conversations the stored messages are spread over [default: 16 send, 4
-    /// batch, 64 latency, 1 drain].
+    /// send, batch, latency, group: concurrent HTTP connections, one user each;
+    /// drain: conversations the stored messages are spread over; presence: HTTP
+    /// connections making the contacts [default: 16 send, 4 batch, 64 latency, 1
+    /// drain, 4 group, 64 presence].
     #[arg(long)]
     senders: Option<usize>,
-    /// batch, drain (storing): sends per batch request (at most 1000).
+    /// batch, drain (storing), group (throughput phase): sends per batch request
+    /// (at most 1000) [default: 1000; 100 group].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// latency, group (latency phase): offered rate, messages per second [default:
+    /// 1000 latency, 100 group].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// group: members besides the owner `go` (users `gm{i}`).
     #[arg(long, default_value_t = 1000)]
-    batch_size: usize,
-    /// latency: offered rate, messages per second.
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
+    members: usize,
+    /// group: members connected over MQTT, subscribed to the group (`gm0` ..).
+    #[arg(long, default_value_t = 200)]
+    online: usize,
+    /// group: seconds the latency phase offers `--rate`.
+    #[arg(long, default_value_t = 5.0)]
+    latency_secs: f64,
+    /// group: add-then-remove cycles of a fresh member in the membership phase.
+    #[arg(long, default_value_t = 200)]
+    cycles: usize,
+    /// presence: users (`p{i}`), each one MQTT connection.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// presence: watchers of each user: `p{i}` lets `p{i+1}` .. `p{i+C}` (mod
+    /// users) see its presence, and each watcher subscribes to those it may see.
+    #[arg(long, default_value_t = 20)]
+    contacts: usize,
+    /// presence: users, spread over all of them, that disconnect and reconnect,
+    /// one after another.
+    #[arg(long, default_value_t = 200)]
+    flaps: usize,
     /// drain: `limit` of each `GET /v1/sync`.
     #[arg(long, default_value_t = 1000)]
     sync_limit: u32,
@@ -116,7 +156,8 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
     /// Give up waiting for deliveries when none arrives for this long after the
-    /// publisher has every PUBACK (the broker acknowledged messages it then lost).
+    /// publisher has every PUBACK (the broker acknowledged messages it then lost);
+    /// presence: how long a change may take to reach every watcher.
     #[arg(long, default_value_t = 10)]
     stall_secs: u64,
     /// Unacknowledged QoS 1 messages in flight [default: 1000 fanout, 100 relay and
@@ -126,7 +167,7 @@ struct Args {
     /// fanout: clients per timed connect block.
     #[arg(long, default_value_t = 1000)]
     block_size: usize,
-    /// fanout: connects in progress at once. Keep it within the broker's listen
+    /// fanout, group, presence: connects in progress at once. Keep it within the broker's listen
     /// backlog (mosquitto's is 100): past it, SYNs are dropped and retried after 1 s.
     #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
@@ -164,22 +205,50 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<bool> {
     let server = SocketAddr::new(loopback(&args.host)?, args.port);
     let fds = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
-    if args.scenario == Scenario::Fanout && args.clients as u64 + SPARE_FDS > fds {
-        bail!(
-            "--clients {} needs about {} open files, the limit is {fds}",
-            args.clients,
-            args.clients as u64 + SPARE_FDS
-        );
-    }
     if args.scenario == Scenario::Stalled && args.stalled + args.healthy == 0 {
         bail!("--stalled and --healthy cannot both be 0: nobody to send to");
     }
     let senders = args.senders.unwrap_or(match args.scenario {
-        Scenario::Batch => 4,
-        Scenario::Latency => 64,
+        Scenario::Batch | Scenario::Group => 4,
+        Scenario::Latency | Scenario::Presence => 64,
         Scenario::Drain => 1,
         _ => 16,
     });
+    let batch_size = args.batch_size.unwrap_or(match args.scenario {
+        Scenario::Group => 100,
+        _ => 1000,
+    });
+    let rate = args.rate.unwrap_or(match args.scenario {
+        Scenario::Group => 100.0,
+        _ => 1000.0,
+    });
+    let sockets = match args.scenario {
+        Scenario::Fanout => Some(args.clients),
+        Scenario::Group => Some(args.online + senders + 1),
+        Scenario::Presence => Some(args.users + senders),
+        _ => None,
+    };
+    if let Some(sockets) = sockets
+        && sockets as u64 + SPARE_FDS > fds
+    {
+        bail!(
+            "{sockets} sockets need about {} open files, the limit is {fds}",
+            sockets as u64 + SPARE_FDS
+        );
+    }
+    if args.scenario == Scenario::Group {
+        if args.members == 0 || args.online > args.members || senders > args.members {
+            bail!("--online and --senders must be at most --members, which must be at least 1");
+        }
+        if !(args.latency_secs.is_finite() && args.latency_secs > 0.0) {
+            bail!("--latency-secs must be more than 0");
+        }
+    }
+    if args.scenario == Scenario::Presence
+        && !(args.contacts >= 1 && args.contacts < args.users && args.flaps <= args.users)
+    {
+        bail!("--contacts must be 1 to --users minus 1, and --flaps at most --users");
+    }
     if args.scenario.is_http() {
         if args.jwt_secret.is_none() {
             bail!("--jwt-secret is needed for the HTTP scenarios (bearer tokens)");
@@ -187,10 +256,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         if senders == 0 {
             bail!("--senders must be at least 1");
         }
-        if !(1..=1000).contains(&args.batch_size) {
+        if !(1..=1000).contains(&batch_size) {
             bail!("--batch-size must be 1 to 1000");
         }
-        if !(args.rate.is_finite() && args.rate >= 1.0) {
+        if !(rate.is_finite() && rate >= 1.0) {
             bail!("--rate must be at least 1 message per second");
         }
     }
@@ -274,7 +343,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     secret: target.jwt_secret.clone().expect("checked above"),
                     senders,
                     messages: args.messages,
-                    batch: (args.scenario == Scenario::Batch).then_some(args.batch_size),
+                    batch: (args.scenario == Scenario::Batch).then_some(batch_size),
                     request_timeout: target.step_timeout,
                     server_pid: args.server_pid,
                     deadline,
@@ -287,7 +356,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 let opts = LatencyOptions {
                     base: http_base,
                     secret: target.jwt_secret.clone().expect("checked above"),
-                    rate: args.rate,
+                    rate,
                     messages: args.messages,
                     senders,
                     request_timeout: target.step_timeout,
@@ -305,13 +374,53 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     secret: target.jwt_secret.clone().expect("checked above"),
                     messages: args.messages,
                     conversations: senders,
-                    batch: args.batch_size,
+                    batch: batch_size,
                     limit: args.sync_limit,
                     request_timeout: target.step_timeout,
                     server_pid: args.server_pid,
                     deadline,
                 };
                 let result = drain::run(opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Group => {
+                let opts = GroupOptions {
+                    base: http_base,
+                    secret: target.jwt_secret.clone().expect("checked above"),
+                    members: args.members,
+                    online: args.online,
+                    senders,
+                    messages: args.messages,
+                    batch: batch_size,
+                    rate,
+                    latency_for: Duration::from_secs_f64(args.latency_secs),
+                    cycles: args.cycles,
+                    connect_concurrency: args.connect_concurrency,
+                    request_timeout: target.step_timeout,
+                    server_pid: args.server_pid,
+                    deadline,
+                    stall,
+                };
+                let result = group::run(target, opts).await;
+                print(&result.lines(), &result.summary());
+                result.complete()
+            }
+            Scenario::Presence => {
+                let opts = PresenceOptions {
+                    base: http_base,
+                    secret: target.jwt_secret.clone().expect("checked above"),
+                    users: args.users,
+                    contacts: args.contacts,
+                    flaps: args.flaps,
+                    senders,
+                    connect_concurrency: args.connect_concurrency,
+                    request_timeout: target.step_timeout,
+                    server_pid: args.server_pid,
+                    deadline,
+                    stall,
+                };
+                let result = presence::run(target, opts).await;
                 print(&result.lines(), &result.summary());
                 result.complete()
             }

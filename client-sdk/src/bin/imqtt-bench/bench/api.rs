@@ -1,12 +1,14 @@
 //! The HTTP API of DESIGN.md section 5 as bench users call it: one [`Api`] per
 //! simulated user, holding its bearer token and its own keep-alive HTTP/1.1
-//! connection, so N senders are N connections.
+//! connection, so N senders are N connections. [`Api::as_user`] lets one
+//! connection act for many users in turn (setting up thousands of them).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use imqtt_client::wire::{
-    AckRequest, BatchRequest, BatchResponse, ConvId, SendRequest, SendResult, SyncResponse,
+    AckRequest, AddMembersRequest, AddMembersResponse, BatchRequest, BatchResponse, ConvId,
+    CreateGroupRequest, Group, SendRequest, SendResult, SyncResponse,
 };
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -44,9 +46,6 @@ impl Api {
         user: &str,
         timeout: Duration,
     ) -> Result<Self, BenchError> {
-        let token = secret.token(user, None)?;
-        let auth = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|e| BenchError::Unexpected(format!("token is not a header value: {e}")))?;
         let client = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -56,7 +55,17 @@ impl Api {
         Ok(Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
-            auth,
+            auth: bearer(secret, user)?,
+        })
+    }
+
+    /// A client for `user` on this client's connection: requests made one after
+    /// another through `self` and the clients it made share one connection.
+    pub(crate) fn as_user(&self, secret: &JwtSecret, user: &str) -> Result<Self, BenchError> {
+        Ok(Self {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            auth: bearer(secret, user)?,
         })
     }
 
@@ -107,11 +116,81 @@ impl Api {
             .json(&AckRequest { cursors })
             .send()
             .await?;
-        if response.status() == StatusCode::NO_CONTENT {
-            Ok(())
-        } else {
-            Err(unexpected(response).await)
-        }
+        no_content(response).await
+    }
+
+    /// `POST /v1/groups`: creates group `id`, owned by the caller.
+    pub(crate) async fn create_group(&self, id: &str, name: &str) -> Result<Group, BenchError> {
+        let req = CreateGroupRequest {
+            id: Some(id.to_owned()),
+            name: name.to_owned(),
+            open: None,
+            history_visible: None,
+        };
+        let response = self
+            .client
+            .post(format!("{}/v1/groups", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .json(&req)
+            .send()
+            .await?;
+        decode(response, StatusCode::CREATED).await
+    }
+
+    /// `POST /v1/groups/{gid}/members`: adds up to 1,000 users; the answer lists
+    /// those that were not members yet.
+    pub(crate) async fn add_members(
+        &self,
+        gid: &str,
+        users: Vec<String>,
+    ) -> Result<AddMembersResponse, BenchError> {
+        let response = self
+            .client
+            .post(format!("{}/v1/groups/{gid}/members", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .json(&AddMembersRequest { users })
+            .send()
+            .await?;
+        decode(response, StatusCode::OK).await
+    }
+
+    /// `DELETE /v1/groups/{gid}/members/{uid}`: answered once `uid`'s sessions no
+    /// longer receive the group.
+    pub(crate) async fn remove_member(&self, gid: &str, uid: &str) -> Result<(), BenchError> {
+        let response = self
+            .client
+            .delete(format!("{}/v1/groups/{gid}/members/{uid}", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await?;
+        no_content(response).await
+    }
+
+    /// `PUT /v1/contacts/{uid}`: `uid` may watch the caller's presence.
+    pub(crate) async fn add_contact(&self, uid: &str) -> Result<(), BenchError> {
+        let response = self
+            .client
+            .put(format!("{}/v1/contacts/{uid}", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await?;
+        no_content(response).await
+    }
+}
+
+/// The `Authorization` header of `user`.
+fn bearer(secret: &JwtSecret, user: &str) -> Result<HeaderValue, BenchError> {
+    let token = secret.token(user, None)?;
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|e| BenchError::Unexpected(format!("token is not a header value: {e}")))
+}
+
+/// `Ok` for a `204`, the error for anything else.
+async fn no_content(response: reqwest::Response) -> Result<(), BenchError> {
+    if response.status() == StatusCode::NO_CONTENT {
+        Ok(())
+    } else {
+        Err(unexpected(response).await)
     }
 }
 

@@ -15,7 +15,7 @@ use super::api::Api;
 use super::histogram::{Latencies, REQUEST_QUANTILES};
 use super::procfs::CpuMeter;
 use super::schedule::share;
-use super::send::{SenderTally, connect_all, sender};
+use super::send::{SenderTally, connect_all, direct, sender};
 use super::{BenchError, JwtSecret, per_sec, secs};
 
 /// The user whose messages pile up.
@@ -122,11 +122,10 @@ async fn fill(opts: &DrainOptions, report: &mut DrainReport) -> Result<(), Bench
     for (k, api) in apis.into_iter().enumerate() {
         set.spawn(sender(
             api,
-            RECIPIENT.to_owned(),
-            format!("{run:x}-f{k}"),
             share(opts.messages, opts.conversations, k),
             Some(opts.batch),
             opts.deadline,
+            direct(RECIPIENT.to_owned(), format!("{run:x}-f{k}")),
         ));
     }
     while let Some(joined) = set.join_next().await {

@@ -7,17 +7,18 @@
 //! number already connected.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{Packet, PubAck, Publish};
+use rumqttc::mqttbytes::v4::{Packet, Publish};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::publisher::{self, Limits, PublishCounters};
+use super::subscriber::{self, Errors};
 use super::{BenchError, Connection, Target, cpu_secs, per_sec, read_rss, secs};
 
 /// Room a subscriber's read buffer asks for: its traffic is a few small packets.
@@ -116,28 +117,6 @@ pub(crate) struct FanoutResult {
     pub(crate) stalled: bool,
 }
 
-/// The count and first of a kind of error, shared by many tasks.
-#[derive(Debug, Default)]
-struct Errors {
-    count: AtomicUsize,
-    first: Mutex<Option<String>>,
-}
-
-impl Errors {
-    fn record(&self, error: &BenchError) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
-        first.get_or_insert_with(|| error.to_string());
-    }
-
-    fn first(&self) -> Option<String> {
-        self.first
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
 /// Deliveries seen by all subscribers.
 #[derive(Debug)]
 struct Deliveries {
@@ -225,7 +204,7 @@ pub(crate) async fn run(target: Target, opts: FanoutOptions) -> FanoutResult {
     let deliveries = &shared.deliveries;
     result.delivered = deliveries.delivered.load(Ordering::SeqCst);
     result.duplicates = deliveries.duplicates.load(Ordering::SeqCst);
-    result.subscriber_errors = shared.errors.count.load(Ordering::SeqCst);
+    result.subscriber_errors = shared.errors.count();
     result.subscriber_first_error = shared.errors.first();
     result
 }
@@ -313,8 +292,25 @@ async fn subscriber(
     };
     let _ = ready.send((index, Ok(()))).await;
     drop(ready);
+    let inbox = inbox(index);
+    let deliveries = &shared.deliveries;
     let mut received = false;
-    let Err(error) = serve(&mut conn, index, &shared, &mut received).await;
+    let serving = subscriber::serve(
+        &mut conn,
+        shared.target.keep_alive,
+        std::future::pending::<Infallible>(),
+        |publish| {
+            if publish.topic == inbox {
+                if received {
+                    deliveries.count(&deliveries.duplicates);
+                } else {
+                    received = true;
+                    deliveries.count(&deliveries.delivered);
+                }
+            }
+        },
+    );
+    let Err(error) = serving.await;
     shared.errors.record(&error);
     if !received {
         shared.deliveries.count(&shared.deliveries.lost);
@@ -359,50 +355,6 @@ async fn setup(index: usize, shared: &Shared) -> Result<Connection, BenchError> 
         }
     }
     Ok(conn)
-}
-
-/// Acknowledges and counts what arrives, and keeps the connection alive, until the
-/// connection fails; `received` tells whether this user's message came.
-async fn serve(
-    conn: &mut Connection,
-    index: usize,
-    shared: &Shared,
-    received: &mut bool,
-) -> Result<Infallible, BenchError> {
-    let inbox = inbox(index);
-    let keep_alive = shared.target.keep_alive;
-    // Ping at half the keepalive; with none, a tick that never comes in a run.
-    let period = if keep_alive == 0 {
-        Duration::from_secs(86_400 * 365)
-    } else {
-        Duration::from_secs(u64::from(keep_alive)).div_f32(2.0)
-    };
-    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-    loop {
-        tokio::select! {
-            packet = conn.recv() => match packet? {
-                Packet::Publish(publish) => {
-                    if publish.qos == QoS::AtLeastOnce {
-                        conn.send(&Packet::PubAck(PubAck::new(publish.pkid))).await?;
-                    }
-                    if publish.topic == inbox {
-                        let deliveries = &shared.deliveries;
-                        if *received {
-                            deliveries.count(&deliveries.duplicates);
-                        } else {
-                            *received = true;
-                            deliveries.count(&deliveries.delivered);
-                        }
-                    }
-                }
-                Packet::PingResp => {}
-                other => {
-                    return Err(BenchError::Unexpected(format!("{other:?} while idle")));
-                }
-            },
-            _ = ping.tick() => conn.send(&Packet::PingReq).await?,
-        }
-    }
 }
 
 /// One publisher sends one QoS 1 message to every connected user's inbox.

@@ -3,7 +3,8 @@
 //! `i` is sent when it is due, whatever the answers to earlier ones), over enough
 //! keep-alive connections to keep up. Each body carries the time its POST started
 //! and its number, so the subscriber times POST start to MQTT receipt and counts
-//! messages answered 2xx that never arrive.
+//! messages answered 2xx that never arrive. The open-loop sending ([`OpenLoop`],
+//! [`open_loop_sender`]) serves the `group` scenario's latency phase too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,9 +21,9 @@ use super::histogram::{DELIVERY_QUANTILES, Latencies, REQUEST_QUANTILES};
 use super::procfs::CpuMeter;
 use super::publisher::{self, Limits};
 use super::schedule::RateSchedule;
-use super::send::connect_all;
+use super::send::{SenderTally, connect_all, join_senders};
 use super::timed::{self, Tally};
-use super::{BenchError, JwtSecret, Target, per_sec, secs};
+use super::{JwtSecret, Target, per_sec, secs};
 
 /// The recipient user.
 const RECIPIENT: &str = "r";
@@ -55,12 +56,15 @@ pub(crate) struct LatencyOptions {
     pub(crate) stall: Duration,
 }
 
-/// What the senders share while sending.
+/// An open-loop send shared by several senders: message `i` is sent when it is
+/// due at the offered rate, whatever the answers to earlier ones, built by
+/// `request(t, i)`, `t` being the time its send starts (µs from the start).
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct OpenLoop {
     schedule: RateSchedule,
     start: Instant,
     deadline: Instant,
+    request: fn(u64, usize) -> SendRequest,
     /// The next message number to send.
     next: AtomicUsize,
     /// Which messages got a 2xx.
@@ -71,6 +75,53 @@ struct Shared {
     max_lag_us: AtomicU64,
     /// When the last 2xx came, in microseconds from the start.
     last_answer_us: AtomicU64,
+}
+
+impl OpenLoop {
+    /// `messages` messages at `rate` per second from `start`, none due after
+    /// `deadline`.
+    pub(crate) fn new(
+        rate: f64,
+        messages: usize,
+        start: Instant,
+        deadline: Instant,
+        request: fn(u64, usize) -> SendRequest,
+    ) -> Self {
+        Self {
+            schedule: RateSchedule::new(rate),
+            start,
+            deadline,
+            request,
+            next: AtomicUsize::new(0),
+            stored: (0..messages).map(|_| AtomicBool::new(false)).collect(),
+            late: AtomicUsize::new(0),
+            max_lag_us: AtomicU64::new(0),
+            last_answer_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether message `i` got a 2xx.
+    pub(crate) fn is_stored(&self, i: usize) -> bool {
+        self.stored
+            .get(i)
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// Sends that started more than [`LATE`] after they were due.
+    pub(crate) fn late_starts(&self) -> usize {
+        self.late.load(Ordering::Relaxed)
+    }
+
+    /// The latest start behind schedule.
+    pub(crate) fn max_lag(&self) -> Duration {
+        Duration::from_micros(self.max_lag_us.load(Ordering::Relaxed))
+    }
+
+    /// From the start until the last 2xx; `None` when nothing was stored.
+    pub(crate) fn sending(&self) -> Option<Duration> {
+        let us = self.last_answer_us.load(Ordering::Relaxed);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
 }
 
 /// The stamp a message body carries: POST start (µs from the start) and number.
@@ -93,8 +144,8 @@ fn envelope_stamp(payload: &Bytes) -> Option<(u64, usize)> {
 
 /// Sends messages in turn as they fall due until none is left; several of these
 /// share the work.
-async fn sender(api: Api, shared: Arc<Shared>) -> super::send::SenderTally {
-    let mut tally = super::send::SenderTally::default();
+pub(crate) async fn open_loop_sender(api: Api, shared: Arc<OpenLoop>) -> SenderTally {
+    let mut tally = SenderTally::default();
     let messages = shared.stored.len();
     loop {
         let i = shared.next.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +167,7 @@ async fn sender(api: Api, shared: Arc<Shared>) -> super::send::SenderTally {
             .max_lag_us
             .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
         let t = started.duration_since(shared.start).as_micros() as u64;
-        let req = SendRequest::to_user(RECIPIENT, serde_json::json!({ "t": t, "i": i }));
+        let req = (shared.request)(t, i);
         tally.requests += 1;
         match tokio::time::timeout_at(shared.deadline, api.send(&req)).await {
             Ok(Ok(_)) => {
@@ -140,6 +191,11 @@ async fn sender(api: Api, shared: Arc<Shared>) -> super::send::SenderTally {
     tally
 }
 
+/// The message `open_loop_sender` sends as number `i`, started at `t`.
+fn stamped(t: u64, i: usize) -> SendRequest {
+    SendRequest::to_user(RECIPIENT, serde_json::json!({ "t": t, "i": i }))
+}
+
 /// Everything measured, filled as far as the run got.
 #[derive(Debug, Default)]
 pub(crate) struct LatencyReport {
@@ -147,7 +203,7 @@ pub(crate) struct LatencyReport {
     pub(crate) messages: usize,
     pub(crate) senders: usize,
     /// The senders' answers together.
-    pub(crate) sends: super::send::SenderTally,
+    pub(crate) sends: SenderTally,
     /// Messages that arrived over MQTT (distinct).
     pub(crate) received: usize,
     pub(crate) duplicates: usize,
@@ -215,44 +271,27 @@ pub(crate) async fn run(target: Target, opts: LatencyOptions) -> LatencyReport {
 
     let cpu = CpuMeter::start(opts.server_pid);
     let start = Instant::now();
-    let shared = Arc::new(Shared {
-        schedule: RateSchedule::new(opts.rate),
+    let shared = Arc::new(OpenLoop::new(
+        opts.rate,
+        opts.messages,
         start,
-        deadline: opts.deadline,
-        next: AtomicUsize::new(0),
-        stored: (0..opts.messages).map(|_| AtomicBool::new(false)).collect(),
-        late: AtomicUsize::new(0),
-        max_lag_us: AtomicU64::new(0),
-        last_answer_us: AtomicU64::new(0),
-    });
+        opts.deadline,
+        stamped,
+    ));
     let mut set = JoinSet::new();
     for api in apis {
-        set.spawn(sender(api, Arc::clone(&shared)));
+        set.spawn(open_loop_sender(api, Arc::clone(&shared)));
     }
-    let mut sends = super::send::SenderTally::default();
+    let mut sends = SenderTally::default();
     let mut tally = Tally::new(opts.messages);
     let arrived = AtomicUsize::new(0);
-    let sending = async {
-        while let Some(joined) = set.join_next().await {
-            let tally = joined.map_err(|e| BenchError::Unexpected(format!("sender: {e}")))?;
-            sends.stored += tally.stored;
-            sends.failed += tally.failed;
-            sends.requests += tally.requests;
-            sends.timed_out |= tally.timed_out;
-            sends.latencies.merge(&tally.latencies);
-            if sends.error.is_none() {
-                sends.error = tally.error;
-            }
-        }
-        Ok(())
-    };
     let race = publisher::race(
         start,
         Limits {
             deadline: opts.deadline,
             stall: opts.stall,
         },
-        sending,
+        join_senders(&mut set, &mut sends),
         timed::receive_with(
             &mut sub,
             &inbox,
@@ -269,15 +308,11 @@ pub(crate) async fn run(target: Target, opts: LatencyOptions) -> LatencyReport {
     report.received = tally.received;
     report.duplicates = tally.duplicates;
     report.lost = (0..opts.messages)
-        .filter(|&i| shared.stored[i].load(Ordering::Relaxed) && !tally.has(i))
+        .filter(|&i| shared.is_stored(i) && !tally.has(i))
         .count();
-    report.late_starts = shared.late.load(Ordering::Relaxed);
-    report.max_lag = Duration::from_micros(shared.max_lag_us.load(Ordering::Relaxed));
-    if report.sends.stored > 0 {
-        report.sending = Some(Duration::from_micros(
-            shared.last_answer_us.load(Ordering::Relaxed),
-        ));
-    }
+    report.late_starts = shared.late_starts();
+    report.max_lag = shared.max_lag();
+    report.sending = shared.sending();
     for us in &tally.latencies {
         report.delivery.record_us(*us);
     }

@@ -3,38 +3,46 @@
 //!
 //! `connection` is a raw MQTT 3.1.1 connection (rumqttc's v4 codec over a tokio
 //! `TcpStream`, no event loop), light enough to hold 19,000 of them in one process;
-//! `target` says where and as whom clients connect; `publisher` sends QoS 1 messages
-//! through a window of unacknowledged ones; `timed` stamps payloads with their send
-//! time and tallies them on arrival; `fanout`, `relay` and `stalled` are the
-//! scenarios, each returning a result that prints itself as `key=value` lines;
-//! `procfs` reads a process's RSS and CPU time.
+//! `target` says where and as whom clients connect; `subscriber` serves a connected
+//! client (acknowledging, pinging) and starts thousands of them; `publisher` sends
+//! QoS 1 messages through a window of unacknowledged ones; `timed` stamps payloads
+//! with their send time and tallies them on arrival; `fanout`, `relay` and
+//! `stalled` are the scenarios, each returning a result that prints itself as
+//! `key=value` lines; `procfs` reads a process's RSS and CPU time.
 //!
-//! Over HTTP (DESIGN.md section 5): `api` is one user's client of the send, sync and
-//! ack endpoints; `schedule` splits work among senders and paces an open-loop rate;
-//! `histogram` keeps request and delivery latencies; `fsync` measures the disk the
-//! server writes to; `send` (single and batch sends), `latency` (HTTP in, MQTT
-//! out) and `drain` (an offline user's sync) are the scenarios.
+//! Over HTTP (DESIGN.md section 5): `api` is one user's client of the send, sync,
+//! ack, group and contact endpoints; `schedule` splits work among senders and paces
+//! an open-loop rate; `histogram` keeps request and delivery latencies; `fsync`
+//! measures the disk the server writes to; `send` (single and batch sends),
+//! `latency` (HTTP in, MQTT out), `drain` (an offline user's sync), `group` (one
+//! group's fan-out and membership changes) and `presence` (contacts watching
+//! users come and go) are the scenarios.
 
 mod api;
 mod connection;
 pub(crate) mod drain;
 pub(crate) mod fanout;
 pub(crate) mod fsync;
+pub(crate) mod group;
 mod histogram;
 pub(crate) mod latency;
+pub(crate) mod presence;
 mod procfs;
 mod publisher;
 pub(crate) mod relay;
 mod schedule;
 pub(crate) mod send;
 pub(crate) mod stalled;
+mod subscriber;
 mod target;
 mod timed;
 
 pub(crate) use connection::Connection;
 pub(crate) use drain::DrainOptions;
 pub(crate) use fanout::FanoutOptions;
+pub(crate) use group::GroupOptions;
 pub(crate) use latency::LatencyOptions;
+pub(crate) use presence::PresenceOptions;
 pub(crate) use procfs::{cpu_secs, read_rss};
 pub(crate) use relay::RelayOptions;
 pub(crate) use send::SendOptions;

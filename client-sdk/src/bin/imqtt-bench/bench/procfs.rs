@@ -62,17 +62,24 @@ impl CpuMeter {
     /// `server_cpu_secs`, `server_cpu_us_per_message` and `bench_cpu_secs` since
     /// the start, for `messages` messages; what could not be read is left out.
     pub(crate) fn lines(&self, messages: usize) -> Vec<String> {
+        self.phase_lines("", &[(messages, "message")])
+    }
+
+    /// The same for one phase of a scenario: `{prefix}server_cpu_secs`, then
+    /// `{prefix}server_cpu_us_per_{unit}` for each `(count, unit)` of work done
+    /// (none for a count of 0), then `{prefix}bench_cpu_secs`.
+    pub(crate) fn phase_lines(&self, prefix: &str, work: &[(usize, &str)]) -> Vec<String> {
         let mut out = Vec::new();
         let server = self
             .server_pid
             .zip(self.server_start)
             .and_then(|(pid, start)| Some(cpu_secs(Some(pid)).ok()? - start));
         if let Some(secs) = server {
-            out.push(format!("server_cpu_secs={secs:.2}"));
-            if messages > 0 {
+            out.push(format!("{prefix}server_cpu_secs={secs:.2}"));
+            for &(count, unit) in work.iter().filter(|(count, _)| *count > 0) {
                 out.push(format!(
-                    "server_cpu_us_per_message={:.1}",
-                    secs * 1e6 / messages as f64
+                    "{prefix}server_cpu_us_per_{unit}={:.1}",
+                    secs * 1e6 / count as f64
                 ));
             }
         }
@@ -80,7 +87,7 @@ impl CpuMeter {
             .own_start
             .and_then(|start| Some(cpu_secs(None).ok()? - start))
         {
-            out.push(format!("bench_cpu_secs={secs:.2}"));
+            out.push(format!("{prefix}bench_cpu_secs={secs:.2}"));
         }
         out
     }

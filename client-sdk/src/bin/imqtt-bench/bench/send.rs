@@ -57,7 +57,8 @@ pub(crate) struct SenderTally {
 }
 
 impl SenderTally {
-    fn add(&mut self, other: SenderTally) {
+    /// Adds another sender's answers to these.
+    pub(crate) fn add(&mut self, other: SenderTally) {
         self.stored += other.stored;
         self.duplicates += other.duplicates;
         self.failed += other.failed;
@@ -75,35 +76,35 @@ impl SenderTally {
     }
 }
 
-/// One sender's messages: `count` sends to `to`, `batch` per request (1 = single
-/// sends), each with its own `client_msg_id` (`{run}-{sender}-{n}`), one request
-/// at a time.
+/// A direct message to `to` for [`sender`]: send `j` has body `{"text":"m{j}"}` and
+/// its own `client_msg_id`, `{id_prefix}-{j}`.
+pub(crate) fn direct(to: String, id_prefix: String) -> impl Fn(usize) -> SendRequest {
+    move |j| {
+        let mut req =
+            SendRequest::to_user(to.clone(), serde_json::json!({ "text": format!("m{j}") }));
+        req.client_msg_id = Some(format!("{id_prefix}-{j}"));
+        req
+    }
+}
+
+/// One sender's messages: sends `request(0)` .. `request(count - 1)`, `batch` per
+/// request (`None` = single sends), one request at a time.
 pub(crate) async fn sender(
     api: Api,
-    to: String,
-    id_prefix: String,
     count: usize,
     batch: Option<usize>,
     deadline: Instant,
+    request: impl Fn(usize) -> SendRequest,
 ) -> SenderTally {
     let mut tally = SenderTally::default();
     let mut next = 0;
     while next < count {
         let n = batch.unwrap_or(1).clamp(1, count - next);
-        let mut sends: Vec<SendRequest> = (next..next + n)
-            .map(|j| {
-                let mut req = SendRequest::to_user(
-                    to.clone(),
-                    serde_json::json!({ "text": format!("m{j}") }),
-                );
-                req.client_msg_id = Some(format!("{id_prefix}-{j}"));
-                req
-            })
-            .collect();
+        let mut sends: Vec<SendRequest> = (next..next + n).map(&request).collect();
         next += n;
         let started = Instant::now();
         tally.requests += 1;
-        let request = async {
+        let answer = async {
             match batch {
                 None => api.send(&sends[0]).await.map(|sent| match sent {
                     Sent::Stored => (1, 0, None),
@@ -119,7 +120,7 @@ pub(crate) async fn sender(
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, request).await {
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok((stored, duplicates, error))) => {
                 tally.latencies.record(started.elapsed());
                 tally.stored += stored;
@@ -136,6 +137,18 @@ pub(crate) async fn sender(
         }
     }
     tally
+}
+
+/// Waits for every sender of `set`, adding its answers to `into` as it finishes (so
+/// what finished is counted even if this is cut short).
+pub(crate) async fn join_senders(
+    set: &mut JoinSet<SenderTally>,
+    into: &mut SenderTally,
+) -> Result<(), BenchError> {
+    while let Some(joined) = set.join_next().await {
+        into.add(joined.map_err(|e| BenchError::Unexpected(format!("sender task: {e}")))?);
+    }
+    Ok(())
 }
 
 /// Counts a batch's results: (stored, duplicates, Some((failed, first error))).
@@ -234,11 +247,10 @@ pub(crate) async fn run(opts: SendOptions) -> SendReport {
     for (i, api) in apis.into_iter().enumerate() {
         set.spawn(sender(
             api,
-            format!("r{i}"),
-            format!("{run:x}-{i}"),
             share(opts.messages, opts.senders, i),
             opts.batch,
             opts.deadline,
+            direct(format!("r{i}"), format!("{run:x}-{i}")),
         ));
     }
     while let Some(joined) = set.join_next().await {

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header};
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Subscribe, SubscribeReasonCode};
+use rumqttc::mqttbytes::v4::{
+    ConnectReturnCode, Packet, Subscribe, SubscribeFilter, SubscribeReasonCode,
+};
 use serde::Serialize;
 
 use super::{BenchError, Connection};
@@ -143,14 +145,38 @@ impl Target {
         topic: &str,
         pkid: u16,
     ) -> Result<(), BenchError> {
-        let mut subscribe = Subscribe::new(topic, QoS::AtLeastOnce);
+        self.subscribe_all(conn, &[topic.to_owned()], pkid).await
+    }
+
+    /// Subscribes `conn` to every topic of `topics` at QoS 1 in one SUBSCRIBE with
+    /// packet id `pkid`; done when the SUBACK grants them all.
+    pub(crate) async fn subscribe_all(
+        &self,
+        conn: &mut Connection,
+        topics: &[String],
+        pkid: u16,
+    ) -> Result<(), BenchError> {
+        let mut subscribe = Subscribe::new_many(
+            topics
+                .iter()
+                .map(|topic| SubscribeFilter::new(topic.clone(), QoS::AtLeastOnce)),
+        );
         subscribe.pkid = pkid;
         conn.send(&Packet::Subscribe(subscribe)).await?;
         match self.step("SUBACK", conn.recv()).await? {
-            Packet::SubAck(ack) if ack.pkid == pkid => match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Success(_)) => Ok(()),
-                _ => Err(BenchError::SubscribeRefused(topic.to_owned())),
-            },
+            Packet::SubAck(ack) if ack.pkid == pkid => {
+                let granted =
+                    |code: &SubscribeReasonCode| matches!(code, SubscribeReasonCode::Success(_));
+                // A SUBACK with fewer codes than filters refuses the ones it lacks.
+                match topics
+                    .iter()
+                    .enumerate()
+                    .find(|&(i, _)| !ack.return_codes.get(i).is_some_and(granted))
+                {
+                    None => Ok(()),
+                    Some((_, topic)) => Err(BenchError::SubscribeRefused(topic.clone())),
+                }
+            }
             other => Err(BenchError::Unexpected(format!(
                 "{other:?} while waiting for SUBACK"
             ))),
