@@ -200,16 +200,18 @@ impl BrokerHandle {
             .collect()
     }
 
-    /// The retained message on `topic` (a topic, not a filter), if there is one.
-    pub fn retained(&self, topic: &str) -> Option<Bytes> {
-        if !topic::valid_topic(topic) {
-            return None;
+    /// The retained messages matching `filter`, with their topics: at most one for
+    /// a topic without wildcards. A wildcard filter visits every retained message
+    /// it matches: for recovery, not for a hot path.
+    pub fn retained(&self, filter: &str) -> Vec<(String, Bytes)> {
+        if !topic::valid_filter(filter) {
+            return Vec::new();
         }
         self.hub
-            .retained_matching(topic)
+            .retained_matching(filter)
             .into_iter()
-            .next()
-            .map(|p| p.payload.clone())
+            .map(|p| (p.topic.to_string(), p.payload.clone()))
+            .collect()
     }
 
     /// The users with a session (connected or not) subscribed to `topic`, through

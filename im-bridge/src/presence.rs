@@ -4,13 +4,11 @@
 //!
 //! The events are lossless and numbered, and the per-user connection counts are
 //! kept where sessions attach and detach, so the payload is built from facts read
-//! at publish time (`connected_clients`), never from a count inferred here. If
-//! this task ever falls behind the event stream (`Lagged`), it republishes every
-//! user of the broker's snapshot and sets offline whoever it last saw online and
-//! the snapshot lacks. What it keeps is the set of online users, for that.
+//! at publish time (`connected_clients`), never from a count inferred here; this
+//! task keeps no state per user. If it ever falls behind the event stream
+//! (`Lagged`), it republishes every user of the broker's snapshot, and every
+//! retained presence that says online while the user is not connected.
 //! Presence is never restored from the store: a restart starts everyone offline.
-
-use std::collections::HashSet;
 
 use broker::{BrokerHandle, DisconnectReason, EventKind, QoS};
 use bytes::Bytes;
@@ -23,30 +21,37 @@ use tokio::sync::broadcast::error::RecvError;
 pub fn spawn(broker: BrokerHandle) {
     let mut events = broker.events();
     tokio::spawn(async move {
-        let mut online: HashSet<Box<str>> = HashSet::new();
         loop {
             match events.recv().await {
                 // The device stays connected through a takeover: the new
                 // connection's `Connected` has published it already.
                 Ok(e) if e.kind == EventKind::Disconnected(DisconnectReason::TakenOver) => {}
-                Ok(e) => publish(&broker, &e.uid, &mut online),
+                Ok(e) => publish(&broker, &e.uid),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "presence fell behind; rebuilding from a snapshot");
-                    let snapshot = broker.presence_snapshot();
-                    let now: HashSet<Box<str>> = snapshot
-                        .users
-                        .iter()
-                        .map(|(uid, _)| uid.as_str().into())
-                        .collect();
-                    let gone: Vec<Box<str>> = online.difference(&now).cloned().collect();
-                    for uid in gone.iter().chain(now.iter()) {
-                        publish(&broker, uid, &mut online);
-                    }
+                    catch_up(&broker);
                 }
                 Err(RecvError::Closed) => return,
             }
         }
     });
+}
+
+/// After a lag: everyone connected now, and everyone whose retained presence
+/// still says online but who is not.
+fn catch_up(broker: &BrokerHandle) {
+    let snapshot = broker.presence_snapshot();
+    for (uid, _) in &snapshot.users {
+        publish(broker, uid);
+    }
+    for (_, payload) in broker.retained("presence/+") {
+        if let Ok(p) = serde_json::from_slice::<Presence>(&payload)
+            && p.status == PresenceStatus::Online
+            && broker.connections(&p.user) == 0
+        {
+            publish(broker, &p.user);
+        }
+    }
 }
 
 /// `uid`'s presence now, as the broker sees it.
@@ -60,8 +65,8 @@ pub fn current(broker: &BrokerHandle, uid: &str) -> Presence {
     // The time of the last change is the one published, when it says the same.
     let ts = wire::topic::presence(uid)
         .ok()
-        .and_then(|t| broker.retained(&t))
-        .and_then(|p| serde_json::from_slice::<Presence>(&p).ok())
+        .and_then(|t| broker.retained(&t).pop())
+        .and_then(|(_, p)| serde_json::from_slice::<Presence>(&p).ok())
         .filter(|p| p.status == status)
         .map_or(0, |p| p.ts);
     Presence {
@@ -72,15 +77,11 @@ pub fn current(broker: &BrokerHandle, uid: &str) -> Presence {
     }
 }
 
-fn publish(broker: &BrokerHandle, uid: &str, online: &mut HashSet<Box<str>>) {
+fn publish(broker: &BrokerHandle, uid: &str) {
     let devices = broker.connected_clients(uid);
     let status = if devices.is_empty() {
-        online.remove(uid);
         PresenceStatus::Offline
     } else {
-        if !online.contains(uid) {
-            online.insert(uid.into());
-        }
         PresenceStatus::Online
     };
     let presence = Presence {
