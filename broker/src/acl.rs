@@ -97,6 +97,17 @@ impl Acl {
         }
     }
 
+    /// Whether the answer for `filter` comes from the bridge's [`Authorizer`]
+    /// (group and presence topics), so that it can change at any moment.
+    pub fn asks_authorizer(&self, who: Principal<'_>, filter: &str) -> bool {
+        !who.superuser
+            && match filter.split_once('/') {
+                Some(("groups", _)) => true,
+                Some(("presence", uid)) => uid != who.uid,
+                _ => false,
+            }
+    }
+
     /// Whether `who` may publish to `topic` (already syntactically valid).
     pub fn may_publish(&self, who: Principal<'_>, topic: &str) -> bool {
         if who.superuser {
@@ -182,6 +193,20 @@ mod tests {
         ] {
             assert!(!acl.may_subscribe(ALICE, refused), "{refused}");
         }
+    }
+
+    #[test]
+    fn only_group_and_other_users_presence_topics_ask_the_authorizer() {
+        let acl = acl(vec![]);
+        assert!(acl.asks_authorizer(ALICE, "groups/team"));
+        assert!(acl.asks_authorizer(ALICE, "presence/bob"));
+        assert!(!acl.asks_authorizer(ALICE, "presence/alice"));
+        assert!(!acl.asks_authorizer(ALICE, "users/alice/inbox"));
+        let admin = Principal {
+            uid: "ops",
+            superuser: true,
+        };
+        assert!(!acl.asks_authorizer(admin, "groups/team"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! drive the `BrokerHandle` the bridge uses.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::auth::Role;
@@ -553,6 +554,69 @@ async fn persistent_session_gets_what_arrived_while_offline() {
     for i in 0..3u8 {
         assert_eq!(c.next_publish().await.payload[..], [i]);
     }
+}
+
+/// Says yes to the first `grants` group questions, no after: a membership
+/// revoked between the broker's check and its insert of the subscription.
+struct RevokedAfter {
+    grants: std::sync::atomic::AtomicUsize,
+}
+
+impl broker::Authorizer for RevokedAfter {
+    fn is_group_member(&self, _uid: &str, _gid: &str) -> bool {
+        self.grants
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    }
+    fn can_see_presence(&self, _watcher: &str, _uid: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_group_subscription_revoked_while_it_is_made_is_refused_and_receives_nothing() {
+    let revoked = Arc::new(RevokedAfter {
+        grants: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let b = common::start_authorized(revoked.clone()).await;
+    let mut dora = user(&b, "dora").await;
+    dora.client
+        .subscribe("groups/g1", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("send");
+    assert_eq!(dora.suback().await, vec![v4::SubscribeReasonCode::Failure]);
+    b.handle
+        .publish(
+            "groups/g1",
+            Bytes::from_static(b"members only"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .expect("pub");
+    dora.quiet_for(Duration::from_millis(300)).await;
+    // A grant that holds: subscribed, and it delivers.
+    revoked.grants.store(2, std::sync::atomic::Ordering::SeqCst);
+    dora.client
+        .subscribe("groups/g1", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("send");
+    assert_eq!(
+        dora.suback().await,
+        vec![v4::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]
+    );
+    b.handle
+        .publish(
+            "groups/g1",
+            Bytes::from_static(b"welcome"),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .expect("pub");
+    assert_eq!(&dora.next_publish().await.payload[..], b"welcome");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
 use broker::config::MqttConfig;
 use broker::units::ListenAddr;
-use broker::{Broker, BrokerHandle, BrokerMetrics, DenyAll};
+use broker::{Authorizer, Broker, BrokerHandle, BrokerMetrics, DenyAll};
 use tokio::sync::oneshot;
 
 /// The HS256 secret of every test broker.
@@ -73,13 +73,26 @@ pub(crate) async fn start_counted(
     tweak: impl FnOnce(&mut MqttConfig),
     metrics: Arc<BrokerMetrics>,
 ) -> TestBroker {
+    start_full(tweak, metrics, Arc::new(DenyAll)).await
+}
+
+/// A broker whose group and presence questions go to `authorizer`.
+pub(crate) async fn start_authorized(authorizer: Arc<dyn Authorizer>) -> TestBroker {
+    start_full(|_| {}, Arc::new(BrokerMetrics::unregistered()), authorizer).await
+}
+
+async fn start_full(
+    tweak: impl FnOnce(&mut MqttConfig),
+    metrics: Arc<BrokerMetrics>,
+    authorizer: Arc<dyn Authorizer>,
+) -> TestBroker {
     let mut cfg = MqttConfig {
         tcp: any_port(),
         ws: ListenAddr::default(),
         ..MqttConfig::default()
     };
     tweak(&mut cfg);
-    let broker = Broker::bind(cfg, verifier(), Arc::new(DenyAll), metrics)
+    let broker = Broker::bind(cfg, verifier(), authorizer, metrics)
         .await
         .expect("bind");
     let addrs = broker.local_addrs();

@@ -289,6 +289,22 @@ impl<S: Transport> Conn<S> {
                 codes.push(refuse(SubscribeReasonCode::QuotaExceeded));
                 continue;
             };
+            // The bridge revokes (a member removed, a contact dropped) by first
+            // recording it and then unsubscribing the user's sessions. Asking again
+            // once the subscription is in place closes the gap between the first
+            // answer and the insert: either the revocation's unsubscribe comes after
+            // the insert and removes it, or this second answer already sees it.
+            if self.edge.acl.asks_authorizer(self.principal(), &f.path)
+                && !self.edge.acl.may_subscribe(self.principal(), &f.path)
+            {
+                self.edge
+                    .hub
+                    .unsubscribe(&self.session, Some(self.generation), &f.path)
+                    .map_err(|Stale| Close::taken_over())?;
+                metrics.refused_subscriptions.inc();
+                codes.push(refuse(SubscribeReasonCode::NotAuthorized));
+                continue;
+            }
             codes.push(SubscribeReasonCode::Success(f.qos));
             let send_retained = match f.retain_forward_rule {
                 RetainForwardRule::OnEverySubscribe => true,
