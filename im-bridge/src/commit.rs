@@ -242,15 +242,28 @@ fn store_sends(store: &dyn Store, jobs: Vec<(Vec<NewMessage>, ReplyTo)>) -> Send
         }
     }
     let outcomes = match store.append(&admitted, now_ms()) {
-        Ok(appended) => {
+        // One result per admitted send, in order, is the store's contract.
+        Ok(appended) if appended.len() == admitted.len() => {
             let mut appended = appended.into_iter();
             Ok(slots
                 .into_iter()
-                .map(|slot| match slot {
-                    Some(refused) => Err(refused),
-                    None => appended.next().ok_or(Refusal::NotAMember(String::new())),
+                .filter_map(|slot| match slot {
+                    Some(refused) => Some(Err(refused)),
+                    None => appended.next().map(Ok),
                 })
                 .collect())
+        }
+        Ok(appended) => {
+            tracing::error!(
+                sends = admitted.len(),
+                results = appended.len(),
+                "append miscounted"
+            );
+            Err(format!(
+                "the store answered {} of {} sends",
+                appended.len(),
+                admitted.len()
+            ))
         }
         Err(e) => {
             tracing::error!(error = %e, sends = admitted.len(), "commit failed");
