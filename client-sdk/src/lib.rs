@@ -1,9 +1,74 @@
-//! The Rust client of imqtt. Modules: `wire`, the JSON and topic formats of
-//! DESIGN.md §3-5 (envelope, events, presence, HTTP bodies, conversation ids, topic
-//! builders) as plain serde types, which the server (`im-bridge`) uses too. With the
-//! default `client` feature the crate also carries the networking dependencies of
-//! the client still to come (connect, receive, de-duplicate, fill gaps, ack, send)
-//! and of the `imqtt-bench` load generator in `src/bin/imqtt-bench/`; without it,
-//! only `wire` and its `serde`/`serde_json` dependencies remain.
+//! The Rust client of imqtt. `wire` holds the JSON and topic formats of DESIGN.md
+//! §3-5 (envelope, events, presence, HTTP bodies, conversation ids, topic
+//! builders) as plain serde types, which the server (`im-bridge`) uses too; it is
+//! all there is without the default `client` feature.
+//!
+//! With it: [`Client`] (one device: MQTT connection, subscriptions, catch-up and
+//! gap fill, [`Events`] in which every conversation's messages come exactly once
+//! and in seq order, batched acks), [`Api`] (the HTTP API as typed calls, with
+//! idempotent retried sends), [`CursorStore`] with [`MemoryCursors`] and
+//! [`FileCursors`], [`RetryPolicy`], [`Credentials`] and [`TokenRefresh`], and one
+//! [`Error`]. Inside: `session` (the MQTT loop and the driver), `order` (dedupe,
+//! ordering, what to fetch), `acks`. The `imqtt-cli` and `imqtt-bench` binaries
+//! live in `src/bin/`.
+//!
+//! ```no_run
+//! use imqtt_client::{Client, ClientConfig, ClientEvent, Credentials};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), imqtt_client::Error> {
+//! let config = ClientConfig::new(
+//!     "mqtt://127.0.0.1:1883",
+//!     "http://127.0.0.1:8080",
+//!     "alice",
+//!     "phone",
+//!     Credentials::Password("correct horse battery".into()),
+//! );
+//! let (client, mut events) = Client::connect(config).await?;
+//! client.send("bob", json!({"text": "hello"})).await?;
+//! while let Some(event) = events.next().await {
+//!     if let ClientEvent::Message(m) = event {
+//!         println!("{} #{} from {}: {}", m.conv, m.seq, m.from, m.body);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod wire;
+
+#[cfg(feature = "client")]
+mod acks;
+#[cfg(feature = "client")]
+mod api;
+#[cfg(feature = "client")]
+mod client;
+#[cfg(feature = "client")]
+mod cursors;
+#[cfg(feature = "client")]
+mod error;
+#[cfg(feature = "client")]
+mod ids;
+#[cfg(feature = "client")]
+mod order;
+#[cfg(feature = "client")]
+mod retry;
+#[cfg(feature = "client")]
+mod session;
+#[cfg(feature = "client")]
+mod token;
+
+#[cfg(feature = "client")]
+pub use api::{Api, Sent, sign_in_at, sign_up};
+#[cfg(feature = "client")]
+pub use client::{Client, ClientConfig, ClientEvent, Events, GroupEvent};
+#[cfg(feature = "client")]
+pub use cursors::{CursorStore, FileCursors, MemoryCursors};
+#[cfg(feature = "client")]
+pub use error::Error;
+#[cfg(feature = "client")]
+pub use ids::new_client_msg_id;
+#[cfg(feature = "client")]
+pub use retry::RetryPolicy;
+#[cfg(feature = "client")]
+pub use token::{Credentials, TokenFuture, TokenRefresh};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use broker::{BrokerHandle, QoS};
 use bytes::Bytes;
-use imqtt_client::wire::{self, ConvId, ConvKind, Envelope, Event, Qos};
+use imqtt_client::wire::{self, ConvId, ConvKind, Envelope, Event, LiveMessage, Qos};
 
 use crate::store::{NewMessage, Store};
 
@@ -130,13 +130,16 @@ pub fn tell_json(broker: &BrokerHandle, uid: &str, json: Bytes) {
 /// Publishes a QoS 0 message `m`, which is never stored and has no seq: the
 /// envelope without `seq`, to online recipients only.
 pub fn deliver_live(broker: &BrokerHandle, m: &NewMessage, id: &str, ts: u64) {
-    let mut live = serde_json::json!({
-        "id": id, "conv": m.conv, "from": m.from, "to": m.to, "ts": ts, "qos": 0,
-        "body": m.body,
-    });
-    if let (Some(cmid), Some(map)) = (&m.client_msg_id, live.as_object_mut()) {
-        map.insert("client_msg_id".into(), cmid.as_str().into());
-    }
+    let live = LiveMessage {
+        id: id.to_owned(),
+        conv: m.conv.clone(),
+        from: m.from.clone(),
+        to: m.to.clone(),
+        ts,
+        client_msg_id: m.client_msg_id.clone(),
+        qos: Qos::AtMostOnce,
+        body: m.body.clone(),
+    };
     let json = match serde_json::to_vec(&live) {
         Ok(j) => Bytes::from(j),
         Err(e) => {

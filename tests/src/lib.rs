@@ -1,6 +1,7 @@
 //! Test harness: starts the real `imqtt` binary on ephemeral ports with its own data
 //! directory, reads the bound addresses from `--print-addrs`, and stops or kills it.
 //! [`Launch`] is the process before it is known to serve, for tests of startup.
+//! [`bench_bin`] finds `imqtt-bench` the way [`imqtt_bin`] finds `imqtt`.
 
 pub mod client;
 
@@ -23,19 +24,35 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `imqtt` binary under test: `$IMQTT_BIN`, or the one cargo built next to
 /// this test executable (`cargo test --workspace` builds it).
 pub fn imqtt_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("IMQTT_BIN") {
+    built_bin("imqtt", "IMQTT_BIN", "cargo build -p im-bridge")
+}
+
+/// The `imqtt-bench` binary under test: `$IMQTT_BENCH_BIN`, or the one cargo built
+/// next to this test executable (`cargo test --workspace` builds it, because
+/// `client-sdk` has integration tests).
+pub fn bench_bin() -> PathBuf {
+    built_bin(
+        "imqtt-bench",
+        "IMQTT_BENCH_BIN",
+        "cargo build -p client-sdk --bin imqtt-bench",
+    )
+}
+
+/// `$override_var` if set, else binary `name` of this workspace's target directory.
+fn built_bin(name: &str, override_var: &str, build: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(override_var) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/test-xxxx -> target/debug/imqtt
+    // target/debug/deps/test-xxxx -> target/debug/NAME
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable in target/<profile>/deps");
-    let bin = dir.join(format!("imqtt{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} not built: run `cargo test --workspace` (or `cargo build -p im-bridge`) first",
+        "{} not built: run `cargo test --workspace` (or `{build}`) first, or set {override_var}",
         bin.display()
     );
     bin

@@ -30,6 +30,29 @@ pub struct Envelope {
     pub body: Value,
 }
 
+/// A qos 0 message pushed live (DESIGN.md §6): never stored, so it has no seq and
+/// reaches only recipients online at the time; otherwise shaped as [`Envelope`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LiveMessage {
+    /// Server-assigned, unique and sortable.
+    pub id: String,
+    /// The conversation it was sent in.
+    pub conv: ConvId,
+    /// The sender's uid.
+    pub from: String,
+    /// The peer uid or the gid.
+    pub to: String,
+    /// Server time, Unix milliseconds.
+    pub ts: u64,
+    /// The sender's own id for the send, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// Always [`Qos::AtMostOnce`].
+    pub qos: Qos,
+    /// The application's payload.
+    pub body: Value,
+}
+
 /// The delivery class of a message (DESIGN.md §6), written as the number 0, 1 or 2.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

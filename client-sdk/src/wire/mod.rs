@@ -22,7 +22,7 @@ pub mod topic;
 
 pub use accounts::{Account, Credentials, TokenResponse};
 pub use conv::{ConvId, ConvIdError, ConvKind};
-pub use envelope::{Envelope, Qos};
+pub use envelope::{Envelope, LiveMessage, Qos};
 pub use error::{ErrorBody, ErrorDetail};
 pub use event::Event;
 pub use groups::{

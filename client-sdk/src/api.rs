@@ -1,0 +1,482 @@
+//! [`Api`]: the HTTP API of DESIGN.md §5 as typed calls, with the caller's token
+//! (signing in, and again when the server refuses it), the server's JSON error body
+//! turned into [`Error::Api`], and idempotent retries for sends.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::wire::{
+    self, AckRequest, AddMembersRequest, AddMembersResponse, BatchRequest, BatchResponse,
+    ContactList, ConvId, ConversationList, CreateGroupRequest, ErrorBody, Group, GroupInfo,
+    GroupList, GroupRole, LiveSendResult, MessagesPage, MessagesQuery, NotifyRequest, PresenceList,
+    PresenceQuery, SendRequest, SendResult, SetRoleRequest, SyncQuery, SyncResponse, TokenResponse,
+};
+use crate::{Credentials, Error, RetryPolicy, TokenRefresh, new_client_msg_id};
+
+/// How long one HTTP request may take before it counts as a transport failure.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a send became: stored with its seq, or (qos 0) delivered live only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Stored durably (`201`, or `200` for a retry the server had already stored).
+    Stored(SendResult),
+    /// A qos 0 send: not stored, no seq (`202`).
+    Live(LiveSendResult),
+}
+
+impl Sent {
+    /// The stored result, unless this was a qos 0 send.
+    pub fn stored(&self) -> Option<&SendResult> {
+        match self {
+            Sent::Stored(r) => Some(r),
+            Sent::Live(_) => None,
+        }
+    }
+
+    /// The message's server id.
+    pub fn id(&self) -> &str {
+        match self {
+            Sent::Stored(r) => &r.id,
+            Sent::Live(r) => &r.id,
+        }
+    }
+}
+
+/// The HTTP API of one server, as one user. Cheap to clone (one connection pool).
+#[derive(Clone, Debug)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    credentials: Credentials,
+    refresh: Option<TokenRefresh>,
+    /// The token in use; `None` until a password sign-in.
+    token: RwLock<Option<String>>,
+    /// One refresh at a time: a burst of 401s makes one new token, not many.
+    refreshing: tokio::sync::Mutex<()>,
+    retry: RetryPolicy,
+}
+
+impl Api {
+    /// The API at `http_url` (`http://host:port`) as `user`.
+    pub fn new(
+        http_url: &str,
+        user: &str,
+        credentials: Credentials,
+        refresh: Option<TokenRefresh>,
+        retry: RetryPolicy,
+    ) -> Result<Api, Error> {
+        let base = http_url.trim_end_matches('/').to_owned();
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| Error::Config(format!("http url {http_url:?}: must be http://")))?;
+        if rest.is_empty() || rest.contains('/') {
+            return Err(Error::Config(format!(
+                "http url {http_url:?}: give the server's root, http://host:port"
+            )));
+        }
+        wire::check_id(user).map_err(|e| Error::Config(format!("user: {e}")))?;
+        let token = match &credentials {
+            Credentials::Token(t) => Some(t.clone()),
+            Credentials::Password(_) => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Config(format!("http client: {e}")))?;
+        Ok(Api {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                user: user.to_owned(),
+                credentials,
+                refresh,
+                token: RwLock::new(token),
+                refreshing: tokio::sync::Mutex::new(()),
+                retry,
+            }),
+        })
+    }
+
+    /// The user this API acts as.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    /// The server's root URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The current token, signing in first with a password credential.
+    pub async fn token(&self) -> Result<String, Error> {
+        if let Some(t) = self.current_token() {
+            return Ok(t);
+        }
+        self.refresh_token(None).await
+    }
+
+    fn current_token(&self) -> Option<String> {
+        self.inner
+            .token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A new token because `stale` was refused: a password sign-in, or the
+    /// application's refresh callback. When another call already replaced
+    /// `stale`, that token is returned and nothing is asked again.
+    pub async fn refresh_token(&self, stale: Option<&str>) -> Result<String, Error> {
+        let _one = self.inner.refreshing.lock().await;
+        if let Some(current) = self.current_token()
+            && Some(current.as_str()) != stale
+        {
+            return Ok(current);
+        }
+        let fresh = match (&self.inner.credentials, &self.inner.refresh) {
+            (Credentials::Password(p), _) => {
+                sign_in(&self.inner.http, &self.inner.base, &self.inner.user, p)
+                    .await?
+                    .token
+            }
+            (Credentials::Token(_), Some(refresh)) => refresh.call().await?,
+            (Credentials::Token(_), None) => {
+                return Err(Error::Unauthorized(
+                    "the token was refused and there is no way to refresh it".into(),
+                ));
+            }
+        };
+        *self.inner.token.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// One request with the bearer token; a 401 gets one new token and one more
+    /// try. Answers the status and body of a 2xx.
+    async fn call<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<(StatusCode, bytes::Bytes), Error> {
+        let mut token = self.token().await?;
+        let mut refreshed = false;
+        loop {
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), format!("{}{path}", self.inner.base))
+                .bearer_auth(&token);
+            if !query.is_empty() {
+                req = req.query(query);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                refreshed = true;
+                token = self.refresh_token(Some(&token)).await?;
+                continue;
+            }
+            return answer(resp).await.map(|body| (status, body));
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, Error> {
+        let (_, body) = self.call::<()>(Method::GET, path, query, None).await?;
+        decode(&body)
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let (_, body) = self.call(Method::POST, path, &[], Some(body)).await?;
+        decode(&body)
+    }
+
+    async fn no_content<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(), Error> {
+        self.call(method, path, &[], body).await.map(drop)
+    }
+
+    /// `POST /v1/messages`, once. Gives `req` a `client_msg_id` when it has none,
+    /// so that a retry of the same request is idempotent.
+    pub async fn send_once(&self, req: &SendRequest) -> Result<Sent, Error> {
+        let (status, body) = self
+            .call(Method::POST, "/v1/messages", &[], Some(req))
+            .await?;
+        if status == StatusCode::ACCEPTED {
+            decode(&body).map(Sent::Live)
+        } else {
+            decode(&body).map(Sent::Stored)
+        }
+    }
+
+    /// `POST /v1/messages` with retries under the API's [`RetryPolicy`]: the
+    /// request gets a `client_msg_id` when it has none, and every retry reuses
+    /// it, so the message is stored once however many attempts it takes.
+    pub async fn send(&self, mut req: SendRequest) -> Result<Sent, Error> {
+        req.client_msg_id.get_or_insert_with(new_client_msg_id);
+        self.inner.retry.run(|| self.send_once(&req)).await
+    }
+
+    /// A direct message to `to`, stored (qos 1), retried idempotently.
+    pub async fn send_to(&self, to: &str, body: Value) -> Result<SendResult, Error> {
+        stored(self.send(SendRequest::to_user(to, body)).await?)
+    }
+
+    /// A message to group `gid`, stored (qos 1), retried idempotently.
+    pub async fn send_group(&self, gid: &str, body: Value) -> Result<SendResult, Error> {
+        stored(self.send(SendRequest::to_group(gid, body)).await?)
+    }
+
+    /// `POST /v1/messages/batch`, retried as a whole (every send in it gets a
+    /// `client_msg_id`, so a retry stores nothing twice).
+    pub async fn send_batch(&self, mut req: BatchRequest) -> Result<BatchResponse, Error> {
+        for m in &mut req.messages {
+            m.client_msg_id.get_or_insert_with(new_client_msg_id);
+        }
+        self.inner
+            .retry
+            .run(|| self.post("/v1/messages/batch", &req))
+            .await
+    }
+
+    /// `POST /v1/notify` (service and admin tokens): one notice in each
+    /// `sys:{uid}`, retried idempotently.
+    pub async fn notify(&self, to: &[&str], body: Value) -> Result<BatchResponse, Error> {
+        let req = NotifyRequest {
+            to: to.iter().map(|u| (*u).to_owned()).collect(),
+            body,
+            client_msg_id: Some(new_client_msg_id()),
+        };
+        self.inner.retry.run(|| self.post("/v1/notify", &req)).await
+    }
+
+    /// `GET /v1/sync?limit=N`.
+    pub async fn sync(&self, q: SyncQuery) -> Result<SyncResponse, Error> {
+        let mut query = Vec::new();
+        if let Some(l) = q.limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get("/v1/sync", &query).await
+    }
+
+    /// `GET /v1/conversations`.
+    pub async fn conversations(&self) -> Result<ConversationList, Error> {
+        self.get("/v1/conversations", &[]).await
+    }
+
+    /// `GET /v1/conversations/{conv}/messages?after=S|before=S&limit=N`.
+    pub async fn messages(&self, conv: &ConvId, q: MessagesQuery) -> Result<MessagesPage, Error> {
+        let mut query = Vec::new();
+        if let Some(a) = q.after {
+            query.push(("after", a.to_string()));
+        }
+        if let Some(b) = q.before {
+            query.push(("before", b.to_string()));
+        }
+        if let Some(l) = q.limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get(&format!("/v1/conversations/{conv}/messages"), &query)
+            .await
+    }
+
+    /// `POST /v1/ack`: moves the caller's cursors forward (never back).
+    pub async fn ack(&self, req: &AckRequest) -> Result<(), Error> {
+        self.no_content(Method::POST, "/v1/ack", Some(req)).await
+    }
+
+    /// `POST /v1/groups`.
+    pub async fn create_group(&self, req: &CreateGroupRequest) -> Result<Group, Error> {
+        self.post("/v1/groups", req).await
+    }
+
+    /// `GET /v1/groups`: the caller's groups.
+    pub async fn groups(&self) -> Result<GroupList, Error> {
+        self.get("/v1/groups", &[]).await
+    }
+
+    /// `GET /v1/groups/{gid}`.
+    pub async fn group(&self, gid: &str) -> Result<GroupInfo, Error> {
+        self.get(&format!("/v1/groups/{}", id(gid)?), &[]).await
+    }
+
+    /// `DELETE /v1/groups/{gid}`.
+    pub async fn delete_group(&self, gid: &str) -> Result<(), Error> {
+        self.no_content::<()>(Method::DELETE, &format!("/v1/groups/{}", id(gid)?), None)
+            .await
+    }
+
+    /// `POST /v1/groups/{gid}/members`.
+    pub async fn add_members(
+        &self,
+        gid: &str,
+        users: &[&str],
+    ) -> Result<AddMembersResponse, Error> {
+        let req = AddMembersRequest {
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+        };
+        self.post(&format!("/v1/groups/{}/members", id(gid)?), &req)
+            .await
+    }
+
+    /// `DELETE /v1/groups/{gid}/members/{uid}`: remove `uid`, or leave when it is
+    /// the caller.
+    pub async fn remove_member(&self, gid: &str, uid: &str) -> Result<(), Error> {
+        let path = format!("/v1/groups/{}/members/{}", id(gid)?, id(uid)?);
+        self.no_content::<()>(Method::DELETE, &path, None).await
+    }
+
+    /// `PUT /v1/groups/{gid}/members/{uid}`: promote, demote or hand over.
+    pub async fn set_role(&self, gid: &str, uid: &str, role: GroupRole) -> Result<(), Error> {
+        let path = format!("/v1/groups/{}/members/{}", id(gid)?, id(uid)?);
+        self.no_content(Method::PUT, &path, Some(&SetRoleRequest { role }))
+            .await
+    }
+
+    /// `PUT /v1/contacts/{uid}`: let `uid` see the caller's presence.
+    pub async fn add_contact(&self, uid: &str) -> Result<(), Error> {
+        let path = format!("/v1/contacts/{}", id(uid)?);
+        self.no_content::<()>(Method::PUT, &path, None).await
+    }
+
+    /// `DELETE /v1/contacts/{uid}`.
+    pub async fn remove_contact(&self, uid: &str) -> Result<(), Error> {
+        let path = format!("/v1/contacts/{}", id(uid)?);
+        self.no_content::<()>(Method::DELETE, &path, None).await
+    }
+
+    /// `GET /v1/contacts`.
+    pub async fn contacts(&self) -> Result<ContactList, Error> {
+        self.get("/v1/contacts", &[]).await
+    }
+
+    /// `GET /v1/presence?users=..`: those of `users` the caller may see.
+    pub async fn presence(&self, users: &[&str]) -> Result<PresenceList, Error> {
+        let q = PresenceQuery::new(users.iter().copied());
+        self.get("/v1/presence", &[("users", q.users)]).await
+    }
+}
+
+/// `POST /v1/accounts`: creates a built-in account (no token needed).
+pub async fn sign_up(http_url: &str, user: &str, password: &str) -> Result<(), Error> {
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| Error::Config(format!("http client: {e}")))?;
+    let creds = wire::Credentials {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let resp = http
+        .post(format!("{}/v1/accounts", http_url.trim_end_matches('/')))
+        .json(&creds)
+        .send()
+        .await?;
+    answer(resp).await.map(drop)
+}
+
+/// `POST /v1/tokens`: a token for a built-in account.
+pub async fn sign_in_at(
+    http_url: &str,
+    user: &str,
+    password: &str,
+) -> Result<TokenResponse, Error> {
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| Error::Config(format!("http client: {e}")))?;
+    sign_in(&http, http_url.trim_end_matches('/'), user, password).await
+}
+
+async fn sign_in(
+    http: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> Result<TokenResponse, Error> {
+    let creds = wire::Credentials {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let resp = http
+        .post(format!("{base}/v1/tokens"))
+        .json(&creds)
+        .send()
+        .await?;
+    match answer(resp).await {
+        Ok(body) => decode(&body),
+        Err(e) if e.status() == Some(401) => Err(Error::Unauthorized(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+fn stored(sent: Sent) -> Result<SendResult, Error> {
+    match sent {
+        Sent::Stored(r) => Ok(r),
+        Sent::Live(_) => Err(Error::Decode("a qos 1 send was answered as qos 0".into())),
+    }
+}
+
+/// An id for a URL path: checked, so it can never add a path segment.
+fn id(s: &str) -> Result<&str, Error> {
+    wire::check_id(s).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The body of a 2xx, or the error the answer stands for.
+async fn answer(resp: reqwest::Response) -> Result<bytes::Bytes, Error> {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.bytes().await?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => (
+            format!("http_{}", status.as_u16()),
+            String::from_utf8_lossy(&body).chars().take(200).collect(),
+        ),
+    };
+    Err(Error::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    })
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Decode(e.to_string()))
+}

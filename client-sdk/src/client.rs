@@ -1,0 +1,375 @@
+//! [`Client`]: one user's device on an imqtt server. It holds an MQTT connection
+//! (re-established on its own), subscribes the user's inbox, events and groups, and
+//! turns pushes, hints and HTTP pages into [`Events`] in which each conversation's
+//! messages come exactly once and in seq order; it acks what the application took,
+//! and sends over HTTP with idempotent retries.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, MqttOptions};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::acks::Acks;
+use crate::session::{self, Input};
+use crate::wire::{self, BatchResponse, Envelope, Event, LiveMessage, Presence, SendResult};
+use crate::{Api, CursorStore, Error, MemoryCursors, RetryPolicy, Sent, TokenRefresh};
+use crate::{Credentials, wire::SendRequest};
+
+/// Events waiting for the application; when it is full the client stops
+/// reading from the server (TCP backpressure) until the application catches up.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// Everything [`Client::connect`] needs.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The MQTT listener: `mqtt://host:port` (or `tcp://`; port 1883 when absent).
+    pub mqtt_url: String,
+    /// The HTTP API: `http://host:port`.
+    pub http_url: String,
+    /// The user id.
+    pub user: String,
+    /// This device's name: the MQTT client id, and the device in presence. A
+    /// second connection with the same device name replaces the first.
+    pub device: String,
+    /// A token, or a password of the server's built-in accounts.
+    pub credentials: Credentials,
+    /// Asked for a new token when the server refuses the current one.
+    pub token_refresh: Option<TokenRefresh>,
+    /// Where the highest seq taken per conversation is kept (in memory unless
+    /// set; [`crate::FileCursors`] resumes a restarted app exactly).
+    pub cursors: Arc<dyn CursorStore>,
+    /// Ack each message once the application has taken it (batched). Off, the
+    /// application acks with [`Api::ack`] itself.
+    pub auto_ack: bool,
+    /// MQTT keepalive.
+    pub keep_alive: Duration,
+    /// Retries of sends and of the client's own requests.
+    pub retry: RetryPolicy,
+    /// How long [`Client::connect`] waits for the first connection.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A config with the defaults: memory cursors, auto-ack, 30 s keepalive.
+    pub fn new(
+        mqtt_url: impl Into<String>,
+        http_url: impl Into<String>,
+        user: impl Into<String>,
+        device: impl Into<String>,
+        credentials: Credentials,
+    ) -> ClientConfig {
+        ClientConfig {
+            mqtt_url: mqtt_url.into(),
+            http_url: http_url.into(),
+            user: user.into(),
+            device: device.into(),
+            credentials,
+            token_refresh: None,
+            cursors: Arc::new(MemoryCursors::default()),
+            auto_ack: true,
+            keep_alive: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the application hears from the client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    /// The MQTT connection is up (again); a catch-up follows on its own.
+    Connected,
+    /// The MQTT connection broke; the client reconnects by itself.
+    Disconnected {
+        /// Why, as the MQTT library put it.
+        reason: String,
+    },
+    /// A stored message: per conversation exactly once, in seq order.
+    Message(Envelope),
+    /// A qos 0 message (typing, live signals): at most once, no seq.
+    Live(LiveMessage),
+    /// A presence change of a user this device watches.
+    Presence(Presence),
+    /// A change of a group the user is in (member added or removed, deleted).
+    Group(GroupEvent),
+    /// The result of one of the user's sends over the MQTT outbox (`sent` or
+    /// `error`), from whichever of its devices sent it.
+    Outbox(Event),
+}
+
+/// A group membership change, as announced on `users/{uid}/events`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// `user` joined `group`, added by `by`.
+    MemberAdded {
+        /// The group.
+        group: String,
+        /// The member.
+        user: String,
+        /// Who added them.
+        by: String,
+    },
+    /// `user` left or was removed from `group`.
+    MemberRemoved {
+        /// The group.
+        group: String,
+        /// The member.
+        user: String,
+        /// Who removed them (the member itself when leaving).
+        by: String,
+    },
+    /// `group` was deleted.
+    GroupDeleted {
+        /// The group.
+        group: String,
+        /// Who deleted it.
+        by: String,
+    },
+}
+
+/// The stream of [`ClientEvent`]s of one [`Client`].
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<ClientEvent>,
+    cursors: Arc<dyn CursorStore>,
+    acks: Option<Arc<Acks>>,
+}
+
+impl Events {
+    /// The next event; `None` once the client is closed. Taking a message
+    /// records it in the cursor store and, with auto-ack, queues its ack.
+    pub async fn next(&mut self) -> Option<ClientEvent> {
+        let event = self.rx.recv().await?;
+        if let ClientEvent::Message(m) = &event {
+            if let Err(e) = self.cursors.save(&m.conv, m.seq) {
+                tracing::error!(error = %e, conv = %m.conv, seq = m.seq, "cannot save cursor");
+            }
+            if let Some(acks) = &self.acks {
+                acks.record(&m.conv, m.seq);
+            }
+        }
+        Some(event)
+    }
+}
+
+/// A connected device. Cheap to clone; the connection closes when
+/// [`Client::close`] is called or the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    api: Api,
+    input: mpsc::Sender<Input>,
+    mqtt: AsyncClient,
+    acks: Option<Arc<Acks>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Client {
+    /// Connects `config.device` of `config.user`: signs in when the credentials
+    /// are a password, opens the MQTT connection and waits (up to
+    /// `connect_timeout`) for the server to accept it. From then on the client
+    /// reconnects by itself, and each (re)connection is followed by a catch-up.
+    pub async fn connect(config: ClientConfig) -> Result<(Client, Events), Error> {
+        wire::check_id(&config.device).map_err(|e| Error::Config(format!("device: {e}")))?;
+        let (host, port) = mqtt_address(&config.mqtt_url)?;
+        let api = Api::new(
+            &config.http_url,
+            &config.user,
+            config.credentials.clone(),
+            config.token_refresh.clone(),
+            config.retry,
+        )?;
+        let token = api.token().await?;
+        let cursors = config.cursors.load()?;
+
+        let mut options = MqttOptions::new(config.device.clone(), host, port);
+        options
+            .set_credentials(config.user.clone(), token)
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(true)
+            // An envelope can carry a 64 KiB body (limits.max_body_bytes), and
+            // a big one comes as a hint anyway: 1 MiB covers every push.
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_request_channel_capacity(256);
+        let (mqtt, eventloop) = AsyncClient::new(options, 256);
+
+        let (shutdown, _) = watch::channel(false);
+        let (input_tx, input_rx) = mpsc::channel(session::INPUT_CAPACITY);
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+        let (first_tx, first_rx) = oneshot::channel();
+        let acks = config.auto_ack.then(|| Arc::new(Acks::default()));
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(session::mqtt_loop(
+            eventloop,
+            api.clone(),
+            input_tx.clone(),
+            shutdown.subscribe(),
+            first_tx,
+        )));
+        let driver = session::Driver::new(
+            config.user.clone(),
+            api.clone(),
+            mqtt.clone(),
+            crate::order::Order::new(cursors),
+            events_tx,
+            input_tx.clone(),
+        );
+        tasks.push(tokio::spawn(driver.run(input_rx, shutdown.subscribe())));
+        if let Some(acks) = &acks {
+            let (acks, api, stop) = (acks.clone(), api.clone(), shutdown.subscribe());
+            tasks.push(tokio::spawn(async move { acks.run(api, stop).await }));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                api,
+                input: input_tx,
+                mqtt,
+                acks: acks.clone(),
+                shutdown,
+                tasks: Mutex::new(tasks),
+            }),
+        };
+        match tokio::time::timeout(config.connect_timeout, first_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(_)) => return Err(Error::Closed),
+            Err(_) => {
+                return Err(Error::Mqtt(format!(
+                    "no connection within {:?}",
+                    config.connect_timeout
+                )));
+            }
+        }
+        let events = Events {
+            rx: events_rx,
+            cursors: config.cursors,
+            acks,
+        };
+        Ok((client, events))
+    }
+
+    /// The HTTP API as this user (history, groups, contacts, presence, ...).
+    pub fn api(&self) -> &Api {
+        &self.inner.api
+    }
+
+    /// A direct message to `to`: stored, retried idempotently until the server
+    /// has it (see [`Api::send`]).
+    pub async fn send(&self, to: &str, body: Value) -> Result<SendResult, Error> {
+        self.inner.api.send_to(to, body).await
+    }
+
+    /// A message to group `gid`, stored, retried idempotently.
+    pub async fn send_group(&self, gid: &str, body: Value) -> Result<SendResult, Error> {
+        self.inner.api.send_group(gid, body).await
+    }
+
+    /// Any send (qos 0 for live signals, an own `client_msg_id`, ...), retried
+    /// idempotently.
+    pub async fn send_request(&self, req: SendRequest) -> Result<Sent, Error> {
+        self.inner.api.send(req).await
+    }
+
+    /// A notice to each of `to` (service and admin tokens only).
+    pub async fn notify(&self, to: &[&str], body: Value) -> Result<BatchResponse, Error> {
+        self.inner.api.notify(to, body).await
+    }
+
+    /// Watches `uid`'s presence (its contacts and co-members may): its retained
+    /// state comes at once as a [`ClientEvent::Presence`], then every change,
+    /// across reconnects.
+    pub async fn watch_presence(&self, uid: &str) -> Result<(), Error> {
+        wire::check_id(uid).map_err(|e| Error::Config(e.to_string()))?;
+        self.inner
+            .input
+            .send(Input::Watch(uid.to_owned(), true))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Stops watching `uid`'s presence.
+    pub async fn unwatch_presence(&self, uid: &str) -> Result<(), Error> {
+        self.inner
+            .input
+            .send(Input::Watch(uid.to_owned(), false))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Sends the acks still waiting, disconnects and stops the client's tasks.
+    pub async fn close(&self) {
+        let _ = self.inner.mqtt.try_disconnect();
+        let _ = self.inner.shutdown.send(true);
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(acks) = &self.inner.acks {
+            acks.flush(&self.inner.api).await;
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Host and port of `mqtt://host:port`, `tcp://host:port` or `host:port`.
+fn mqtt_address(url: &str) -> Result<(String, u16), Error> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    if rest.contains("://") || rest.contains('/') || rest.is_empty() {
+        return Err(Error::Config(format!(
+            "mqtt url {url:?}: expected mqtt://host:port"
+        )));
+    }
+    // [v6]:port, host:port, or a bare host.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| Error::Config(format!("mqtt url {url:?}: bad port {p:?}")))?;
+            (h.trim_start_matches('[').trim_end_matches(']'), port)
+        }
+        _ => (rest, 1883),
+    };
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls_parse() {
+        let ok = |u: &str| mqtt_address(u).expect(u);
+        assert_eq!(ok("mqtt://127.0.0.1:1884"), ("127.0.0.1".into(), 1884));
+        assert_eq!(ok("tcp://localhost"), ("localhost".into(), 1883));
+        assert_eq!(ok("example.org:8883"), ("example.org".into(), 8883));
+        assert_eq!(ok("mqtt://[::1]:1999"), ("::1".into(), 1999));
+        for bad in [
+            "",
+            "mqtt://",
+            "ws://h:1/mqtt",
+            "mqtt://h:port",
+            "mqtt://h:99999",
+        ] {
+            assert!(mqtt_address(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The client's two tasks. [`mqtt_loop`] polls the MQTT connection, reconnects
+//! with backoff (with a new token when the old one is refused) and forwards what
+//! arrives. [`Driver`] owns everything else: subscriptions (inbox, events, the
+//! user's groups, watched presences, made again on every connection), the catch-up
+//! after each subscription is in place, the [`Order`] of each conversation and the
+//! fetches it asks for, and the events handed to the application.
+//!
+//! Why the catch-up comes after the SUBACK: a message committed before the
+//! subscription existed was never pushed to this connection, and one committed
+//! after it will be; `GET /v1/conversations` read after the SUBACK sees the heads
+//! of all of the first kind, so together nothing falls between.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Publish};
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, QoS, SubscribeFilter};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::client::{ClientEvent, GroupEvent};
+use crate::order::{Fetch, Order};
+use crate::wire::{
+    self, ConversationList, Envelope, Event, GroupList, LiveMessage, MessagesPage, MessagesQuery,
+    Presence, Topic,
+};
+use crate::{Api, Error};
+
+/// Inputs waiting for the driver; when full the MQTT loop waits (TCP backpressure).
+pub(crate) const INPUT_CAPACITY: usize = 1024;
+/// Pages fetched at once.
+const MAX_FETCHES: usize = 4;
+/// Messages per page (the server allows up to 1000).
+const PAGE: u32 = 500;
+/// The pause before a failed request is made again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Reconnect backoff.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What the driver reacts to.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Connected,
+    Disconnected(String),
+    SubAck,
+    Publish(Publish),
+    Page(Fetch, Result<MessagesPage, Error>),
+    Heads(Result<ConversationList, Error>),
+    /// The user's groups, asked for on connection `generation`.
+    Groups(u64, Result<GroupList, Error>),
+    RetryHeads,
+    RetryGroups(u64),
+    RetryFetch(wire::ConvId),
+    /// Start (true) or stop watching a user's presence.
+    Watch(String, bool),
+}
+
+/// Polls the MQTT connection until `shutdown`. The first connection's outcome
+/// goes to `first`; after that, failures are reported and retried forever.
+pub(crate) async fn mqtt_loop(
+    mut eventloop: EventLoop,
+    api: Api,
+    input: mpsc::Sender<Input>,
+    mut shutdown: watch::Receiver<bool>,
+    first: oneshot::Sender<Result<(), Error>>,
+) {
+    let mut first = Some(first);
+    let mut connected = false;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let polled = tokio::select! {
+            p = eventloop.poll() => p,
+            _ = shutdown.changed() => return,
+        };
+        let forward = match polled {
+            Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                connected = true;
+                backoff = MIN_BACKOFF;
+                if let Some(f) = first.take() {
+                    let _ = f.send(Ok(()));
+                }
+                Input::Connected
+            }
+            Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => Input::Publish(p),
+            Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => Input::SubAck,
+            Ok(_) => continue,
+            Err(e) => {
+                let refused = matches!(
+                    e,
+                    ConnectionError::ConnectionRefused(
+                        ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
+                    )
+                );
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(if refused {
+                        Error::Unauthorized(e.to_string())
+                    } else {
+                        Error::Mqtt(e.to_string())
+                    }));
+                    return;
+                }
+                if std::mem::take(&mut connected)
+                    && input
+                        .send(Input::Disconnected(e.to_string()))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                tracing::debug!(error = %e, ?backoff, "mqtt connection failed");
+                let token = if refused {
+                    let stale = eventloop
+                        .mqtt_options
+                        .credentials()
+                        .map(|login| login.password);
+                    api.refresh_token(stale.as_deref()).await
+                } else {
+                    // The HTTP side may have refreshed it meanwhile.
+                    api.token().await
+                };
+                match token {
+                    Ok(t) => {
+                        eventloop.mqtt_options.set_credentials(api.user(), t);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no token for the reconnection"),
+                }
+                // Each connection subscribes afresh (clean session): requests
+                // left from the broken one would only duplicate that.
+                eventloop.pending.clear();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if input.send(forward).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The client's state and its reactions; see the module's comment.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    me: String,
+    api: Api,
+    mqtt: AsyncClient,
+    order: Order,
+    events: mpsc::Sender<ClientEvent>,
+    /// For the tasks the driver starts, which answer through its inputs.
+    input: mpsc::Sender<Input>,
+    groups: BTreeSet<String>,
+    watched: BTreeSet<String>,
+    connected: bool,
+    generation: u64,
+    heads_in_flight: bool,
+    heads_again: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        me: String,
+        api: Api,
+        mqtt: AsyncClient,
+        order: Order,
+        events: mpsc::Sender<ClientEvent>,
+        input: mpsc::Sender<Input>,
+    ) -> Driver {
+        Driver {
+            me,
+            api,
+            mqtt,
+            order,
+            events,
+            input,
+            groups: BTreeSet::new(),
+            watched: BTreeSet::new(),
+            connected: false,
+            generation: 0,
+            heads_in_flight: false,
+            heads_again: false,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut ready = Vec::new();
+        loop {
+            let input = tokio::select! {
+                i = inputs.recv() => i,
+                _ = shutdown.changed() => return,
+            };
+            let Some(input) = input else { return };
+            let mut out = Vec::new();
+            self.handle(input, &mut ready, &mut out);
+            out.extend(ready.drain(..).map(ClientEvent::Message));
+            for event in out {
+                tokio::select! {
+                    sent = self.events.send(event) => if sent.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+            }
+            if self.order.needs_heads() {
+                self.ask_heads();
+            }
+            for fetch in self.order.next_fetches(MAX_FETCHES) {
+                self.start_fetch(fetch);
+            }
+        }
+    }
+
+    /// Reacts to `input`: messages now in order go to `ready`, other events
+    /// (which come before them) to `out`.
+    fn handle(&mut self, input: Input, ready: &mut Vec<Envelope>, out: &mut Vec<ClientEvent>) {
+        match input {
+            Input::Connected => {
+                self.connected = true;
+                self.generation += 1;
+                out.push(ClientEvent::Connected);
+                let mut topics = vec![
+                    topic(wire::topic::inbox(&self.me)),
+                    topic(wire::topic::events(&self.me)),
+                ];
+                topics.extend(self.watched.iter().map(|u| topic(wire::topic::presence(u))));
+                self.subscribe(topics.into_iter().flatten().collect());
+                self.ask_groups(self.generation);
+            }
+            Input::Disconnected(reason) => {
+                self.connected = false;
+                out.push(ClientEvent::Disconnected { reason });
+            }
+            Input::SubAck => self.ask_heads(),
+            Input::Publish(p) => self.publish(p, ready, out),
+            Input::Page(fetch, Ok(page)) => self.order.page(&fetch, page, ready),
+            Input::Page(fetch, Err(e)) => {
+                if matches!(e.status(), Some(403 | 404)) {
+                    tracing::debug!(error = %e, conv = %fetch.conv, "conversation not readable");
+                    self.order.give_up(&fetch);
+                } else {
+                    tracing::debug!(error = %e, conv = %fetch.conv, "fetch failed");
+                    self.order.fetch_failed(&fetch);
+                    self.later(Input::RetryFetch(fetch.conv));
+                }
+            }
+            Input::RetryFetch(conv) => self.order.want(&conv),
+            Input::Heads(result) => {
+                self.heads_in_flight = false;
+                match result {
+                    Ok(list) => self.order.heads(&list.conversations, ready),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "conversations failed");
+                        self.later(Input::RetryHeads);
+                        return;
+                    }
+                }
+                if std::mem::take(&mut self.heads_again) {
+                    self.ask_heads();
+                }
+            }
+            Input::RetryHeads => self.ask_heads(),
+            Input::Groups(generation, result) => {
+                if generation != self.generation || !self.connected {
+                    return;
+                }
+                match result {
+                    Ok(list) => {
+                        let fresh: BTreeSet<String> =
+                            list.groups.into_iter().map(|g| g.id).collect();
+                        let topics = fresh
+                            .iter()
+                            .filter_map(|g| topic(wire::topic::group(g)))
+                            .collect();
+                        self.groups = fresh;
+                        self.subscribe(topics);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "groups failed");
+                        self.later(Input::RetryGroups(generation));
+                    }
+                }
+            }
+            Input::RetryGroups(generation) => {
+                if generation == self.generation && self.connected {
+                    self.ask_groups(generation);
+                }
+            }
+            Input::Watch(uid, true) => {
+                if self.watched.insert(uid.clone()) && self.connected {
+                    self.subscribe(topic(wire::topic::presence(&uid)).into_iter().collect());
+                }
+            }
+            Input::Watch(uid, false) => {
+                if self.watched.remove(&uid) {
+                    self.unsubscribe(topic(wire::topic::presence(&uid)));
+                }
+            }
+        }
+    }
+
+    /// One push, by its topic.
+    fn publish(&mut self, p: Publish, ready: &mut Vec<Envelope>, out: &mut Vec<ClientEvent>) {
+        match Topic::parse(&p.topic) {
+            Some(Topic::Inbox(_) | Topic::Group(_)) => match parse_message(&p.payload) {
+                Some(Pushed::Stored(env)) => self.order.push(env, ready),
+                Some(Pushed::Live(m)) => out.push(ClientEvent::Live(m)),
+                None => tracing::warn!(topic = p.topic, "unreadable message push, ignored"),
+            },
+            Some(Topic::Events(_)) => match serde_json::from_slice::<Event>(&p.payload) {
+                Ok(e) => self.event(e, out),
+                Err(e) => tracing::debug!(error = %e, "unknown event, ignored"),
+            },
+            Some(Topic::Presence(_)) => {
+                // An empty retained payload clears the topic: nothing to tell.
+                if p.payload.is_empty() {
+                    return;
+                }
+                match serde_json::from_slice::<Presence>(&p.payload) {
+                    Ok(pr) => out.push(ClientEvent::Presence(pr)),
+                    Err(e) => tracing::debug!(error = %e, "unreadable presence, ignored"),
+                }
+            }
+            Some(Topic::Outbox(_)) | None => {
+                tracing::debug!(topic = p.topic, "push on an unexpected topic, ignored");
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event, out: &mut Vec<ClientEvent>) {
+        match e {
+            Event::Sync { conv, seq } => self.order.hint(&conv, seq),
+            Event::Sent { .. } | Event::Error { .. } => out.push(ClientEvent::Outbox(e)),
+            Event::MemberAdded { group, user, by } => {
+                if user == self.me && self.groups.insert(group.clone()) && self.connected {
+                    self.subscribe(topic(wire::topic::group(&group)).into_iter().collect());
+                }
+                out.push(ClientEvent::Group(GroupEvent::MemberAdded {
+                    group,
+                    user,
+                    by,
+                }));
+            }
+            Event::MemberRemoved { group, user, by } => {
+                if user == self.me && self.groups.remove(&group) {
+                    self.unsubscribe(topic(wire::topic::group(&group)));
+                }
+                out.push(ClientEvent::Group(GroupEvent::MemberRemoved {
+                    group,
+                    user,
+                    by,
+                }));
+            }
+            Event::GroupDeleted { group, by } => {
+                if self.groups.remove(&group) {
+                    self.unsubscribe(topic(wire::topic::group(&group)));
+                }
+                out.push(ClientEvent::Group(GroupEvent::GroupDeleted { group, by }));
+            }
+        }
+    }
+
+    /// Subscribes `topics` at QoS 1 in one SUBSCRIBE. Done from a task: the
+    /// request queue is drained by the MQTT loop, which may itself be waiting
+    /// for the driver.
+    fn subscribe(&self, topics: Vec<String>) {
+        if topics.is_empty() {
+            return;
+        }
+        let mqtt = self.mqtt.clone();
+        let filters: Vec<SubscribeFilter> = topics
+            .into_iter()
+            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
+            .collect();
+        tokio::spawn(async move {
+            if let Err(e) = mqtt.subscribe_many(filters).await {
+                tracing::debug!(error = %e, "subscribe not sent");
+            }
+        });
+    }
+
+    fn unsubscribe(&self, topic: Option<String>) {
+        let Some(topic) = topic else { return };
+        let mqtt = self.mqtt.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mqtt.unsubscribe(topic).await {
+                tracing::debug!(error = %e, "unsubscribe not sent");
+            }
+        });
+    }
+
+    /// Asks for the heads, or for another round once the one under way answers.
+    fn ask_heads(&mut self) {
+        if self.heads_in_flight {
+            self.heads_again = true;
+            return;
+        }
+        self.heads_in_flight = true;
+        let (api, input) = (self.api.clone(), self.input.clone());
+        tokio::spawn(async move {
+            let _ = input.send(Input::Heads(api.conversations().await)).await;
+        });
+    }
+
+    fn ask_groups(&self, generation: u64) {
+        let (api, input) = (self.api.clone(), self.input.clone());
+        tokio::spawn(async move {
+            let _ = input
+                .send(Input::Groups(generation, api.groups().await))
+                .await;
+        });
+    }
+
+    fn start_fetch(&self, fetch: Fetch) {
+        let (api, input) = (self.api.clone(), self.input.clone());
+        tokio::spawn(async move {
+            let q = MessagesQuery {
+                after: Some(fetch.after),
+                before: None,
+                limit: Some(PAGE),
+            };
+            let page = api.messages(&fetch.conv, q).await;
+            let _ = input.send(Input::Page(fetch, page)).await;
+        });
+    }
+
+    /// Feeds `input` back after [`RETRY_PAUSE`].
+    fn later(&self, input: Input) {
+        let tx = self.input.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            let _ = tx.send(input).await;
+        });
+    }
+}
+
+/// What a push on an inbox or a group topic carries.
+enum Pushed {
+    Stored(Envelope),
+    Live(LiveMessage),
+}
+
+/// A stored envelope has a seq; a qos 0 message has none.
+fn parse_message(payload: &[u8]) -> Option<Pushed> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    if v.get("seq").is_some() {
+        serde_json::from_value(v).ok().map(Pushed::Stored)
+    } else {
+        serde_json::from_value(v).ok().map(Pushed::Live)
+    }
+}
+
+fn topic(t: Result<String, wire::InvalidId>) -> Option<String> {
+    t.map_err(|e| tracing::warn!(error = %e, "no topic for this id"))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_parse_by_shape_and_garbage_is_refused() {
+        let stored =
+            br#"{"id":"1","conv":"dm:a:b","seq":3,"from":"a","to":"b","ts":1,"qos":1,"body":{}}"#;
+        assert!(matches!(parse_message(stored), Some(Pushed::Stored(e)) if e.seq == 3));
+        let live =
+            br#"{"id":"1","conv":"dm:a:b","from":"a","to":"b","ts":1,"qos":0,"body":"typing"}"#;
+        assert!(matches!(parse_message(live), Some(Pushed::Live(m)) if m.body == "typing"));
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[1]",
+            br#"{"seq":"x"}"#,
+            br#"{"id":"1","conv":"nope","seq":3,"from":"a","to":"b","ts":1,"qos":1,"body":{}}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(parse_message(bad).is_none());
+        }
+    }
+}
