@@ -94,6 +94,9 @@ impl Order {
     pub(crate) fn hint(&mut self, conv: &ConvId, seq: u64) {
         let c = self.convs.entry(conv.clone()).or_default();
         c.target = c.target.max(seq);
+        if c.delivered.is_none() {
+            self.unknown.insert(conv.clone());
+        }
         self.wanting.insert(conv.clone());
     }
 
@@ -111,8 +114,9 @@ impl Order {
             self.unknown.remove(&s.conv);
             self.wanting.insert(s.conv.clone());
         }
-        // A conversation the server did not list (it cannot be: a push came
-        // from it) would otherwise wait forever: start at its first push.
+        // A conversation the server did not list (it cannot be: a push or a
+        // hint came from it) would otherwise wait forever: start at its first
+        // push, or forget the hint.
         for conv in std::mem::take(&mut self.unknown) {
             if let Some(c) = self.convs.get_mut(&conv) {
                 c.delivered = c.pending.keys().next().map(|first| first - 1);
@@ -387,6 +391,28 @@ mod tests {
         assert_eq!(f[0].after, 5);
         o.page(&f[0], page("dm:a:c", 6..=7, false), &mut out);
         assert_eq!(seqs(&out), [6, 7]);
+        assert!(o.idle());
+    }
+
+    #[test]
+    fn a_hint_for_an_unknown_conversation_asks_for_the_heads() {
+        let mut o = Order::default();
+        let mut out = Vec::new();
+        o.hint(&conv("dm:a:b"), 1);
+        assert!(o.needs_heads());
+        assert!(o.next_fetches(4).is_empty());
+        let head = ConversationSummary {
+            conv: conv("dm:a:b"),
+            head: 1,
+            cursor: 0,
+            unread: 1,
+            last_ts: 0,
+        };
+        o.heads(&[head], &mut out);
+        let f = o.next_fetches(4);
+        assert_eq!(f[0].after, 0);
+        o.page(&f[0], page("dm:a:b", [1], false), &mut out);
+        assert_eq!(seqs(&out), [1]);
         assert!(o.idle());
     }
 

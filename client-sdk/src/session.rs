@@ -92,12 +92,8 @@ pub(crate) async fn mqtt_loop(
                         ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
                     )
                 );
-                if let Some(f) = first.take() {
-                    let _ = f.send(Err(if refused {
-                        Error::Unauthorized(e.to_string())
-                    } else {
-                        Error::Mqtt(e.to_string())
-                    }));
+                if !refused && let Some(f) = first.take() {
+                    let _ = f.send(Err(Error::Mqtt(e.to_string())));
                     return;
                 }
                 if std::mem::take(&mut connected)
@@ -110,6 +106,9 @@ pub(crate) async fn mqtt_loop(
                 }
                 tracing::debug!(error = %e, ?backoff, "mqtt connection failed");
                 let token = if refused {
+                    // Refused credentials get one new token per refusal, the
+                    // first connection's included (an app may start with a
+                    // stale one).
                     let stale = eventloop
                         .mqtt_options
                         .credentials()
@@ -123,7 +122,13 @@ pub(crate) async fn mqtt_loop(
                     Ok(t) => {
                         eventloop.mqtt_options.set_credentials(api.user(), t);
                     }
-                    Err(e) => tracing::warn!(error = %e, "no token for the reconnection"),
+                    Err(e) => {
+                        if let Some(f) = first.take() {
+                            let _ = f.send(Err(Error::Unauthorized(e.to_string())));
+                            return;
+                        }
+                        tracing::warn!(error = %e, "no token for the reconnection");
+                    }
                 }
                 // Each connection subscribes afresh (clean session): requests
                 // left from the broken one would only duplicate that.

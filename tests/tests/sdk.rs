@@ -1,0 +1,585 @@
+//! The client library (client-sdk) against the real server: while the test takes
+//! the device's connection over and kills the server with SIGKILL mid-stream, the
+//! application sees every accepted message exactly once and in seq order; a
+//! restarted app resumes from its cursor file; group membership, large-message
+//! hints, live messages, presence and token refresh work through the client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use imqtt_client::wire::{ConvId, Envelope, PresenceStatus};
+use imqtt_client::{
+    Api, Client, ClientConfig, ClientEvent, Credentials, Events, FileCursors, GroupEvent,
+    RetryPolicy, TokenRefresh,
+};
+use imqtt_tests::client::{self as tc, Device, QUIET, WAIT, user};
+use imqtt_tests::{Launch, Server};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio::time::timeout;
+
+/// Retries that outlast a server restart.
+fn patient() -> RetryPolicy {
+    RetryPolicy {
+        initial: Duration::from_millis(50),
+        max_delay: Duration::from_millis(500),
+        max_elapsed: Duration::from_secs(90),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    tcp: SocketAddr,
+    ws: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Ports {
+    fn of(server: &Server) -> Ports {
+        Ports {
+            tcp: server.addr("mqtt.tcp"),
+            ws: server.addr("mqtt.ws"),
+            http: server.addr("http"),
+        }
+    }
+
+    fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    fn mqtt_url(&self) -> String {
+        format!("mqtt://{}", self.tcp)
+    }
+}
+
+/// A client config for `uid`'s `device` with a valid token.
+fn config(ports: Ports, uid: &str, device: &str) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        ports.mqtt_url(),
+        ports.http_url(),
+        uid,
+        device,
+        Credentials::Token(user(uid)),
+    );
+    c.keep_alive = Duration::from_secs(5);
+    c.retry = patient();
+    c
+}
+
+fn api(ports: Ports, uid: &str) -> Api {
+    Api::new(
+        &ports.http_url(),
+        uid,
+        Credentials::Token(user(uid)),
+        None,
+        patient(),
+    )
+    .expect("api")
+}
+
+/// Kills `server` with SIGKILL and starts another on the same data and ports.
+async fn crash_and_restart(mut server: Server, ports: Ports) -> Server {
+    server.kill().await;
+    let (_, dir) = server.stopped().await;
+    let (tcp, ws, http) = (
+        ports.tcp.to_string(),
+        ports.ws.to_string(),
+        ports.http.to_string(),
+    );
+    let env = [
+        ("IMQTT_MQTT__TCP", tcp.as_str()),
+        ("IMQTT_MQTT__WS", ws.as_str()),
+        ("IMQTT_HTTP__LISTEN", http.as_str()),
+        ("IMQTT_LIMITS__RATE_PER_USER", "0"),
+    ];
+    Launch::spawn_in(dir, "", &env).into_server().await
+}
+
+/// What the application saw: every message in arrival order per conversation,
+/// and the connection changes.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: HashMap<ConvId, Vec<Envelope>>,
+    connected: usize,
+    disconnected: usize,
+}
+
+/// Takes every event, as an application would.
+fn collect(mut events: Events) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            let mut s = s.lock().await;
+            match e {
+                ClientEvent::Message(m) => s.messages.entry(m.conv.clone()).or_default().push(m),
+                ClientEvent::Connected => s.connected += 1,
+                ClientEvent::Disconnected { .. } => s.disconnected += 1,
+                _ => {}
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Sends `count` messages with the client library's retries, as `from` to `to`
+/// (or to group `to` when `group`); records what was accepted.
+async fn send_all(
+    api: Api,
+    to: &'static str,
+    group: bool,
+    count: usize,
+    accepted: Arc<AtomicUsize>,
+) -> Vec<(ConvId, u64, String)> {
+    let mut ok = Vec::new();
+    for n in 0..count {
+        let body = json!({"from": api.user(), "n": n});
+        let sent = if group {
+            api.send_group(to, body).await
+        } else {
+            api.send_to(to, body).await
+        };
+        match sent {
+            Ok(r) => {
+                ok.push((r.conv, r.seq, r.id));
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+            // Not accepted: it may or may not be stored, and either way the
+            // application must see what is stored once and in order.
+            Err(e) => eprintln!("{} send {n} not accepted: {e}", api.user()),
+        }
+        // Paced, so that the takeovers and crashes fall mid-stream.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    ok
+}
+
+async fn wait_accepted(accepted: &AtomicUsize, at_least: usize) {
+    timeout(Duration::from_secs(120), async {
+        while accepted.load(Ordering::SeqCst) < at_least {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("senders make progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_accepted_message_reaches_the_app_once_in_order_across_takeovers_and_sigkills() {
+    let server = Server::start_env("", &[("IMQTT_LIMITS__RATE_PER_USER", "0")]).await;
+    let ports = Ports::of(&server);
+    let http = tc::Api::new(&server);
+    http.post("dave", "/v1/groups", &json!({"id": "g", "name": "g"}))
+        .await
+        .expect(201);
+    http.post("dave", "/v1/groups/g/members", &json!({"users": ["bob"]}))
+        .await
+        .expect(200);
+
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = config(ports, "bob", "phone");
+    cfg.cursors = Arc::new(FileCursors::open(dir.path().join("cursors")).expect("cursors"));
+    let (bob, events) = Client::connect(cfg).await.expect("bob connects");
+    let (seen, collector) = collect(events);
+
+    const EACH: usize = 200;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let senders = [
+        tokio::spawn(send_all(
+            api(ports, "alice"),
+            "bob",
+            false,
+            EACH,
+            accepted.clone(),
+        )),
+        tokio::spawn(send_all(
+            api(ports, "carol"),
+            "bob",
+            false,
+            EACH,
+            accepted.clone(),
+        )),
+        tokio::spawn(send_all(
+            api(ports, "dave"),
+            "g",
+            true,
+            EACH,
+            accepted.clone(),
+        )),
+    ];
+
+    // Drops and crashes while the messages flow: a takeover of bob's device by
+    // another connection with its client id, then a SIGKILL, twice; each once
+    // bob's client is connected again after the one before.
+    let mut server = server;
+    let connected = || async { seen.lock().await.connected };
+    for (round, at) in [(0, EACH / 2), (1, EACH), (2, 3 * EACH / 2), (3, 2 * EACH)] {
+        wait_accepted(&accepted, at).await;
+        let before = connected().await;
+        if round % 2 == 0 {
+            // Subscribing makes it wait until it is connected.
+            let intruder = Device::connect(&server, "bob", "phone", &["users/bob/events"]).await;
+            drop(intruder);
+        } else {
+            server = crash_and_restart(server, ports).await;
+        }
+        timeout(Duration::from_secs(60), async {
+            while connected().await <= before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("bob's client reconnects");
+    }
+
+    let mut acked: Vec<(ConvId, u64, String)> = Vec::new();
+    for s in senders {
+        acked.extend(s.await.expect("sender"));
+    }
+    assert!(
+        acked.len() >= 3 * EACH - 6,
+        "only {} of {} sends accepted",
+        acked.len(),
+        3 * EACH
+    );
+
+    // The heads now on the server: the application must reach every one.
+    let heads: BTreeMap<ConvId, u64> = api(ports, "bob")
+        .conversations()
+        .await
+        .expect("conversations")
+        .conversations
+        .into_iter()
+        .map(|c| (c.conv, c.head))
+        .collect();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    let caught_up = timeout(Duration::from_secs(60), async {
+        loop {
+            {
+                let s = seen.lock().await;
+                if heads
+                    .iter()
+                    .all(|(conv, head)| s.messages.get(conv).map_or(0, |m| m.len() as u64) >= *head)
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Anything late would be a duplicate: give it a moment to show.
+    tokio::time::sleep(QUIET).await;
+    let s = seen.lock().await;
+    let counts: BTreeMap<&ConvId, usize> = s.messages.iter().map(|(c, m)| (c, m.len())).collect();
+    assert!(
+        caught_up.is_ok(),
+        "the app did not catch up: heads {heads:?}, seen {counts:?}"
+    );
+    for (conv, head) in &heads {
+        let got: Vec<u64> = s.messages[conv].iter().map(|m| m.seq).collect();
+        assert_eq!(
+            got,
+            (1..=*head).collect::<Vec<_>>(),
+            "{conv}: every seq once, in order"
+        );
+    }
+    for (conv, seq, id) in &acked {
+        let m = &s.messages[conv][(*seq - 1) as usize];
+        assert_eq!(&m.id, id, "{conv} #{seq} is the accepted message");
+    }
+    assert!(
+        s.disconnected >= 4 && s.connected >= 5,
+        "connection changes seen: {} disconnected, {} connected",
+        s.disconnected,
+        s.connected
+    );
+    drop(s);
+    bob.close().await;
+    let _ = timeout(WAIT, collector).await;
+}
+
+/// The next message event, skipping others.
+async fn next_message(events: &mut Events) -> Envelope {
+    timeout(WAIT, async {
+        loop {
+            match events.next().await {
+                Some(ClientEvent::Message(m)) => return m,
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .expect("a message within WAIT")
+}
+
+/// Asserts that no message comes within [`QUIET`].
+async fn no_message(events: &mut Events) {
+    let got = timeout(QUIET, async {
+        loop {
+            match events.next().await {
+                Some(ClientEvent::Message(m)) => return m,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    if let Ok(m) = got {
+        panic!("unexpected message {} #{}", m.conv, m.seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_app_resumes_from_its_cursor_file_and_acks_reach_the_server() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let http = tc::Api::new(&server);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bob.cursors");
+    let dm = ConvId::dm("alice", "bob").expect("conv");
+    let cfg = |auto_ack: bool| {
+        let mut c = config(ports, "bob", "laptop");
+        c.cursors = Arc::new(FileCursors::open(&path).expect("cursors"));
+        c.auto_ack = auto_ack;
+        c
+    };
+
+    let (first, mut events) = Client::connect(cfg(true)).await.expect("connect");
+    for n in 1..=10 {
+        http.send("alice", "bob", json!(n)).await;
+    }
+    for n in 1..=10 {
+        assert_eq!(next_message(&mut events).await.seq, n);
+    }
+    first.close().await;
+    // close() sent the batched ack: the server's cursor is where the app is.
+    assert_eq!(http.conversations("bob").await[dm.as_str()]["cursor"], 10);
+
+    for n in 11..=15 {
+        http.send("alice", "bob", json!(n)).await;
+    }
+    // An app that takes 11..=13 and dies before any ack leaves.
+    let (second, mut events) = Client::connect(cfg(false)).await.expect("connect");
+    for n in 11..=13 {
+        assert_eq!(next_message(&mut events).await.seq, n);
+    }
+    drop(events);
+    drop(second);
+    assert_eq!(http.conversations("bob").await[dm.as_str()]["cursor"], 10);
+
+    // Restarted on the same file: 14 and 15, nothing it already took.
+    let (third, mut events) = Client::connect(cfg(true)).await.expect("connect");
+    assert_eq!(next_message(&mut events).await.seq, 14);
+    assert_eq!(next_message(&mut events).await.seq, 15);
+    no_message(&mut events).await;
+    third.close().await;
+    assert_eq!(http.conversations("bob").await[dm.as_str()]["cursor"], 15);
+
+    // A new device without a cursor file starts at the server's cursor.
+    let (fresh, mut events) = Client::connect(config(ports, "bob", "tablet"))
+        .await
+        .expect("connect");
+    no_message(&mut events).await;
+    http.send("alice", "bob", json!(16)).await;
+    assert_eq!(next_message(&mut events).await.seq, 16);
+    fresh.close().await;
+}
+
+/// The next event that `pick` accepts, skipping others.
+async fn expect_event<T>(events: &mut Events, mut pick: impl FnMut(ClientEvent) -> Option<T>) -> T {
+    timeout(WAIT, async {
+        loop {
+            let e = events.next().await.expect("events ended");
+            if let Some(t) = pick(e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the expected event within WAIT")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_large_messages_live_messages_and_presence_reach_the_app() {
+    let server = Server::start_with("[delivery]\ninline_max_bytes = 300\n").await;
+    let ports = Ports::of(&server);
+    let http = tc::Api::new(&server);
+    let (bob, mut events) = Client::connect(config(ports, "bob", "phone"))
+        .await
+        .expect("connect");
+
+    // Added to a group after connecting: the client subscribes on the event.
+    http.post(
+        "alice",
+        "/v1/groups",
+        &json!({"id": "team", "name": "Team"}),
+    )
+    .await
+    .expect(201);
+    http.post(
+        "alice",
+        "/v1/groups/team/members",
+        &json!({"users": ["bob"]}),
+    )
+    .await
+    .expect(200);
+    let added = expect_event(&mut events, |e| match e {
+        ClientEvent::Group(g @ GroupEvent::MemberAdded { .. }) => Some(g),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        added,
+        GroupEvent::MemberAdded {
+            group: "team".into(),
+            user: "bob".into(),
+            by: "alice".into()
+        }
+    );
+    let sent = api(ports, "alice")
+        .send_group("team", json!({"text": "welcome"}))
+        .await
+        .expect("group send");
+    let m = next_message(&mut events).await;
+    assert_eq!(
+        (m.conv.as_str(), m.seq, m.id.as_str()),
+        ("group:team", 1, sent.id.as_str())
+    );
+
+    // Too large to push: announced by a hint, pulled by the client.
+    let big = "x".repeat(2000);
+    http.send("alice", "bob", json!({"text": big})).await;
+    let m = next_message(&mut events).await;
+    assert_eq!(m.conv.as_str(), "dm:alice:bob");
+    assert_eq!(m.body["text"].as_str().map(str::len), Some(2000));
+
+    // qos 0: live only, no seq.
+    let live = http
+        .post(
+            "alice",
+            "/v1/messages",
+            &json!({"to": "bob", "body": "typing", "qos": 0}),
+        )
+        .await
+        .expect(202);
+    let got = expect_event(&mut events, |e| match e {
+        ClientEvent::Live(l) => Some(l),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (got.id.as_str(), &got.body),
+        (live["id"].as_str().expect("id"), &json!("typing"))
+    );
+
+    // Presence of a contact, live.
+    http.put("alice", "/v1/contacts/bob", &json!({}))
+        .await
+        .expect(204);
+    bob.watch_presence("alice").await.expect("watch");
+    let alice = Device::connect(&server, "alice", "web", &["users/alice/events"]).await;
+    expect_event(&mut events, |e| match e {
+        ClientEvent::Presence(p) if p.user == "alice" && p.status == PresenceStatus::Online => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    drop(alice);
+    expect_event(&mut events, |e| match e {
+        ClientEvent::Presence(p) if p.user == "alice" && p.status == PresenceStatus::Offline => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+
+    // Removed: told, and no longer subscribed.
+    http.delete("alice", "/v1/groups/team/members/bob")
+        .await
+        .expect(204);
+    let removed = expect_event(&mut events, |e| match e {
+        ClientEvent::Group(g @ GroupEvent::MemberRemoved { .. }) => Some(g),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(removed, GroupEvent::MemberRemoved { ref user, .. } if user == "bob"));
+    api(ports, "alice")
+        .send_group("team", json!("after"))
+        .await
+        .expect("send");
+    no_message(&mut events).await;
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_refreshed_for_mqtt_and_http() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let r = refreshes.clone();
+    let mut cfg = config(ports, "bob", "phone");
+    cfg.credentials = Credentials::Token("not-a-valid-token".into());
+    cfg.token_refresh = Some(TokenRefresh::new(move || {
+        r.fetch_add(1, Ordering::SeqCst);
+        async { Ok(user("bob")) }
+    }));
+    let (bob, mut events) = Client::connect(cfg).await.expect("connect after a refresh");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+    tc::Api::new(&server)
+        .send("alice", "bob", json!("hi"))
+        .await;
+    assert_eq!(next_message(&mut events).await.body, json!("hi"));
+    bob.close().await;
+
+    // Over HTTP: a 401 gets one refresh and the call goes through.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let http = Api::new(
+        &ports.http_url(),
+        "bob",
+        Credentials::Token("expired".into()),
+        Some(TokenRefresh::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Ok(user("bob")) }
+        })),
+        RetryPolicy::NONE,
+    )
+    .expect("api");
+    let list = http.conversations().await.expect("conversations");
+    assert_eq!(list.conversations.len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Without a way to refresh, the refusal is the error.
+    let mut cfg = config(ports, "bob", "phone");
+    cfg.credentials = Credentials::Token("not-a-valid-token".into());
+    let err = Client::connect(cfg).await.expect_err("refused");
+    assert!(matches!(err, imqtt_client::Error::Unauthorized(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_built_in_account_signs_in_with_its_password() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    imqtt_client::sign_up(&ports.http_url(), "erin", "correct horse battery")
+        .await
+        .expect("sign up");
+    let mut cfg = config(ports, "erin", "phone");
+    cfg.credentials = Credentials::Password("correct horse battery".into());
+    let (erin, mut events) = Client::connect(cfg).await.expect("connect");
+    let sent = erin.send("frank", json!("hello")).await.expect("send");
+    // Her own send comes back to her devices.
+    let m = next_message(&mut events).await;
+    assert_eq!((m.id, m.seq), (sent.id, 1));
+    erin.close().await;
+
+    let mut cfg = config(ports, "erin", "phone");
+    cfg.credentials = Credentials::Password("wrong password".into());
+    let err = Client::connect(cfg).await.expect_err("refused");
+    assert!(matches!(err, imqtt_client::Error::Unauthorized(_)), "{err}");
+}
