@@ -4,6 +4,8 @@
 # prefixed by the scenario, for medians. Loopback only; ports 18831/18081.
 #   scripts/bench-im.sh [RUNS] [SCENARIO...]
 # SCENARIO: send1 send16 send64 send64-interval batch batch-interval lat1000 lat5000 drain
+#   sdk5000: latency at 5,000/s received by rumqttc, then by the client library,
+#   alternating in each run (the client library's cost over a raw subscriber)
 # BEFORE=path/to/another/imqtt runs that build too, alternating run by run, its
 # lines prefixed "before-", to compare two builds in one pass.
 set -euo pipefail
@@ -48,6 +50,9 @@ for s in "${scenarios[@]}"; do
       lat1000) run_one "$s" always --scenario latency --rate 1000 --messages 10000 ;;
       lat5000) run_one "$s" always --scenario latency --rate 5000 --messages 25000 ;;
       drain) run_one "$s" always --scenario drain --messages 100000 ;;
+      sdk5000)
+        run_one lat5000-rumqttc always --scenario latency --rate 5000 --messages 25000 --receiver rumqttc
+        run_one lat5000-sdk always --scenario latency --rate 5000 --messages 25000 --receiver sdk ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
   done

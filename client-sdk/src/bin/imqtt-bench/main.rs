@@ -18,8 +18,8 @@ mod bench;
 
 use bench::{
     DrainOptions, FanoutOptions, GroupOptions, JwtSecret, LatencyOptions, PresenceOptions,
-    RelayOptions, SendOptions, StalledOptions, Target, drain, fanout, fsync, group, latency,
-    presence, relay, send, stalled,
+    ReceiverKind, RelayOptions, SendOptions, StalledOptions, Target, drain, fanout, fsync, group,
+    latency, presence, relay, send, stalled,
 };
 use tokio::time::Instant;
 
@@ -187,6 +187,10 @@ struct Args {
     /// fanout: subscribers do not publish their retained presence.
     #[arg(long)]
     no_presence: bool,
+    /// latency: the recipient's client: the bench's own reader, a plain rumqttc
+    /// subscriber, or the client library (dedupe, ordering, acks).
+    #[arg(long, value_enum, default_value_t = ReceiverKind::Bench)]
+    receiver: ReceiverKind,
 }
 
 fn main() -> ExitCode {
@@ -363,6 +367,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     server_pid: args.server_pid,
                     deadline,
                     stall,
+                    receiver: args.receiver,
                 };
                 let result = latency::run(target, opts).await;
                 print(&result.lines(), &result.summary());

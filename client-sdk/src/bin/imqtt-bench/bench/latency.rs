@@ -20,9 +20,10 @@ use super::api::Api;
 use super::histogram::{DELIVERY_QUANTILES, Latencies, REQUEST_QUANTILES};
 use super::procfs::CpuMeter;
 use super::publisher::{self, Limits};
+use super::receiver::{Receiver, ReceiverKind};
 use super::schedule::RateSchedule;
 use super::send::{SenderTally, connect_all, join_senders};
-use super::timed::{self, Tally};
+use super::timed::Tally;
 use super::{JwtSecret, Target, per_sec, secs};
 
 /// The recipient user.
@@ -54,6 +55,8 @@ pub(crate) struct LatencyOptions {
     pub(crate) deadline: Instant,
     /// How long deliveries may stop once every send is answered.
     pub(crate) stall: Duration,
+    /// Which client receives.
+    pub(crate) receiver: ReceiverKind,
 }
 
 /// An open-loop send shared by several senders: message `i` is sent when it is
@@ -142,6 +145,12 @@ fn envelope_stamp(payload: &Bytes) -> Option<(u64, usize)> {
     Some((body.t, body.i))
 }
 
+/// The stamp of a message body the client library handed over.
+fn body_stamp(body: &serde_json::Value) -> Option<(u64, usize)> {
+    let Stamp { t, i } = Stamp::deserialize(body).ok()?;
+    Some((t, i))
+}
+
 /// Sends messages in turn as they fall due until none is left; several of these
 /// share the work.
 pub(crate) async fn open_loop_sender(api: Api, shared: Arc<OpenLoop>) -> SenderTally {
@@ -199,6 +208,8 @@ fn stamped(t: u64, i: usize) -> SendRequest {
 /// Everything measured, filled as far as the run got.
 #[derive(Debug, Default)]
 pub(crate) struct LatencyReport {
+    /// `bench`, `rumqttc` or `sdk`.
+    pub(crate) receiver: &'static str,
     pub(crate) rate: f64,
     pub(crate) messages: usize,
     pub(crate) senders: usize,
@@ -224,6 +235,11 @@ pub(crate) struct LatencyReport {
 /// Runs the scenario; never fails as a whole, but reports how far it got.
 pub(crate) async fn run(target: Target, opts: LatencyOptions) -> LatencyReport {
     let mut report = LatencyReport {
+        receiver: match opts.receiver {
+            ReceiverKind::Bench => "bench",
+            ReceiverKind::Rumqttc => "rumqttc",
+            ReceiverKind::Sdk => "sdk",
+        },
         rate: opts.rate,
         messages: opts.messages,
         senders: opts.senders,
@@ -237,14 +253,16 @@ pub(crate) async fn run(target: Target, opts: LatencyOptions) -> LatencyReport {
         }
     };
     let setup = async {
-        let mut sub = target
-            .connect("bench-latency-r", RECIPIENT, None, None, READ_CHUNK)
-            .await
-            .map_err(|e| format!("subscriber: {e}"))?;
-        target
-            .subscribe(&mut sub, &inbox, 1)
-            .await
-            .map_err(|e| format!("subscriber: {e}"))?;
+        let sub = Receiver::connect(
+            opts.receiver,
+            &target,
+            &opts.base,
+            RECIPIENT,
+            &inbox,
+            READ_CHUNK,
+        )
+        .await
+        .map_err(|e| format!("subscriber: {e}"))?;
         let apis = connect_all(
             &opts.base,
             &opts.secret,
@@ -292,17 +310,18 @@ pub(crate) async fn run(target: Target, opts: LatencyOptions) -> LatencyReport {
             stall: opts.stall,
         },
         join_senders(&mut set, &mut sends),
-        timed::receive_with(
-            &mut sub,
+        sub.receive(
             &inbox,
             start,
             &mut tally,
             &arrived,
             envelope_stamp,
+            body_stamp,
         ),
         || arrived.load(Ordering::Relaxed),
     )
     .await;
+    sub.close().await;
     report.cpu = cpu.lines(sends.stored);
     report.sends = sends;
     report.received = tally.received;
@@ -340,6 +359,7 @@ impl LatencyReport {
     pub(crate) fn lines(&self) -> Vec<String> {
         let mut out = vec![
             "scenario=latency".to_owned(),
+            format!("receiver={}", self.receiver),
             format!("offered_per_sec={:.0}", self.rate),
             format!("messages={}", self.messages),
             format!("senders={}", self.senders),
@@ -385,8 +405,9 @@ impl LatencyReport {
     pub(crate) fn summary(&self) -> String {
         let achieved = self.sending.map_or(0.0, |d| per_sec(self.sends.stored, d));
         let mut s = format!(
-            "latency: offered {:.0}/s, achieved {achieved:.0}/s; POST start to MQTT receipt {}; \
+            "latency ({} receiving): offered {:.0}/s, achieved {achieved:.0}/s; POST start to MQTT receipt {}; \
              {} of {} received, {} lost, {} errors",
+            self.receiver,
             self.rate,
             self.delivery.summary(DELIVERY_QUANTILES),
             self.received,

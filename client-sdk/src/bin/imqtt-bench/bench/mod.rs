@@ -14,7 +14,8 @@
 //! ack, group and contact endpoints; `schedule` splits work among senders and paces
 //! an open-loop rate; `histogram` keeps request and delivery latencies; `fsync`
 //! measures the disk the server writes to; `send` (single and batch sends),
-//! `latency` (HTTP in, MQTT out), `drain` (an offline user's sync), `group` (one
+//! `latency` (HTTP in, MQTT out, received by `receiver`: the bench's reader,
+//! rumqttc or the client library), `drain` (an offline user's sync), `group` (one
 //! group's fan-out and membership changes) and `presence` (contacts watching
 //! users come and go) are the scenarios.
 
@@ -29,6 +30,7 @@ pub(crate) mod latency;
 pub(crate) mod presence;
 mod procfs;
 mod publisher;
+mod receiver;
 pub(crate) mod relay;
 mod schedule;
 pub(crate) mod send;
@@ -44,6 +46,7 @@ pub(crate) use group::GroupOptions;
 pub(crate) use latency::LatencyOptions;
 pub(crate) use presence::PresenceOptions;
 pub(crate) use procfs::{cpu_secs, read_rss};
+pub(crate) use receiver::ReceiverKind;
 pub(crate) use relay::RelayOptions;
 pub(crate) use send::SendOptions;
 pub(crate) use stalled::StalledOptions;
