@@ -161,7 +161,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     stall_secs: u64,
     /// Unacknowledged QoS 1 messages in flight [default: 1000 fanout, 100 relay and
-    /// stalled].
+    /// stalled; relay at QoS 0: 500 messages sent and not yet received].
     #[arg(long)]
     window: Option<usize>,
     /// fanout: clients per timed connect block.
@@ -187,6 +187,9 @@ struct Args {
     /// fanout: subscribers do not publish their retained presence.
     #[arg(long)]
     no_presence: bool,
+    /// relay: the publishes' QoS, 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
     /// latency: the recipient's client: the bench's own reader, a plain rumqttc
     /// subscriber, or the client library (dedupe, ordering, acks).
     #[arg(long, value_enum, default_value_t = ReceiverKind::Bench)]
@@ -317,7 +320,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Scenario::Relay => {
                 let opts = RelayOptions {
                     messages: args.messages,
-                    window: args.window.unwrap_or(100),
+                    window: args.window.unwrap_or(if args.qos == 0 { 500 } else { 100 }),
+                    qos: args.qos,
                     deadline,
                     stall,
                 };

@@ -1,5 +1,6 @@
-//! A QoS 1 publisher that keeps a window of unacknowledged messages in flight, and
-//! the race between it and the subscribers it feeds.
+//! A QoS 1 publisher that keeps a window of unacknowledged messages in flight, a
+//! QoS 0 one paced by what the subscriber has seen, and the race between a
+//! publisher and the subscribers it feeds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -104,6 +105,45 @@ pub(crate) async fn publish_all(
             next = reader.buffered()?;
         }
     }
+}
+
+/// Publishes every `(topic, payload)` at QoS 0, keeping at most `window` of them
+/// not yet seen by the subscriber (`arrived`, which it counts): QoS 0 has no
+/// acknowledgement to pace by, and an unpaced burst would only measure how much
+/// the broker drops from a full queue.
+pub(crate) async fn publish_all_qos0(
+    conn: &mut Connection,
+    messages: impl Iterator<Item = (String, Bytes)>,
+    window: usize,
+    counters: &PublishCounters,
+    arrived: &AtomicUsize,
+) -> Result<(), BenchError> {
+    let window = window.max(1);
+    let mut messages = messages.peekable();
+    let (_, mut writer) = conn.split();
+    while messages.peek().is_some() {
+        let sent = counters.sent.load(Ordering::Relaxed);
+        let room = window.saturating_sub(sent.saturating_sub(arrived.load(Ordering::Relaxed)));
+        if room == 0 {
+            writer.flush().await?;
+            // The subscriber runs in the same task (the race): let it read. A
+            // timer tick rather than a busy yield, so the bench does not take the
+            // broker's CPU while it waits; the window is sized so that a tick's
+            // pause does not bound the rate.
+            tokio::time::sleep(Duration::from_micros(500)).await;
+            continue;
+        }
+        for (topic, payload) in messages.by_ref().take(room) {
+            let publish = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
+            writer.queue(&Packet::Publish(publish))?;
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            if writer.queued() >= FLUSH_BYTES {
+                writer.flush().await?;
+            }
+        }
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 /// When the publisher got all its PUBACKs and when the subscribers had everything,

@@ -1,5 +1,6 @@
 //! Scenario `relay`: one subscriber on `bench/relay` at QoS 1, one publisher sending
-//! M QoS 1 messages to it through a window of unacknowledged ones; measures the
+//! M QoS 1 messages to it through a window of unacknowledged ones (or, `--qos 0`,
+//! M QoS 0 messages through a window of ones not yet received); measures the
 //! end-to-end rate and each message's latency. The payload carries the send time and
 //! a sequence number, so losses, duplicates and reordering are reported too.
 
@@ -22,8 +23,10 @@ const READ_CHUNK: usize = 64 * 1024;
 pub(crate) struct RelayOptions {
     /// Messages to send.
     pub(crate) messages: usize,
-    /// QoS 1 messages the publisher keeps unacknowledged.
+    /// QoS 1 messages the publisher keeps unacknowledged (QoS 0: not yet received).
     pub(crate) window: usize,
+    /// The publishes' QoS: 0 or 1.
+    pub(crate) qos: u8,
     /// When the whole run must stop.
     pub(crate) deadline: Instant,
     /// How long deliveries may stop moving once the publisher has every PUBACK.
@@ -33,6 +36,8 @@ pub(crate) struct RelayOptions {
 /// Everything measured, filled as far as the run got.
 #[derive(Debug, Default)]
 pub(crate) struct RelayResult {
+    /// The publishes' QoS.
+    pub(crate) qos: u8,
     /// Messages asked for.
     pub(crate) messages: usize,
     /// PUBLISHes the publisher wrote.
@@ -64,6 +69,7 @@ pub(crate) struct RelayResult {
 /// Runs the scenario; never fails as a whole, but reports how far it got.
 pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
     let mut result = RelayResult {
+        qos: opts.qos,
         messages: opts.messages,
         ..RelayResult::default()
     };
@@ -115,9 +121,19 @@ pub(crate) async fn run(target: Target, opts: RelayOptions) -> RelayResult {
             stall: opts.stall,
         },
         async {
-            publisher::publish_all(&mut publisher, messages, opts.window, &counters)
+            let published = if opts.qos == 0 {
+                publisher::publish_all_qos0(
+                    &mut publisher,
+                    messages,
+                    opts.window,
+                    &counters,
+                    &arrived,
+                )
                 .await
-                .map_err(|e| BenchError::Unexpected(format!("publisher: {e}")))
+            } else {
+                publisher::publish_all(&mut publisher, messages, opts.window, &counters).await
+            };
+            published.map_err(|e| BenchError::Unexpected(format!("publisher: {e}")))
         },
         timed::receive(&mut sub, TOPIC, start, &mut tally, &arrived),
         || arrived.load(Ordering::Relaxed),
@@ -163,6 +179,7 @@ impl RelayResult {
     pub(crate) fn lines(&self) -> Vec<String> {
         let mut out = vec![
             "scenario=relay".to_owned(),
+            format!("relay_qos={}", self.qos),
             format!("messages={}", self.messages),
             format!("relay_sent={}", self.sent),
             format!("relay_acked={}", self.acked),
@@ -208,8 +225,9 @@ impl RelayResult {
     pub(crate) fn summary(&self) -> String {
         let mut s = match self.delivered_after {
             Some(d) => format!(
-                "relay: {} messages in {} s = {:.0}/s end to end",
+                "relay: {} QoS {} messages in {} s = {:.0}/s end to end",
                 self.received,
+                self.qos,
                 secs(d),
                 per_sec(self.received, d)
             ),
