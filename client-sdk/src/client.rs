@@ -21,6 +21,8 @@ use crate::{Credentials, wire::SendRequest};
 /// Events waiting for the application; when it is full the client stops
 /// reading from the server (TCP backpressure) until the application catches up.
 const EVENTS_CAPACITY: usize = 1024;
+/// How long [`Client::close`] waits for the DISCONNECT to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything [`Client::connect`] needs.
 #[derive(Clone, Debug)]
@@ -305,12 +307,20 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    /// Sends the acks still waiting, disconnects and stops the client's tasks.
+    /// Sends the acks still waiting, disconnects (a DISCONNECT, so the server
+    /// sees a normal close) and stops the client's tasks.
     pub async fn close(&self) {
-        let _ = self.inner.mqtt.try_disconnect();
-        let _ = self.inner.shutdown.send(true);
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks = tasks.into_iter();
+        if let Some(mqtt_loop) = tasks.next() {
+            // The loop ends once it has written the DISCONNECT; a connection
+            // that is down has nothing to say goodbye on.
+            if self.inner.mqtt.try_disconnect().is_ok() {
+                let _ = tokio::time::timeout(CLOSE_GRACE, mqtt_loop).await;
+            }
+        }
+        let _ = self.inner.shutdown.send(true);
         for t in tasks {
             let _ = t.await;
         }

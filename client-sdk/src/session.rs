@@ -84,6 +84,8 @@ pub(crate) async fn mqtt_loop(
             }
             Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => Input::Publish(p),
             Ok(rumqttc::Event::Incoming(Packet::SubAck(_))) => Input::SubAck,
+            // Client::close: the DISCONNECT is written, the session ends cleanly.
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
                 let refused = matches!(
