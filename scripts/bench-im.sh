@@ -4,6 +4,8 @@
 # prefixed by the scenario, for medians. Loopback only; ports 18831/18081.
 #   scripts/bench-im.sh [RUNS] [SCENARIO...]
 # SCENARIO: send1 send16 send64 send64-interval batch batch-interval lat1000 lat5000 drain
+#   group: 1,000 members, 200 online (mqtt.max_queued = 20000); presence: 10,000
+#   users x 20 watchers (not in the default list: each takes a minute or more)
 #   sdk5000: latency at 5,000/s received by rumqttc, then by the client library,
 #   alternating in each run (the client library's cost over a raw subscriber)
 # BEFORE=path/to/another/imqtt runs that build too, alternating run by run, its
@@ -50,6 +52,8 @@ for s in "${scenarios[@]}"; do
       lat1000) run_one "$s" always --scenario latency --rate 1000 --messages 10000 ;;
       lat5000) run_one "$s" always --scenario latency --rate 5000 --messages 25000 ;;
       drain) run_one "$s" always --scenario drain --messages 100000 ;;
+      group) IMQTT_MQTT__MAX_QUEUED=20000 run_one "$s" always --scenario group ;;
+      presence) run_one "$s" always --scenario presence ;;
       sdk5000)
         run_one lat5000-rumqttc always --scenario latency --rate 5000 --messages 25000 --receiver rumqttc
         run_one lat5000-sdk always --scenario latency --rate 5000 --messages 25000 --receiver sdk ;;

@@ -77,15 +77,7 @@ impl Api {
         refresh: Option<TokenRefresh>,
         retry: RetryPolicy,
     ) -> Result<Api, Error> {
-        let base = http_url.trim_end_matches('/').to_owned();
-        let rest = base
-            .strip_prefix("http://")
-            .ok_or_else(|| Error::Config(format!("http url {http_url:?}: must be http://")))?;
-        if rest.is_empty() || rest.contains('/') {
-            return Err(Error::Config(format!(
-                "http url {http_url:?}: give the server's root, http://host:port"
-            )));
-        }
+        let base = base_url(http_url)?;
         wire::check_id(user).map_err(|e| Error::Config(format!("user: {e}")))?;
         let token = match &credentials {
             Credentials::Token(t) => Some(t.clone()),
@@ -133,6 +125,11 @@ impl Api {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether a refused token can be replaced (a password, or a callback).
+    fn can_refresh(&self) -> bool {
+        matches!(self.inner.credentials, Credentials::Password(_)) || self.inner.refresh.is_some()
     }
 
     /// A new token because `stale` was refused: a password sign-in, or the
@@ -187,7 +184,7 @@ impl Api {
             }
             let resp = req.send().await?;
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && !refreshed {
+            if status == StatusCode::UNAUTHORIZED && !refreshed && self.can_refresh() {
                 refreshed = true;
                 token = self.refresh_token(Some(&token)).await?;
                 continue;
@@ -395,7 +392,7 @@ pub async fn sign_up(http_url: &str, user: &str, password: &str) -> Result<(), E
         password: password.to_owned(),
     };
     let resp = http
-        .post(format!("{}/v1/accounts", http_url.trim_end_matches('/')))
+        .post(format!("{}/v1/accounts", base_url(http_url)?))
         .json(&creds)
         .send()
         .await?;
@@ -412,7 +409,7 @@ pub async fn sign_in_at(
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| Error::Config(format!("http client: {e}")))?;
-    sign_in(&http, http_url.trim_end_matches('/'), user, password).await
+    sign_in(&http, &base_url(http_url)?, user, password).await
 }
 
 async fn sign_in(
@@ -442,6 +439,20 @@ fn stored(sent: Sent) -> Result<SendResult, Error> {
         Sent::Stored(r) => Ok(r),
         Sent::Live(_) => Err(Error::Decode("a qos 1 send was answered as qos 0".into())),
     }
+}
+
+/// The server's root from `http_url`, checked: `http://host:port`, no path.
+fn base_url(http_url: &str) -> Result<String, Error> {
+    let base = http_url.trim_end_matches('/').to_owned();
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or_else(|| Error::Config(format!("http url {http_url:?}: must be http://")))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(Error::Config(format!(
+            "http url {http_url:?}: give the server's root, http://host:port"
+        )));
+    }
+    Ok(base)
 }
 
 /// An id for a URL path: checked, so it can never add a path segment.

@@ -89,7 +89,10 @@ pub enum ClientEvent {
         /// Why, as the MQTT library put it.
         reason: String,
     },
-    /// A stored message: per conversation exactly once, in seq order.
+    /// A stored message: per conversation exactly once, in seq order, this
+    /// device's own sends included. A conversation the device has no cursor for
+    /// starts after the user's cursor on the server (what any of its devices
+    /// acked).
     Message(Envelope),
     /// A qos 0 message (typing, live signals): at most once, no seq.
     Live(LiveMessage),
@@ -267,18 +270,36 @@ impl Client {
     /// A direct message to `to`: stored, retried idempotently until the server
     /// has it (see [`Api::send`]).
     pub async fn send(&self, to: &str, body: Value) -> Result<SendResult, Error> {
-        self.inner.api.send_to(to, body).await
+        let r = self.inner.api.send_to(to, body).await?;
+        self.own_sent(&r).await;
+        Ok(r)
+    }
+
+    /// Tells the driver, so that the application's stream carries this
+    /// device's own messages too (see `Order::own_sent`).
+    async fn own_sent(&self, r: &SendResult) {
+        let _ = self
+            .inner
+            .input
+            .send(Input::OwnSent(r.conv.clone(), r.seq))
+            .await;
     }
 
     /// A message to group `gid`, stored, retried idempotently.
     pub async fn send_group(&self, gid: &str, body: Value) -> Result<SendResult, Error> {
-        self.inner.api.send_group(gid, body).await
+        let r = self.inner.api.send_group(gid, body).await?;
+        self.own_sent(&r).await;
+        Ok(r)
     }
 
     /// Any send (qos 0 for live signals, an own `client_msg_id`, ...), retried
     /// idempotently.
     pub async fn send_request(&self, req: SendRequest) -> Result<Sent, Error> {
-        self.inner.api.send(req).await
+        let sent = self.inner.api.send(req).await?;
+        if let Sent::Stored(r) = &sent {
+            self.own_sent(r).await;
+        }
+        Ok(sent)
     }
 
     /// A notice to each of `to` (service and admin tokens only).

@@ -33,6 +33,9 @@ struct Conv {
     pending: BTreeMap<u64, Envelope>,
     /// The fetch in flight, with the lowest early push at the time it was asked.
     fetching: Option<Option<u64>>,
+    /// `delivered` is the server's cursor, taken as the base, and nothing was
+    /// handed on since: it may still move back for the device's own send.
+    from_server: bool,
 }
 
 /// The ordering state of one client.
@@ -100,6 +103,18 @@ impl Order {
         self.wanting.insert(conv.clone());
     }
 
+    /// Fetches whatever of `conv` may exist after what was handed on (a group
+    /// just left: nothing after the removal comes, but what came before may
+    /// not all have been pushed). Only for a conversation with a base.
+    pub(crate) fn drain_known(&mut self, conv: &ConvId) {
+        if let Some(c) = self.convs.get_mut(conv)
+            && c.delivered.is_some()
+        {
+            c.target = u64::MAX;
+            self.wanting.insert(conv.clone());
+        }
+    }
+
     /// Where the caller's conversations stand on the server (`GET
     /// /v1/conversations`): heads raise targets, and a conversation without a
     /// base starts from the server's cursor.
@@ -108,6 +123,7 @@ impl Order {
             let c = self.convs.entry(s.conv.clone()).or_default();
             if c.delivered.is_none() {
                 c.delivered = Some(s.cursor);
+                c.from_server = true;
             }
             c.target = c.target.max(s.head);
             drain(c, out);
@@ -124,6 +140,30 @@ impl Order {
                 self.wanting.insert(conv);
             }
         }
+    }
+
+    /// This device's own send was stored as `seq` of `conv`. The server moved
+    /// the user's cursor past it, so a conversation first met now would start
+    /// after it; the application sees its own messages in every conversation's
+    /// stream, this one's first included, whichever of the push, the heads and
+    /// this news comes first.
+    pub(crate) fn own_sent(&mut self, conv: &ConvId, seq: u64, out: &mut Vec<Envelope>) {
+        let c = self.convs.entry(conv.clone()).or_default();
+        match c.delivered {
+            None => {
+                c.delivered = Some(seq - 1);
+                c.from_server = true;
+                self.unknown.remove(conv);
+            }
+            Some(d) if c.from_server && seq <= d => {
+                c.delivered = Some(seq - 1);
+                c.target = c.target.max(d);
+            }
+            Some(_) => {}
+        }
+        c.target = c.target.max(seq);
+        drain(c, out);
+        self.wanting.insert(conv.clone());
     }
 
     /// Whether some conversation waits for its base (the session then asks for
@@ -258,6 +298,7 @@ fn drain(c: &mut Conv, out: &mut Vec<Envelope>) {
         } else if seq == d + 1 {
             out.push(entry.remove());
             d = seq;
+            c.from_server = false;
         } else {
             break;
         }
@@ -282,6 +323,7 @@ fn skip_to(c: &mut Conv, upto: u64, out: &mut Vec<Envelope>) {
         }
     }
     c.delivered = Some(upto);
+    c.from_server = false;
 }
 
 #[cfg(test)]
@@ -414,6 +456,40 @@ mod tests {
         o.page(&f[0], page("dm:a:b", [1], false), &mut out);
         assert_eq!(seqs(&out), [1]);
         assert!(o.idle());
+    }
+
+    #[test]
+    fn the_devices_own_first_message_comes_whichever_news_is_first() {
+        // The server's cursor is past the sender's own message.
+        let head = ConversationSummary {
+            conv: conv("dm:a:b"),
+            head: 1,
+            cursor: 1,
+            unread: 0,
+            last_ts: 0,
+        };
+        // Heads, then the push, then the send's answer.
+        let mut o = Order::default();
+        let mut out = Vec::new();
+        o.heads(std::slice::from_ref(&head), &mut out);
+        o.push(env("dm:a:b", 1), &mut out);
+        assert!(out.is_empty());
+        o.own_sent(&conv("dm:a:b"), 1, &mut out);
+        let f = o.next_fetches(4);
+        assert_eq!(f[0].after, 0);
+        o.page(&f[0], page("dm:a:b", [1], false), &mut out);
+        assert_eq!(seqs(&out), [1]);
+        // The send's answer first, then heads and push.
+        let mut o = Order::default();
+        let mut out = Vec::new();
+        o.own_sent(&conv("dm:a:b"), 1, &mut out);
+        o.heads(std::slice::from_ref(&head), &mut out);
+        o.push(env("dm:a:b", 1), &mut out);
+        assert_eq!(seqs(&out), [1]);
+        // What the device already handed on is never handed again.
+        o.own_sent(&conv("dm:a:b"), 1, &mut out);
+        assert!(o.next_fetches(4).is_empty());
+        assert_eq!(seqs(&out), [1]);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub(crate) enum Input {
     RetryFetch(wire::ConvId),
     /// Start (true) or stop watching a user's presence.
     Watch(String, bool),
+    /// This device's send was stored at this seq.
+    OwnSent(wire::ConvId, u64),
 }
 
 /// Polls the MQTT connection until `shutdown`. The first connection's outcome
@@ -124,11 +126,19 @@ pub(crate) async fn mqtt_loop(
                     Ok(t) => {
                         eventloop.mqtt_options.set_credentials(api.user(), t);
                     }
-                    Err(e) => {
+                    Err(refresh) => {
                         if let Some(f) = first.take() {
-                            let _ = f.send(Err(Error::Unauthorized(e.to_string())));
+                            // The broker's refusal says why (the token was
+                            // refused); the refresh's error why it stays so.
+                            let _ = f.send(Err(match refresh {
+                                Error::Unauthorized(why) => {
+                                    Error::Unauthorized(format!("{e}; {why}"))
+                                }
+                                other => other,
+                            }));
                             return;
                         }
+                        let e = refresh;
                         tracing::warn!(error = %e, "no token for the reconnection");
                     }
                 }
@@ -297,6 +307,7 @@ impl Driver {
                     self.ask_groups(generation);
                 }
             }
+            Input::OwnSent(conv, seq) => self.order.own_sent(&conv, seq, ready),
             Input::Watch(uid, true) => {
                 if self.watched.insert(uid.clone()) && self.connected {
                     self.subscribe(topic(wire::topic::presence(&uid)).into_iter().collect());
@@ -343,8 +354,14 @@ impl Driver {
             Event::Sync { conv, seq } => self.order.hint(&conv, seq),
             Event::Sent { .. } | Event::Error { .. } => out.push(ClientEvent::Outbox(e)),
             Event::MemberAdded { group, user, by } => {
-                if user == self.me && self.groups.insert(group.clone()) && self.connected {
-                    self.subscribe(topic(wire::topic::group(&group)).into_iter().collect());
+                if user == self.me && self.groups.insert(group.clone()) {
+                    if self.connected {
+                        self.subscribe(topic(wire::topic::group(&group)).into_iter().collect());
+                    }
+                    // The join's cursor, while the group is still listed: a
+                    // message sent before the subscription is in place, by a
+                    // member who leaves soon after, is then still fetched.
+                    self.ask_heads();
                 }
                 out.push(ClientEvent::Group(GroupEvent::MemberAdded {
                     group,
@@ -355,6 +372,11 @@ impl Driver {
             Event::MemberRemoved { group, user, by } => {
                 if user == self.me && self.groups.remove(&group) {
                     self.unsubscribe(topic(wire::topic::group(&group)));
+                    // What was sent up to the removal stays readable: fetch
+                    // whatever of it has not come yet (an empty page ends it).
+                    if let Ok(conv) = wire::ConvId::group(&group) {
+                        self.order.drain_known(&conv);
+                    }
                 }
                 out.push(ClientEvent::Group(GroupEvent::MemberRemoved {
                     group,

@@ -1,7 +1,8 @@
 //! Test harness: starts the real `imqtt` binary on ephemeral ports with its own data
 //! directory, reads the bound addresses from `--print-addrs`, and stops or kills it.
 //! [`Launch`] is the process before it is known to serve, for tests of startup.
-//! [`bench_bin`] finds `imqtt-bench` the way [`imqtt_bin`] finds `imqtt`.
+//! [`bench_bin`] and [`cli_bin`] find `imqtt-bench` and `imqtt-cli` the way
+//! [`imqtt_bin`] finds `imqtt`.
 
 pub mod client;
 
@@ -35,6 +36,17 @@ pub fn bench_bin() -> PathBuf {
         "imqtt-bench",
         "IMQTT_BENCH_BIN",
         "cargo build -p client-sdk --bin imqtt-bench",
+    )
+}
+
+/// The `imqtt-cli` binary under test: `$IMQTT_CLI_BIN`, or the one cargo built
+/// next to this test executable (`cargo test --workspace` builds it, because
+/// `client-sdk` has integration tests).
+pub fn cli_bin() -> PathBuf {
+    built_bin(
+        "imqtt-cli",
+        "IMQTT_CLI_BIN",
+        "cargo build -p client-sdk --bin imqtt-cli",
     )
 }
 
