@@ -196,6 +196,27 @@ async fn bench_relay_receives_every_message_once_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn bench_relay_at_qos_0_receives_every_message_once_in_order() {
+    let server = server().await;
+    let r = bench(
+        &server,
+        "relay",
+        Over::Mqtt,
+        &["--qos", "0", "--messages", "300", "--window", "50"],
+    )
+    .await;
+    r.assert_counts(&[
+        ("relay_qos", 0),
+        ("messages", 300),
+        ("relay_sent", 300),
+        ("relay_received", 300),
+        ("relay_duplicates", 0),
+        ("relay_out_of_order", 0),
+    ]);
+    r.assert_printed(&["relay_messages_per_sec", "relay_latency_p99_ms"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bench_stalled_healthy_subscribers_get_all_their_messages() {
     let server = server().await;
     let (stalled, healthy, messages) = (3, 2, 300);
@@ -301,6 +322,40 @@ async fn bench_latency_delivers_every_stored_send_over_mqtt() {
         ("latency_lost", 0),
     ]);
     r.assert_printed(&["latency_delivery_p99_ms", "latency_achieved_per_sec"]);
+}
+
+/// The latency run received by a plain rumqttc subscriber and by the client
+/// library: the two the client library's cost is measured between.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_latency_with_rumqttc_and_the_client_library_receiving() {
+    for receiver in ["rumqttc", "sdk"] {
+        let server = server().await;
+        let r = bench(
+            &server,
+            "latency",
+            Over::Http,
+            &[
+                "--senders",
+                "2",
+                "--rate",
+                "100",
+                "--messages",
+                "60",
+                "--receiver",
+                receiver,
+            ],
+        )
+        .await;
+        r.assert_counts(&[
+            ("messages", 60),
+            ("latency_stored", 60),
+            ("latency_errors", 0),
+            ("latency_received", 60),
+            ("latency_duplicates", 0),
+            ("latency_lost", 0),
+        ]);
+        r.assert_printed(&["receiver", "latency_delivery_p99_ms"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,7 +92,13 @@ pub(crate) async fn presence(api: &Api, args: Presence, out: Out) -> anyhow::Res
                 PresenceStatus::Online => p.devices.join(","),
                 PresenceStatus::Offline => "-".to_owned(),
             };
-            vec![p.user.clone(), word(&p.status), output::utc(p.ts), devices]
+            // ts 0: never seen online since the server started.
+            let since = if p.ts == 0 {
+                "-".to_owned()
+            } else {
+                output::utc(p.ts)
+            };
+            vec![p.user.clone(), word(&p.status), since, devices]
         })
         .collect();
     for u in &args.users {
