@@ -48,7 +48,7 @@ const COMPACT_AFTER: usize = 4096;
 /// Cursors in a file: one `conv seq` line appended per save (a write to the
 /// kernel, so a crash of the app loses nothing it wrote; no fsync, so a power loss
 /// may lose the last ones and replay those messages), rewritten to one line per
-/// conversation (temp file, then rename) once it has grown by [`COMPACT_AFTER`]
+/// conversation (temp file, then rename) once it has grown by 4,096
 /// lines. A torn or unreadable line is skipped on load.
 #[derive(Debug)]
 pub struct FileCursors {
