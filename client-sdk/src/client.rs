@@ -212,23 +212,27 @@ impl Client {
         let (first_tx, first_rx) = oneshot::channel();
         let acks = config.auto_ack.then(|| Arc::new(Acks::default()));
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(session::mqtt_loop(
-            eventloop,
-            api.clone(),
-            input_tx.clone(),
-            shutdown.subscribe(),
-            first_tx,
-        )));
-        let driver = session::Driver::new(
+        let driver = Arc::new(tokio::sync::Mutex::new(session::Driver::new(
             config.user.clone(),
             api.clone(),
             mqtt.clone(),
             crate::order::Order::new(cursors),
             events_tx,
             input_tx.clone(),
-        );
-        tasks.push(tokio::spawn(driver.run(input_rx, shutdown.subscribe())));
+        )));
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(session::mqtt_loop(
+            eventloop,
+            api.clone(),
+            driver.clone(),
+            shutdown.subscribe(),
+            first_tx,
+        )));
+        tasks.push(tokio::spawn(session::Driver::run(
+            driver,
+            input_rx,
+            shutdown.subscribe(),
+        )));
         if let Some(acks) = &acks {
             let (acks, api, stop) = (acks.clone(), api.clone(), shutdown.subscribe());
             tasks.push(tokio::spawn(async move { acks.run(api, stop).await }));

@@ -1,6 +1,8 @@
 //! The client's two tasks. [`mqtt_loop`] polls the MQTT connection, reconnects
-//! with backoff (with a new token when the old one is refused) and forwards what
-//! arrives. [`Driver`] owns everything else: subscriptions (inbox, events, the
+//! with backoff (with a new token when the old one is refused) and has the
+//! [`Driver`] react to what arrives; the driver's own task reacts to the answers
+//! of its HTTP requests and to the client's calls. The driver owns everything
+//! else: subscriptions (inbox, events, the
 //! user's groups, watched presences, made again on every connection), the catch-up
 //! after each subscription is in place, the [`Order`] of each conversation and the
 //! fetches it asks for, and the events handed to the application.
@@ -11,6 +13,7 @@
 //! of all of the first kind, so together nothing falls between.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Publish};
@@ -62,7 +65,7 @@ pub(crate) enum Input {
 pub(crate) async fn mqtt_loop(
     mut eventloop: EventLoop,
     api: Api,
-    input: mpsc::Sender<Input>,
+    driver: SharedDriver,
     mut shutdown: watch::Receiver<bool>,
     first: oneshot::Sender<Result<(), Error>>,
 ) {
@@ -100,10 +103,11 @@ pub(crate) async fn mqtt_loop(
                     return;
                 }
                 if std::mem::take(&mut connected)
-                    && input
-                        .send(Input::Disconnected(e.to_string()))
+                    && !driver
+                        .lock()
                         .await
-                        .is_err()
+                        .react(Input::Disconnected(e.to_string()), &mut shutdown)
+                        .await
                 {
                     return;
                 }
@@ -152,11 +156,20 @@ pub(crate) async fn mqtt_loop(
                 continue;
             }
         };
-        if input.send(forward).await.is_err() {
+        // Handled here rather than passed to the driver's task: a push reaches
+        // the application through one task less (the library's cost over a
+        // plain subscriber is mostly waiting for the CPU between tasks).
+        if !driver.lock().await.react(forward, &mut shutdown).await {
             return;
         }
     }
 }
+
+/// The driver, shared by the MQTT loop (what arrives over MQTT) and the driver's
+/// own task (answers of HTTP requests, the client's calls). One lock, held while
+/// the events an input produced are handed to the application, so that they
+/// reach it in the order the driver made them.
+pub(crate) type SharedDriver = Arc<tokio::sync::Mutex<Driver>>;
 
 /// The client's state and its reactions; see the module's comment.
 #[derive(Debug)]
@@ -201,34 +214,50 @@ impl Driver {
         }
     }
 
+    /// The driver's task: reacts to the inputs of HTTP requests and of the
+    /// client's calls until `shutdown`.
     pub(crate) async fn run(
-        mut self,
+        driver: SharedDriver,
         mut inputs: mpsc::Receiver<Input>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut ready = Vec::new();
         loop {
             let input = tokio::select! {
                 i = inputs.recv() => i,
                 _ = shutdown.changed() => return,
             };
             let Some(input) = input else { return };
-            let mut out = Vec::new();
-            self.handle(input, &mut ready, &mut out);
-            out.extend(ready.drain(..).map(ClientEvent::Message));
-            for event in out {
-                tokio::select! {
-                    sent = self.events.send(event) => if sent.is_err() { return },
-                    _ = shutdown.changed() => return,
-                }
-            }
-            if self.order.needs_heads() {
-                self.ask_heads();
-            }
-            for fetch in self.order.next_fetches(MAX_FETCHES) {
-                self.start_fetch(fetch);
+            if !driver.lock().await.react(input, &mut shutdown).await {
+                return;
             }
         }
+    }
+
+    /// Handles `input`, hands what it produced to the application, and starts
+    /// the requests the new state asks for. False when the client is shutting
+    /// down or the application has gone.
+    pub(crate) async fn react(
+        &mut self,
+        input: Input,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut ready = Vec::new();
+        let mut out = Vec::new();
+        self.handle(input, &mut ready, &mut out);
+        out.extend(ready.into_iter().map(ClientEvent::Message));
+        for event in out {
+            tokio::select! {
+                sent = self.events.send(event) => if sent.is_err() { return false },
+                _ = shutdown.changed() => return false,
+            }
+        }
+        if self.order.needs_heads() {
+            self.ask_heads();
+        }
+        for fetch in self.order.next_fetches(MAX_FETCHES) {
+            self.start_fetch(fetch);
+        }
+        true
     }
 
     /// Reacts to `input`: messages now in order go to `ready`, other events
