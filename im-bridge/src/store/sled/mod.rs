@@ -656,6 +656,26 @@ mod tests {
         SledStore::open(&cfg, Duration::from_secs(3600)).expect("open")
     }
 
+    /// Opens the store again once an earlier handle in this process is
+    /// dropped. sled's flusher thread holds the directory's lock until it has
+    /// noticed the drop, a moment later; a second process (the real restart)
+    /// never meets this, as the lock goes with the first one's exit.
+    fn reopen(dir: &tempfile::TempDir) -> SledStore {
+        let cfg = StoreConfig {
+            path: dir.path().join("data"),
+            ..StoreConfig::default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match SledStore::open(&cfg, Duration::from_secs(3600)) {
+                Err(Error::StoreInUse { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => return opened.expect("reopen"),
+            }
+        }
+    }
+
     fn send(from: &str, to: &str, cmid: Option<&str>, text: &str) -> NewMessage {
         NewMessage {
             from: from.into(),
@@ -929,7 +949,7 @@ mod tests {
                 .expect("append");
             s.flush().expect("flush");
         }
-        let s = open(&dir);
+        let s = reopen(&dir);
         let conv = ConvId::dm("ann", "ben").expect("conv");
         assert_eq!(s.head(&conv).expect("head").seq, 1);
         assert!(
