@@ -313,9 +313,15 @@ impl Client {
 
     /// Watches `uid`'s presence (its contacts and co-members may): its retained
     /// state comes at once as a [`ClientEvent::Presence`], then every change,
-    /// across reconnects.
+    /// across reconnects. [`Error::NotVisible`] when the server would refuse
+    /// the subscription (asked over HTTP first: a refused MQTT subscription
+    /// says nothing the client could tell the application).
     pub async fn watch_presence(&self, uid: &str) -> Result<(), Error> {
         wire::check_id(uid).map_err(|e| Error::Config(e.to_string()))?;
+        let visible = self.inner.api.presence(&[uid]).await?;
+        if !visible.presence.iter().any(|p| p.user == uid) {
+            return Err(Error::NotVisible(uid.to_owned()));
+        }
         self.inner
             .input
             .send(Input::Watch(uid.to_owned(), true))

@@ -37,6 +37,10 @@ pub enum Error {
     /// The cursor store failed to read or write.
     #[error("cursor store: {0}")]
     Cursors(String),
+    /// The user's presence may not be watched by this user (not a contact, no
+    /// group in common), or the user is unknown.
+    #[error("the presence of {0} is not visible to this user")]
+    NotVisible(String),
     /// The client was closed (or all its handles dropped).
     #[error("the client is closed")]
     Closed,

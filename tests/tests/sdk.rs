@@ -478,6 +478,12 @@ async fn groups_large_messages_live_messages_and_presence_reach_the_app() {
     );
 
     // Presence of a contact, live.
+    // Neither a contact nor a co-member: refused, and said so.
+    let refused = bob.watch_presence("zed").await.expect_err("not visible");
+    assert!(
+        matches!(refused, imqtt_client::Error::NotVisible(ref u) if u == "zed"),
+        "{refused}"
+    );
     http.put("alice", "/v1/contacts/bob", &json!({}))
         .await
         .expect(204);

@@ -84,7 +84,13 @@ pub(crate) async fn run(session: &Session, args: Listen, out: Out) -> anyhow::Re
     };
     let printed = async {
         for user in &args.watch {
-            client.watch_presence(user).await?;
+            match client.watch_presence(user).await {
+                // One user out of sight does not stop the others.
+                Err(e @ imqtt_client::Error::NotVisible(_)) => {
+                    eprintln!("imqtt-cli: not watching {user}: {e}");
+                }
+                watched => watched?,
+            }
         }
         print_events(&mut events, session, &device, args.count, out, &mut stop).await
     }
