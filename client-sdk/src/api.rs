@@ -83,10 +83,7 @@ impl Api {
             Credentials::Token(t) => Some(t.clone()),
             Credentials::Password(_) => None,
         };
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| Error::Config(format!("http client: {e}")))?;
+        let http = http_client()?;
         Ok(Api {
             inner: Arc::new(Inner {
                 http,
@@ -383,20 +380,10 @@ impl Api {
 
 /// `POST /v1/accounts`: creates a built-in account (no token needed).
 pub async fn sign_up(http_url: &str, user: &str, password: &str) -> Result<(), Error> {
-    let http = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| Error::Config(format!("http client: {e}")))?;
-    let creds = wire::Credentials {
-        user: user.to_owned(),
-        password: password.to_owned(),
-    };
-    let resp = http
-        .post(format!("{}/v1/accounts", base_url(http_url)?))
-        .json(&creds)
-        .send()
-        .await?;
-    answer(resp).await.map(drop)
+    let base = base_url(http_url)?;
+    post_credentials(&http_client()?, &base, "/v1/accounts", user, password)
+        .await
+        .map(drop)
 }
 
 /// `POST /v1/tokens`: a token for a built-in account.
@@ -405,11 +392,7 @@ pub async fn sign_in_at(
     user: &str,
     password: &str,
 ) -> Result<TokenResponse, Error> {
-    let http = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| Error::Config(format!("http client: {e}")))?;
-    sign_in(&http, &base_url(http_url)?, user, password).await
+    sign_in(&http_client()?, &base_url(http_url)?, user, password).await
 }
 
 async fn sign_in(
@@ -418,20 +401,39 @@ async fn sign_in(
     user: &str,
     password: &str,
 ) -> Result<TokenResponse, Error> {
+    match post_credentials(http, base, "/v1/tokens", user, password).await {
+        Ok(body) => decode(&body),
+        Err(e) if e.status() == Some(401) => Err(Error::Unauthorized(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// `{user, password}` posted to `path` of the accounts API (no token).
+async fn post_credentials(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    user: &str,
+    password: &str,
+) -> Result<bytes::Bytes, Error> {
     let creds = wire::Credentials {
         user: user.to_owned(),
         password: password.to_owned(),
     };
     let resp = http
-        .post(format!("{base}/v1/tokens"))
+        .post(format!("{base}{path}"))
         .json(&creds)
         .send()
         .await?;
-    match answer(resp).await {
-        Ok(body) => decode(&body),
-        Err(e) if e.status() == Some(401) => Err(Error::Unauthorized(e.to_string())),
-        Err(e) => Err(e),
-    }
+    answer(resp).await
+}
+
+/// The HTTP client every call uses: one request may take [`REQUEST_TIMEOUT`].
+fn http_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| Error::Config(format!("http client: {e}")))
 }
 
 fn stored(sent: Sent) -> Result<SendResult, Error> {
