@@ -303,6 +303,18 @@ async fn every_accepted_message_reaches_the_app_once_in_order_across_takeovers_a
         let m = &s.messages[conv][(*seq - 1) as usize];
         assert_eq!(&m.id, id, "{conv} #{seq} is the accepted message");
     }
+    // Retries across the crashes stored nothing twice: each send (sender,
+    // number) is in its conversation once.
+    for (conv, messages) in &s.messages {
+        let mut sends: Vec<(String, u64)> = messages
+            .iter()
+            .map(|m| (m.from.clone(), m.body["n"].as_u64().unwrap_or(u64::MAX)))
+            .collect();
+        let total = sends.len();
+        sends.sort();
+        sends.dedup();
+        assert_eq!(sends.len(), total, "{conv}: a send stored twice");
+    }
     assert!(
         s.disconnected >= rounds && s.connected > rounds,
         "connection changes seen: {} disconnected, {} connected",
