@@ -33,7 +33,7 @@ use tokio::sync::broadcast;
 pub use acl::{Authorizer, DenyAll};
 pub use error::{PublishError, StartError};
 pub use events::{Device, DisconnectReason, Event, EventKind, PresenceSnapshot};
-pub use metrics::BrokerMetrics;
+pub use metrics::{BrokerMetrics, BrokerStats};
 /// Quality of service, as on the wire.
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use uplink::{Answer, Refusal, Uplink, UplinkMessage};
@@ -226,6 +226,11 @@ impl BrokerHandle {
             .iter()
             .map(|u| u.to_string())
             .collect()
+    }
+
+    /// The broker's gauges and counters, read now.
+    pub fn stats(&self) -> BrokerStats {
+        self.hub.metrics.stats()
     }
 
     /// Client ids of `uid`'s connected devices.

@@ -208,6 +208,47 @@ impl BrokerMetrics {
     pub(crate) fn sent(&self, kind: PacketKind) {
         self.packets_out[kind as usize].inc();
     }
+
+    /// The figures an operator's page shows, read now.
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            connections: self.connections.get().max(0).unsigned_abs(),
+            sessions: self.sessions.get().max(0).unsigned_abs(),
+            subscriptions: self.subscriptions.get().max(0).unsigned_abs(),
+            retained: self.retained.get().max(0).unsigned_abs(),
+            publishes_received: self.packets_in[PacketKind::Publish as usize].get(),
+            publishes_sent: self.packets_out[PacketKind::Publish as usize].get(),
+            queue_drops: self.dropped_qos0.get()
+                + self.dropped_qos12.get()
+                + self.dropped_expired.get()
+                + self.dropped_too_large.get(),
+            bytes_received: self.bytes_in.get(),
+            bytes_sent: self.bytes_out.get(),
+        }
+    }
+}
+
+/// A snapshot of the broker's gauges and counters (counters count from the start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Open MQTT connections.
+    pub connections: u64,
+    /// Sessions, connected or persisted.
+    pub sessions: u64,
+    /// Subscriptions in the index.
+    pub subscriptions: u64,
+    /// Retained messages.
+    pub retained: u64,
+    /// PUBLISH packets received from clients.
+    pub publishes_received: u64,
+    /// PUBLISH packets sent to clients: the deliveries.
+    pub publishes_sent: u64,
+    /// Messages dropped from full queues, expired, or too large for their client.
+    pub queue_drops: u64,
+    /// Bytes read off MQTT connections.
+    pub bytes_received: u64,
+    /// Bytes written to MQTT connections.
+    pub bytes_sent: u64,
 }
 
 #[cfg(test)]

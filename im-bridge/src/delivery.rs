@@ -14,6 +14,7 @@ use std::sync::Arc;
 use broker::{BrokerHandle, QoS};
 use bytes::Bytes;
 use imqtt_client::wire::{self, ConvId, ConvKind, Envelope, Event, LiveMessage, Qos};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::store::{NewMessage, Store};
 
@@ -38,16 +39,21 @@ pub fn recipients<'a>(conv: &'a ConvId, from: &'a str) -> Vec<&'a str> {
 }
 
 /// The commit loop's hook: delivers every newly stored message of a batch, in
-/// commit order (a retry's original was delivered back then).
+/// commit order (a retry's original was delivered back then), and counts them in
+/// `stored`.
 pub fn on_commit(
     broker: BrokerHandle,
     store: Arc<dyn Store>,
     inline_max: usize,
+    stored: Counter,
 ) -> crate::commit::OnCommit {
     Box::new(move |appended| {
+        let mut n = 0;
         for a in appended.iter().filter(|a| !a.duplicate) {
             deliver(&broker, &*store, &a.envelope, &a.json, inline_max);
+            n += 1;
         }
+        stored.inc_by(n);
     })
 }
 

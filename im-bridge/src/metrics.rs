@@ -22,6 +22,9 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP requests answered, by method and status.
     pub http_requests: Family<HttpLabels, Counter>,
+    /// Messages accepted and stored (a retry answered from the idempotency record
+    /// is not counted again).
+    pub messages_stored: Counter,
     resident_bytes: Gauge,
     open_fds: Gauge,
 }
@@ -36,6 +39,12 @@ impl Metrics {
             "http_requests",
             "HTTP requests answered, by method and status",
             http_requests.clone(),
+        );
+        let messages_stored = Counter::default();
+        registry.register(
+            "messages_stored",
+            "Messages accepted and stored durably",
+            messages_stored.clone(),
         );
         let resident_bytes = Gauge::default();
         registry.register(
@@ -53,6 +62,7 @@ impl Metrics {
         Metrics {
             registry,
             http_requests,
+            messages_stored,
             resident_bytes,
             open_fds,
         }
@@ -85,6 +95,13 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// `VmRSS` of this process, in bytes.
+pub fn resident_memory() -> u64 {
+    resident_bytes()
+        .and_then(|b| u64::try_from(b).ok())
+        .unwrap_or(0)
 }
 
 /// `VmRSS` of this process, from `/proc/self/status` (Linux).

@@ -96,6 +96,7 @@ impl Server {
                     mqtt.handle(),
                     store.clone(),
                     config.delivery.inline_max_bytes.as_usize(),
+                    metrics.messages_stored.clone(),
                 ),
             ),
             broker: mqtt.handle(),
@@ -106,6 +107,8 @@ impl Server {
             metrics: Arc::new(metrics),
             passwords: Passwords::default(),
             ready: Arc::new(AtomicBool::new(false)),
+            started: std::time::Instant::now(),
+            mqtt_addrs: mqtt.local_addrs().into(),
         };
         // Presence follows connections from the first one on.
         crate::presence::spawn(state.broker.clone());

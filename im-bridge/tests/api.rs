@@ -72,6 +72,8 @@ async fn state() -> AppState {
         metrics: Arc::new(Metrics::new(|_| {})),
         passwords: Passwords::default(),
         ready: Arc::new(AtomicBool::new(true)),
+        started: std::time::Instant::now(),
+        mqtt_addrs: broker.local_addrs().into(),
     }
 }
 

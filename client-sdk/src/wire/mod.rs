@@ -9,6 +9,7 @@
 //! accounts) with the error body [`ErrorBody`], and the MQTT [`topic`] builders.
 
 mod accounts;
+mod admin;
 mod conv;
 mod envelope;
 mod error;
@@ -21,6 +22,7 @@ mod sync;
 pub mod topic;
 
 pub use accounts::{Account, Credentials, TokenResponse};
+pub use admin::{AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
 pub use conv::{ConvId, ConvIdError, ConvKind};
 pub use envelope::{Envelope, LiveMessage, Qos};
 pub use error::{ErrorBody, ErrorDetail};

@@ -4,15 +4,19 @@
 //! including unknown routes (404), wrong methods (405) and oversized bodies (413).
 
 mod accounts;
+mod admin;
 mod groups;
 mod health;
 mod json;
 mod messages;
 mod presence;
 mod sync;
+mod web;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -60,6 +64,11 @@ pub struct AppState {
     /// before any request can be answered); cleared when shutdown begins, so load
     /// balancers stop sending new work.
     pub ready: Arc<AtomicBool>,
+    /// When the server started, for its uptime.
+    pub started: Instant,
+    /// The bound MQTT listeners, keyed as in `--print-addrs` (`mqtt.ws`, ...): the
+    /// web page learns from `GET /v1/server` where to connect.
+    pub mqtt_addrs: Arc<[(&'static str, SocketAddr)]>,
 }
 
 impl AppState {
@@ -97,7 +106,14 @@ pub fn app(state: AppState) -> Router {
             "/v1/contacts/{uid}",
             put(presence::put).delete(presence::delete),
         )
-        .route("/v1/presence", get(presence::presence));
+        .route("/v1/presence", get(presence::presence))
+        .route("/v1/server", get(admin::server))
+        .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/users/{uid}", get(admin::user))
+        .route("/v1/admin/users/{uid}/disconnect", post(admin::disconnect))
+        .route("/", get(web::chat))
+        .route("/admin", get(web::admin))
+        .route("/assets/{name}", get(web::asset));
     if accounts::enabled(&state.config.auth) {
         router = router
             .route("/v1/accounts", post(accounts::create))

@@ -127,21 +127,27 @@ pub(super) async fn conversations(
 ) -> Result<Json<ConversationList>, Error> {
     let store = state.store.clone();
     let uid = caller.uid().to_owned();
-    let list = tokio::task::spawn_blocking(move || summaries(&*store, &uid))
+    let conversations = tokio::task::spawn_blocking(move || conversation_list(&*store, &uid))
         .await
         .map_err(|_| Error::Stopping)??;
-    Ok(Json(ConversationList {
-        conversations: list
-            .into_iter()
-            .map(|(c, _)| ConversationSummary {
-                unread: c.head.seq.saturating_sub(c.cursor),
-                head: c.head.seq,
-                cursor: c.cursor,
-                last_ts: c.head.last_ts,
-                conv: c.conv,
-            })
-            .collect(),
-    }))
+    Ok(Json(ConversationList { conversations }))
+}
+
+/// `uid`'s conversations as `GET /v1/conversations` lists them (blocking).
+pub(super) fn conversation_list(
+    store: &dyn Store,
+    uid: &str,
+) -> Result<Vec<ConversationSummary>, Error> {
+    Ok(summaries(store, uid)?
+        .into_iter()
+        .map(|(c, _)| ConversationSummary {
+            unread: c.head.seq.saturating_sub(c.cursor),
+            head: c.head.seq,
+            cursor: c.cursor,
+            last_ts: c.head.last_ts,
+            conv: c.conv,
+        })
+        .collect())
 }
 
 /// `GET /v1/conversations/{conv}/messages?after=S&limit=N` (or `before=S`): a

@@ -217,6 +217,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// The bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
     /// The head of `conv` (all zero when it has no message).
     fn head(&self, conv: &ConvId) -> Result<Head, StoreError>;
 

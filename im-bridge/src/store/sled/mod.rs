@@ -422,6 +422,10 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     fn head(&self, conv: &ConvId) -> Result<Head, StoreError> {
         match self.heads.get(conv.as_str())? {
             Some(v) => decode_head(&v),

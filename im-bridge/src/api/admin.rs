@@ -1,0 +1,139 @@
+//! The operator's API, for admin tokens only (403 for any other):
+//! `GET /v1/admin/stats`, `GET /v1/admin/users/{uid}` and
+//! `POST /v1/admin/users/{uid}/disconnect`. And `GET /v1/server`, open to anyone:
+//! what a page needs to know before it connects.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use broker::auth::Role;
+use imqtt_client::wire::{self, AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
+
+use super::{AppState, Json, accounts, sync};
+use crate::auth::Caller;
+use crate::error::Error;
+
+/// The caller, if it is an admin.
+fn admin(caller: &Caller) -> Result<(), Error> {
+    if caller.role() == Role::Admin {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(
+            "the admin API needs an admin token".into(),
+        ))
+    }
+}
+
+fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
+    let Path(uid) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
+    wire::check_id(&uid).map_err(|e| Error::BadRequest(format!("user: {e}")))?;
+    Ok(uid)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `GET /v1/admin/stats`.
+pub(super) async fn stats(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<AdminStats>, Error> {
+    admin(&caller)?;
+    let b = state.broker.stats();
+    let store = state.store.clone();
+    // sled reads the sizes of its files.
+    let store_bytes = tokio::task::spawn_blocking(move || store.size_on_disk())
+        .await
+        .map_err(|_| Error::Stopping)??;
+    Ok(Json(AdminStats {
+        ts: now_ms(),
+        uptime_s: state.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        connections: b.connections,
+        sessions: b.sessions,
+        subscriptions: b.subscriptions,
+        retained: b.retained,
+        messages_stored: state.metrics.messages_stored.get(),
+        deliveries: b.publishes_sent,
+        publishes_received: b.publishes_received,
+        queue_drops: b.queue_drops,
+        store_bytes,
+        resident_bytes: crate::metrics::resident_memory(),
+    }))
+}
+
+/// `GET /v1/admin/users/{uid}`: devices, presence, groups and conversations. A
+/// user the server has never heard of is 404.
+pub(super) async fn user(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<AdminUser>, Error> {
+    admin(&caller)?;
+    let uid = user_id(path)?;
+    let presence = crate::presence::current(&state.broker, &uid);
+    let store = state.store.clone();
+    let looked_up = uid.clone();
+    let (account, groups, conversations) = tokio::task::spawn_blocking(move || {
+        let account = store.password_hash(&looked_up)?.is_some();
+        let groups = store.user_groups(&looked_up, crate::groups::MAX_GROUPS)?;
+        let conversations = sync::conversation_list(&*store, &looked_up)?;
+        Ok::<_, Error>((account, groups, conversations))
+    })
+    .await
+    .map_err(|_| Error::Stopping)??;
+    let known =
+        account || !groups.is_empty() || !conversations.is_empty() || !presence.devices.is_empty();
+    if !known {
+        return Err(Error::NotFound(format!("no user {uid}")));
+    }
+    Ok(Json(AdminUser {
+        user: uid,
+        account,
+        presence,
+        groups,
+        conversations,
+    }))
+}
+
+/// `POST /v1/admin/users/{uid}/disconnect`: closes every connection of the user
+/// (MQTT 5 clients are told "administrative action"); its sessions stay.
+pub(super) async fn disconnect(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Disconnected>, Error> {
+    admin(&caller)?;
+    let uid = user_id(path)?;
+    let n = state.broker.disconnect_user(&uid);
+    tracing::info!(user = %uid, connections = n, by = %caller.uid(), "disconnected by an admin");
+    Ok(Json(Disconnected {
+        user: uid,
+        disconnected: n as u64,
+    }))
+}
+
+/// `GET /v1/server`: the version, whether built-in accounts are on, and where MQTT
+/// over WebSocket listens (a port on the host that served the page).
+pub(super) async fn server(State(state): State<AppState>) -> Json<ServerInfo> {
+    let port = |name: &str| {
+        state
+            .mqtt_addrs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| a.port())
+    };
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        accounts: accounts::enabled(&state.config.auth),
+        mqtt: MqttEndpoints {
+            ws_port: port("mqtt.ws"),
+            wss_port: port("mqtt.wss"),
+            ws_path: "/mqtt".to_owned(),
+        },
+    })
+}

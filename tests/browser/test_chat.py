@@ -1,0 +1,239 @@
+"""The chat page in a real browser against the real server."""
+
+import time
+
+from playwright.sync_api import expect
+
+from chat import Chat
+
+
+def test_two_people_chat_and_the_reload_shows_the_history_in_order(browser, server, screenshots):
+    alice = Chat(browser, server)
+    bob = Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    # Each lets the other see when they are online.
+    assert server.api("PUT", "/v1/contacts/bob", server.token("alice"))[0] == 204
+    assert server.api("PUT", "/v1/contacts/alice", server.token("bob"))[0] == 204
+    bob.open_dm("alice")
+    alice.open_dm("bob")
+    expect(alice.page.locator("#chat-dot")).to_have_attribute("data-status", "online")
+
+    # One sends; the other sees it within a second.
+    start = time.monotonic()
+    alice.send("hello bob")
+    bob.wait_for_text("hello bob", timeout=1000)
+    assert time.monotonic() - start < 1.0
+    # The sender's copy is confirmed by its seq.
+    expect(alice.page.locator('#messages li.msg[data-seq="1"] .body')).to_have_text("hello bob")
+    expect(alice.page.locator("#messages li.pending")).to_have_count(0)
+
+    for i in range(1, 6):
+        (bob if i % 2 else alice).send(f"line {i}")
+        (alice if i % 2 else bob).wait_for_text(f"line {i}")
+    want = [[1, "hello bob"]] + [[i + 1, f"line {i}"] for i in range(1, 6)]
+    assert alice.wait_count(6) == want
+    assert bob.wait_count(6) == want
+
+    bob.page.reload()
+    bob.wait_online()
+    bob.open_conv("dm:alice:bob")
+    assert bob.wait_count(6) == want
+    alice.page.set_viewport_size({"width": 1100, "height": 640})
+    alice.page.screenshot(path=str(screenshots / "chat.png"))
+    assert not alice.errors and not bob.errors, alice.errors + bob.errors
+    alice.close()
+    bob.close()
+
+
+def test_history_pages_in_on_scroll_up_and_unread_counts(browser, server):
+    # 130 messages stored before the page opens: the newest page is shown first,
+    # the rest come as the reader scrolls up, all in order.
+    status, _ = server.api("POST", "/v1/accounts", body={"user": "carol", "password": "pw-carol-1"})
+    assert status == 201
+    token = server.token("dave")
+    for i in range(1, 131):
+        status, body = server.api(
+            "POST", "/v1/messages", token, {"to": "carol", "body": {"text": f"m{i}"}, "client_msg_id": f"c{i}"}
+        )
+        assert status == 201, body
+    carol = Chat(browser, server)
+    carol.log_in("carol", "pw-carol-1")
+    conv = carol.page.locator('#conversations li.conv[data-conv="dm:carol:dave"]')
+    expect(conv.locator(".unread")).to_have_text("130")
+    carol.open_conv("dm:carol:dave")
+    first = carol.stored()
+    assert [s for s, _ in first] == list(range(81, 131))
+    for _ in range(20):
+        if len(carol.stored()) == 130:
+            break
+        carol.page.eval_on_selector("#scroller", "s => { s.scrollTop = 0; }")
+        time.sleep(0.3)
+    assert carol.stored() == [[i, f"m{i}"] for i in range(1, 131)]
+    # Read: the count is gone, here and on the server.
+    expect(conv.locator(".unread")).to_have_count(0)
+    deadline = time.monotonic() + 5
+    while True:
+        _, convs = server.api("GET", "/v1/conversations", server.token("carol"))
+        cursor = convs["conversations"][0]["cursor"]
+        if cursor == 130 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert cursor == 130
+    carol.close()
+
+
+def test_a_body_is_text_never_markup(browser, server):
+    alice = Chat(browser, server)
+    bob = Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    bob.open_dm("alice")
+    alice.open_dm("bob")
+    evil = "<img src=x onerror=alert(1)>"
+    alice.send(evil)
+    bob.wait_for_text(evil)
+    assert bob.stored() == [[1, evil]]
+    assert alice.wait_count(1) == [[1, evil]]
+    for chat in (alice, bob):
+        assert chat.page.locator("#messages img").count() == 0
+        assert chat.dialogs == []
+    # A user id that looks like markup cannot even be typed in: ids are checked.
+    bob.page.reload()
+    bob.wait_online()
+    bob.open_conv("dm:alice:bob")
+    assert bob.stored() == [[1, evil]]
+    assert bob.page.locator("#messages img").count() == 0
+    assert bob.dialogs == []
+    alice.close()
+    bob.close()
+
+
+def test_a_group_of_three_chats(browser, server):
+    people = {u: Chat(browser, server) for u in ("ann", "ben", "cat")}
+    for u, c in people.items():
+        c.sign_up(u)
+    ann = people["ann"]
+
+    ann.page.locator("details.panel summary", has_text="New group").click()
+    ann.page.fill("#group-name", "Trio")
+    ann.page.fill("#group-members", "ben, cat")
+    ann.page.click("#create-group button")
+    expect(ann.page.locator("#chat-title")).to_have_text("Trio")
+    conv = ann.page.eval_on_selector("#conversations li.conv.current", "e => e.dataset.conv")
+    assert conv.startswith("group:")
+    for u in ("ben", "cat"):
+        loc = people[u].page.locator(f'#conversations li.conv[data-conv="{conv}"]')
+        expect(loc).to_have_count(1, timeout=5000)
+        people[u].open_conv(conv)
+    lines = [("ann", "hi all"), ("ben", "hi ann"), ("cat", "hello"), ("ann", "bye")]
+    for n, (u, text) in enumerate(lines, start=1):
+        people[u].send(text)
+        for c in people.values():
+            c.wait_for_text(text)
+    want = [[n, t] for n, (_, t) in enumerate(lines, start=1)]
+    for c in people.values():
+        assert c.wait_count(4) == want
+    # Members: ann removes cat, and cat's page lets the group go.
+    ann.page.click("#members-button")
+    expect(ann.page.locator('#members li[data-user="cat"]')).to_have_count(1)
+    ann.page.locator('#members li[data-user="cat"] button', has_text="Remove").click()
+    expect(ann.page.locator('#members li[data-user="cat"]')).to_have_count(0)
+    expect(people["cat"].page.locator(f'#conversations li.conv[data-conv="{conv}"]')).to_have_count(0, timeout=5000)
+    # ben leaves.
+    ben = people["ben"]
+    ben.page.click("#members-button")
+    ben.page.click("#leave-group")
+    expect(ben.page.locator(f'#conversations li.conv[data-conv="{conv}"]')).to_have_count(0)
+    _, info = server.api("GET", f"/v1/groups/{conv[6:]}", server.token("ann"))
+    assert [m["user"] for m in info["members"]] == ["ann"]
+    for c in people.values():
+        assert not c.errors, c.errors
+        c.close()
+
+
+def test_a_presence_dot_turns_offline_when_the_other_closes(browser, server):
+    alice = Chat(browser, server)
+    bob = Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    # bob lets alice see his presence.
+    bob.page.locator("details.panel summary", has_text="Contacts").click()
+    bob.page.fill("#contact-user", "alice")
+    bob.page.click("#add-contact button")
+    expect(bob.page.locator('#contacts li[data-user="alice"]')).to_have_count(1)
+    alice.open_dm("bob")
+    dot = alice.page.locator('#chat-dot[data-user="bob"]')
+    expect(dot).to_have_attribute("data-status", "online", timeout=5000)
+    start = time.monotonic()
+    bob.close()
+    expect(dot).to_have_attribute("data-status", "offline", timeout=3000)
+    took = time.monotonic() - start
+    assert took < 2.0, f"offline after {took:.2f} s"
+    # And back online when bob comes back.
+    bob = Chat(browser, server)
+    bob.log_in("bob")
+    expect(dot).to_have_attribute("data-status", "online", timeout=3000)
+    alice.close()
+    bob.close()
+
+
+def test_the_page_survives_a_server_kill_and_loses_nothing(browser, server):
+    alice = Chat(browser, server)
+    bob = Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    bob.open_dm("alice")
+    alice.open_dm("bob")
+    for i in range(1, 6):
+        alice.send(f"before {i}")
+    bob.wait_count(5)
+    server.kill()
+    expect(alice.page.locator("#conn-state")).not_to_have_attribute("data-state", "online", timeout=10000)
+    # Sent while the server is down: shown at once, pending, retried.
+    for i in range(1, 4):
+        alice.send(f"during {i}")
+    expect(alice.page.locator("#messages li.pending")).to_have_count(3)
+    time.sleep(1.5)
+    server.start()
+    alice.wait_online(timeout=20000)
+    bob.wait_online(timeout=20000)
+    # The connection's return sends what waited, at once and in order.
+    expect(alice.page.locator("#messages li.pending")).to_have_count(0, timeout=3000)
+    for i in range(1, 4):
+        bob.send(f"after {i}")
+    want = [f"before {i}" for i in range(1, 6)] + [f"during {i}" for i in range(1, 4)]
+    got_a = alice.wait_count(11)
+    got_b = bob.wait_count(11)
+    assert got_a == got_b
+    assert [s for s, _ in got_a] == list(range(1, 12))
+    texts = [t for _, t in got_a]
+    assert texts[:8] == want
+    assert sorted(texts[8:]) == [f"after {i}" for i in range(1, 4)]
+    # The store agrees: 11 messages, no retry stored twice.
+    _, page = server.api("GET", "/v1/conversations/dm:alice:bob/messages?after=0&limit=100", server.token("alice"))
+    assert [m["body"]["text"] for m in page["messages"]] == texts
+    expect(alice.page.locator("#messages li.pending")).to_have_count(0)
+    alice.close()
+    bob.close()
+
+
+def test_the_page_works_on_a_phone_sized_screen(browser, server):
+    alice = Chat(browser, server, mobile=True)
+    bob = Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    alice.open_dm("bob")
+    # One pane at a time: the list is hidden while the chat is open.
+    expect(alice.page.locator("aside.side")).to_be_hidden()
+    bob.open_dm("alice")
+    bob.send("on your phone?")
+    alice.wait_for_text("on your phone?")
+    alice.send("yes")
+    bob.wait_for_text("yes")
+    alice.page.click("#back")
+    expect(alice.page.locator("aside.side")).to_be_visible()
+    width = alice.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+    alice.close()
+    bob.close()
