@@ -134,8 +134,23 @@ def test_a_group_of_three_chats(browser, server):
     want = [[n, t] for n, (_, t) in enumerate(lines, start=1)]
     for c in people.values():
         assert c.wait_count(4) == want
-    # Members: ann removes cat, and cat's page lets the group go.
+    # ann adds dan with the members form; dan's page finds the group.
+    dan = Chat(browser, server)
+    dan.sign_up("dan")
     ann.page.click("#members-button")
+    ann.page.fill("#member-user", "dan")
+    ann.page.click("#add-member button")
+    expect(ann.page.locator('#members li[data-user="dan"]')).to_have_count(1)
+    expect(dan.page.locator(f'#conversations li.conv[data-conv="{conv}"]')).to_have_count(1, timeout=5000)
+    dan.open_conv(conv)
+    # The group keeps its history from newcomers (history_visible is off).
+    expect(dan.page.locator("#history-state")).to_have_text("no messages yet")
+    dan.send("I am dan")
+    for c in list(people.values()) + [dan]:
+        c.wait_for_text("I am dan")
+    assert dan.stored() == [[5, "I am dan"]]
+    dan.close()
+    # Members: ann removes cat, and cat's page lets the group go.
     expect(ann.page.locator('#members li[data-user="cat"]')).to_have_count(1)
     ann.page.locator('#members li[data-user="cat"] button', has_text="Remove").click()
     expect(ann.page.locator('#members li[data-user="cat"]')).to_have_count(0)
@@ -146,7 +161,7 @@ def test_a_group_of_three_chats(browser, server):
     ben.page.click("#leave-group")
     expect(ben.page.locator(f'#conversations li.conv[data-conv="{conv}"]')).to_have_count(0)
     _, info = server.api("GET", f"/v1/groups/{conv[6:]}", server.token("ann"))
-    assert [m["user"] for m in info["members"]] == ["ann"]
+    assert sorted(m["user"] for m in info["members"]) == ["ann", "dan"]
     for c in people.values():
         assert not c.errors, c.errors
         c.close()
@@ -237,3 +252,49 @@ def test_the_page_works_on_a_phone_sized_screen(browser, server):
     assert width <= 390, f"the page is {width} px wide on a 390 px screen"
     alice.close()
     bob.close()
+
+
+def test_what_comes_while_the_page_is_away_or_too_large_to_push_is_fetched(browser, server):
+    bob = Chat(browser, server)
+    bob.sign_up("bob")
+    alice = server.token("alice")
+    assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": "first"}})[0] == 201
+    expect(bob.page.locator('#conversations li.conv[data-conv="dm:alice:bob"]')).to_have_count(1)
+    bob.open_conv("dm:alice:bob")
+    assert bob.wait_count(1) == [[1, "first"]]
+    # An operator closes bob's connection; what is sent before the page is back
+    # reaches it by the sync that follows the reconnection.
+    admin = server.token("root", role="admin")
+    assert server.api("POST", "/v1/admin/users/bob/disconnect", admin)[1]["disconnected"] == 1
+    for i in range(2, 5):
+        assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": f"away {i}"}})[0] == 201
+    bob.wait_online()
+    # Over 32 KiB (delivery.inline_max_bytes): announced by a sync hint, pulled.
+    big = "x" * 40_000
+    assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": big}})[0] == 201
+    assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": "last"}})[0] == 201
+    got = bob.wait_count(6)
+    assert got == [[1, "first"], [2, "away 2"], [3, "away 3"], [4, "away 4"], [5, big], [6, "last"]]
+    assert not bob.errors, bob.errors
+    bob.close()
+
+
+def test_a_pasted_token_logs_in(browser, server):
+    zed = Chat(browser, server)
+    zed.goto()
+    zed.page.click("#token-login summary")
+    zed.page.fill("#token-input", server.token("zed"))
+    zed.page.click("#token-form button")
+    zed.wait_online()
+    expect(zed.page.locator("#me")).to_have_text("zed")
+    # A token the server did not sign is refused and the page says so.
+    other = Chat(browser, server)
+    other.goto()
+    other.page.click("#token-login summary")
+    forged = server.token("eve")[:-4] + "AAAA"
+    other.page.fill("#token-input", forged)
+    other.page.click("#token-form button")
+    expect(other.page.locator("#login")).to_be_visible(timeout=10000)
+    expect(other.page.locator("#login-error")).not_to_be_empty()
+    zed.close()
+    other.close()
