@@ -41,6 +41,7 @@
       $("#error").textContent = "";
       $("#dashboard").hidden = false;
       $("#token-form").hidden = true;
+      $("#forget").hidden = false;
       $("#conn-state").textContent = `as ${claims(token)?.sub ?? "?"}`;
       $("#s-connections").textContent = s.connections.toLocaleString();
       $("#s-sessions").textContent = s.sessions.toLocaleString();
@@ -106,6 +107,13 @@
   $("#forget").addEventListener("click", () => {
     sessionStorage.removeItem(KEY);
     token = null;
+    last = null;
+    if (timer) clearTimeout(timer);
+    timer = null;
+    $("#dashboard").hidden = true;
+    $("#forget").hidden = true;
+    $("#token-form").hidden = false;
+    $("#conn-state").textContent = "";
   });
   $("#lookup").addEventListener("submit", (e) => {
     e.preventDefault();

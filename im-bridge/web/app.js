@@ -542,6 +542,9 @@
     scrollToEnd();
     markRead(o);
     $("#text").focus();
+    // A tall screen may show the whole first page with nothing to scroll.
+    const sc = $("#scroller");
+    if (o.hasOlder && sc.scrollHeight <= sc.clientHeight) loadOlder();
   }
 
   function closeChat() {
