@@ -436,9 +436,14 @@
 
   // A stored message arrived (pushed, or answered to our own send).
   function onMessage(m) {
+    if (m.conv.startsWith("group:") && !S.groups.has(m.conv.slice(6))) {
+      // A group the page has not seen yet (just added), or has left: the group
+      // list decides.
+      loadGroups().then(() => S.groups.has(m.conv.slice(6)) && onMessage(m), () => {});
+      return;
+    }
     const known = S.convs.has(m.conv);
     const c = conv(m.conv);
-    if (m.conv.startsWith("group:") && !S.groups.has(m.conv.slice(6))) loadGroups();
     c.head = Math.max(c.head, m.seq);
     c.last_ts = Math.max(c.last_ts, m.ts || 0);
     // My own messages (from any of my devices) are read.

@@ -310,6 +310,14 @@ impl Device {
         }
     }
 
+    /// Drives the connection until the server closes it; `false` if it is still
+    /// open after the harness's wait.
+    pub async fn until_closed(&mut self) -> bool {
+        timeout(WAIT, async { while self.events.poll().await.is_ok() {} })
+            .await
+            .is_ok()
+    }
+
     /// The next packet from the server.
     pub async fn next(&mut self) -> Incoming {
         loop {
