@@ -182,17 +182,15 @@ fn accept<S: Transport>(
         session: attached.session,
         generation: attached.generation,
         superuser,
-        keep_alive: (terms.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(terms.keep_alive) * 1500)),
-        client_max: connect
-            .max_packet_size
-            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+        // At most 65,535 × 1,500 ms: fits.
+        keep_alive_ms: u32::from(terms.keep_alive) * 1500,
+        client_max: connect.max_packet_size.unwrap_or(u32::MAX),
         will: connect.will.map(|mut w| {
             // Like a PUBLISH payload, the will must not pin the read buffer.
             w.payload = Bytes::copy_from_slice(&w.payload);
             Box::new(w)
         }),
-        aliases: Vec::new(),
+        aliases: Box::default(),
         out_aliases: (connect.topic_alias_max > 0)
             .then(|| Box::new(OutAliases::new(connect.topic_alias_max))),
         rbuf,

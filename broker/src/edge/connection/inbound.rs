@@ -130,7 +130,7 @@ impl<S: Transport> Conn<S> {
                 return Err(Close::error(DisconnectReasonCode::TopicAliasInvalid));
             }
             if self.aliases.is_empty() {
-                self.aliases = vec![None; usize::from(TOPIC_ALIAS_MAX) + 1];
+                self.aliases = vec![None; usize::from(TOPIC_ALIAS_MAX) + 1].into_boxed_slice();
             }
             self.aliases[usize::from(a)] = Some(t.clone());
         }

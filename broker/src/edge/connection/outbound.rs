@@ -57,9 +57,15 @@ impl OutAliases {
 }
 
 impl<S: Transport> Conn<S> {
+    /// The client's Maximum Packet Size, as the codec takes it.
+    fn client_max(&self) -> usize {
+        usize::try_from(self.client_max).unwrap_or(usize::MAX)
+    }
+
     /// Appends a packet to the write buffer, counting it.
     pub(super) fn push(&mut self, packet: &v5::Packet) {
-        match codec::write(packet, self.version, &mut self.wbuf, self.client_max) {
+        let client_max = self.client_max();
+        match codec::write(packet, self.version, &mut self.wbuf, client_max) {
             Ok(n) => {
                 let metrics = &self.edge.hub.metrics;
                 metrics.bytes_out.inc_by(n as u64);
@@ -74,7 +80,7 @@ impl<S: Transport> Conn<S> {
     pub(super) fn drain(&mut self) -> Result<(), Close> {
         let now = Instant::now();
         let metrics = &self.edge.hub.metrics;
-        let (version, client_max) = (self.version, self.client_max);
+        let (version, client_max) = (self.version, self.client_max());
         let wbuf = &mut self.wbuf;
         let aliases = &mut self.out_aliases;
         let drained = self
