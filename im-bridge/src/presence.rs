@@ -24,8 +24,12 @@ pub fn spawn(broker: BrokerHandle) {
         loop {
             match events.recv().await {
                 // The device stays connected through a takeover: the new
-                // connection's `Connected` has published it already.
-                Ok(e) if e.kind == EventKind::Disconnected(DisconnectReason::TakenOver) => {}
+                // connection's `Connected` has published it already (unless the
+                // new one is an admin's tool, which is no device: then the count
+                // says so).
+                Ok(e)
+                    if e.kind == EventKind::Disconnected(DisconnectReason::TakenOver)
+                        && e.connections > 0 => {}
                 Ok(e) => publish(&broker, &e.uid),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "presence fell behind; rebuilding from a snapshot");

@@ -161,13 +161,19 @@ impl Hub {
 
     /// Applies a connection change to the user's count and sends its event; under
     /// the sessions lock, so counts, events and snapshots agree.
+    /// Connections that are not devices (admin tools) change nothing and send
+    /// nothing: they never make their user online.
     fn emit_locked(
         &self,
         sessions: &mut Sessions,
         session: &Session,
         generation: Generation,
         kind: EventKind,
+        device: bool,
     ) {
+        if !device {
+            return;
+        }
         let user = sessions.by_user.entry(session.uid.clone()).or_default();
         match kind {
             EventKind::Connected => user.online += 1,
@@ -190,7 +196,8 @@ impl Hub {
     }
 
     /// Attaches a connection to the session `{uid}:{client_id}`: resumes it
-    /// (taking it over from an older connection) or starts it anew.
+    /// (taking it over from an older connection) or starts it anew. A `device`
+    /// connection makes its user online; an admin's tool does not.
     pub(crate) fn attach(
         &self,
         uid: &str,
@@ -198,17 +205,24 @@ impl Hub {
         clean_start: bool,
         expiry: Duration,
         window: u16,
+        device: bool,
     ) -> Result<Attached, AttachError> {
         let key: Arc<str> = format!("{uid}:{client_id}").into();
         let generation = self.unique_id();
         let mut sessions = lock(&self.sessions);
         if let Some(old) = sessions.by_key.get(&key).cloned() {
             if !clean_start {
-                let before = old.attach(generation, expiry, window);
-                self.emit_locked(&mut sessions, &old, generation, EventKind::Connected);
+                let before = old.attach(generation, expiry, window, device);
+                self.emit_locked(
+                    &mut sessions,
+                    &old,
+                    generation,
+                    EventKind::Connected,
+                    device,
+                );
                 if let Some(before) = before {
                     let taken = EventKind::Disconnected(DisconnectReason::TakenOver);
-                    self.emit_locked(&mut sessions, &old, before, taken);
+                    self.emit_locked(&mut sessions, &old, before.generation, taken, before.device);
                 }
                 return Ok(Attached {
                     session: old,
@@ -220,9 +234,9 @@ impl Hub {
             self.end_locked(&mut sessions, &old);
             if let Some(before) = before {
                 let session =
-                    self.start_locked(&mut sessions, uid, key, generation, expiry, window);
+                    self.start_locked(&mut sessions, uid, key, generation, expiry, window, device);
                 let taken = EventKind::Disconnected(DisconnectReason::TakenOver);
-                self.emit_locked(&mut sessions, &old, before, taken);
+                self.emit_locked(&mut sessions, &old, before.generation, taken, before.device);
                 return Ok(Attached {
                     session,
                     generation,
@@ -233,7 +247,8 @@ impl Hub {
         if sessions.by_key.len() >= self.limits.max_sessions {
             return Err(AttachError::TooManySessions);
         }
-        let session = self.start_locked(&mut sessions, uid, key, generation, expiry, window);
+        let session =
+            self.start_locked(&mut sessions, uid, key, generation, expiry, window, device);
         Ok(Attached {
             session,
             generation,
@@ -242,6 +257,7 @@ impl Hub {
     }
 
     /// A new session attached to `generation`, in the maps, `Connected` sent.
+    #[allow(clippy::too_many_arguments)]
     fn start_locked(
         &self,
         sessions: &mut Sessions,
@@ -250,6 +266,7 @@ impl Hub {
         generation: Generation,
         expiry: Duration,
         window: u16,
+        device: bool,
     ) -> Arc<Session> {
         let uid: Arc<str> = sessions
             .by_user
@@ -257,7 +274,7 @@ impl Hub {
             .map(|(k, _)| k.clone())
             .unwrap_or_else(|| uid.into());
         let session = Arc::new(Session::new(generation, uid.clone(), key.clone()));
-        session.attach(generation, expiry, window);
+        session.attach(generation, expiry, window, device);
         sessions.by_key.insert(key, session.clone());
         sessions
             .by_user
@@ -266,7 +283,7 @@ impl Hub {
             .sessions
             .push(session.clone());
         self.metrics.sessions.set(sessions.by_key.len() as i64);
-        self.emit_locked(sessions, &session, generation, EventKind::Connected);
+        self.emit_locked(sessions, &session, generation, EventKind::Connected, device);
         session
     }
 
@@ -280,7 +297,7 @@ impl Hub {
         reason: DisconnectReason,
     ) {
         let mut sessions = lock(&self.sessions);
-        let Some(expiry) = session.detach(generation) else {
+        let Some((expiry, device)) = session.detach(generation) else {
             return; // taken over: the session lives on with its new connection
         };
         self.emit_locked(
@@ -288,6 +305,7 @@ impl Hub {
             session,
             generation,
             EventKind::Disconnected(reason),
+            device,
         );
         if expiry.is_zero() {
             self.end_locked(&mut sessions, session);
@@ -523,11 +541,11 @@ impl Hub {
         uids.into_iter().collect()
     }
 
-    /// Client ids of `uid`'s connected sessions.
+    /// Client ids of `uid`'s connected devices (admin tools are not devices).
     pub(crate) fn connected_clients(&self, uid: &str) -> Vec<String> {
         self.sessions_of(uid)
             .iter()
-            .filter(|s| s.is_online())
+            .filter(|s| s.attached_device().is_some())
             .map(|s| s.client_id().to_owned())
             .collect()
     }
@@ -578,7 +596,7 @@ impl Hub {
                     .sessions
                     .iter()
                     .filter_map(|s| {
-                        s.attached().map(|generation| Device {
+                        s.attached_device().map(|generation| Device {
                             client_id: s.client_id().to_owned(),
                             generation,
                         })
@@ -630,7 +648,7 @@ mod tests {
         for round in 0..500 {
             let hub = hub();
             let old = hub
-                .attach("alice", "phone", true, Duration::ZERO, 10)
+                .attach("alice", "phone", true, Duration::ZERO, 10, true)
                 .expect("attach");
             let barrier = Arc::new(Barrier::new(2));
             let subscriber = {
@@ -642,7 +660,7 @@ mod tests {
             };
             barrier.wait();
             let new = hub
-                .attach("alice", "phone", true, Duration::ZERO, 10)
+                .attach("alice", "phone", true, Duration::ZERO, 10, true)
                 .expect("takeover");
             let outcome = subscriber.join().expect("thread");
             // Whichever came first, only the live session may be in the index.
@@ -666,10 +684,10 @@ mod tests {
     fn a_subscribe_after_the_takeover_is_refused_as_stale() {
         let hub = hub();
         let old = hub
-            .attach("alice", "phone", false, Duration::from_secs(60), 10)
+            .attach("alice", "phone", false, Duration::from_secs(60), 10, true)
             .expect("attach");
         let new = hub
-            .attach("alice", "phone", false, Duration::from_secs(60), 10)
+            .attach("alice", "phone", false, Duration::from_secs(60), 10, true)
             .expect("resume");
         assert!(Arc::ptr_eq(&old.session, &new.session));
         let opts = SubOpts::new(QoS::AtMostOnce);
@@ -690,19 +708,59 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_tool_is_not_a_device() {
+        let hub = hub();
+        let mut events = hub.subscribe_events();
+        // A monitor with an admin token: a session, but its user stays offline.
+        let tool = hub
+            .attach("root", "monitor", true, Duration::ZERO, 10, false)
+            .expect("tool");
+        assert_eq!(hub.connections("root"), 0);
+        assert!(hub.connected_clients("root").is_empty());
+        assert!(hub.presence_snapshot().users.is_empty());
+        // A device of the same user counts; the tool still does not.
+        let phone = hub
+            .attach("root", "phone", true, Duration::ZERO, 10, true)
+            .expect("phone");
+        assert_eq!(hub.connected_clients("root"), vec!["phone".to_owned()]);
+        // The tool takes the phone's client id over: the phone is gone, and the
+        // event says the user is now offline.
+        let tool2 = hub
+            .attach("root", "phone", false, Duration::ZERO, 10, false)
+            .expect("tool2");
+        assert_eq!(hub.connections("root"), 0);
+        hub.detach(&tool.session, tool.generation, DisconnectReason::Normal);
+        hub.detach(&tool2.session, tool2.generation, DisconnectReason::Normal);
+        hub.detach(&phone.session, phone.generation, DisconnectReason::Normal);
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seen.push((e.seq, e.client_id, e.kind, e.connections));
+        }
+        let taken = EventKind::Disconnected(DisconnectReason::TakenOver);
+        assert_eq!(
+            seen,
+            vec![
+                (1, "phone".to_owned(), EventKind::Connected, 1),
+                (2, "phone".to_owned(), taken, 0),
+            ]
+        );
+        assert_eq!(hub.disconnect_user("root"), 0);
+    }
+
+    #[test]
     fn takeovers_and_disconnects_keep_counts_events_and_snapshots_in_step() {
         let hub = hub();
         let mut events = hub.subscribe_events();
         let a = hub
-            .attach("ann", "phone", true, Duration::ZERO, 10)
+            .attach("ann", "phone", true, Duration::ZERO, 10, true)
             .expect("a");
         let b = hub
-            .attach("ann", "laptop", true, Duration::ZERO, 10)
+            .attach("ann", "laptop", true, Duration::ZERO, 10, true)
             .expect("b");
         assert_eq!(hub.connections("ann"), 2);
         // The phone reconnects: the new generation connects, then the old one goes.
         let a2 = hub
-            .attach("ann", "phone", true, Duration::ZERO, 10)
+            .attach("ann", "phone", true, Duration::ZERO, 10, true)
             .expect("a2");
         assert_eq!(hub.connections("ann"), 2);
         // The old phone connection ends late: nothing more is reported for it.

@@ -134,6 +134,9 @@ pub(crate) struct Drained {
 struct SessionState {
     /// Generation of the attached connection; `OFFLINE` while none is.
     conn: Generation,
+    /// Whether the attached connection is one of its user's devices, which make
+    /// the user online; an admin's tool (a monitor, a conformance suite) is not.
+    device: bool,
     /// Generation of the last connection attached, online or not.
     last_conn: Generation,
     /// Set by the hub to make the attached connection close.
@@ -209,6 +212,14 @@ impl SessionState {
     }
 }
 
+/// A connection that held a session before another took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Held {
+    pub(super) generation: Generation,
+    /// It was a device of the user (see `SessionState::device`).
+    pub(super) device: bool,
+}
+
 /// One session.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -278,10 +289,15 @@ impl Session {
         generation: Generation,
         expiry: Duration,
         window: u16,
-    ) -> Option<Generation> {
+        device: bool,
+    ) -> Option<Held> {
         let mut st = self.state();
-        let before = st.is_online().then_some(st.conn);
+        let before = st.is_online().then_some(Held {
+            generation: st.conn,
+            device: st.device,
+        });
         st.conn = generation;
+        st.device = device;
         st.last_conn = generation;
         st.close = None;
         st.expiry = expiry;
@@ -297,9 +313,13 @@ impl Session {
     /// Tells the attached connection, if any, that it was taken over by `by`,
     /// without attaching it (the session is about to end). Returns the generation
     /// that held it, if any.
-    pub(super) fn evict(&self, by: Generation) -> Option<Generation> {
+    pub(super) fn evict(&self, by: Generation) -> Option<Held> {
         let mut st = self.state();
-        let before = st.is_online().then_some(st.conn);
+        let before = st.is_online().then_some(Held {
+            generation: st.conn,
+            device: st.device,
+        });
+        st.device = false;
         // Never a generation a connection of this session holds: the old one sees
         // it and closes.
         st.conn = by;
@@ -310,20 +330,22 @@ impl Session {
         before
     }
 
-    /// The generation of the attached connection, if any.
-    pub(crate) fn attached(&self) -> Option<Generation> {
+    /// The generation of the attached connection, if it is a device of the user.
+    pub(crate) fn attached_device(&self) -> Option<Generation> {
         let st = self.state();
-        st.is_online().then_some(st.conn)
+        (st.is_online() && st.device).then_some(st.conn)
     }
 
-    /// The connection of `generation` went away. Returns the session's expiry if it
-    /// was the attached one, `None` if it had been taken over already.
-    pub(super) fn detach(&self, generation: Generation) -> Option<Duration> {
+    /// The connection of `generation` went away. Returns the session's expiry and
+    /// whether that connection was a device, if it was the attached one; `None`
+    /// if it had been taken over already.
+    pub(super) fn detach(&self, generation: Generation) -> Option<(Duration, bool)> {
         let mut st = self.owned(generation).ok()?;
+        let device = std::mem::take(&mut st.device);
         st.conn = OFFLINE;
         st.close = None;
         st.shrink_if_idle();
-        Some(st.expiry)
+        Some((st.expiry, device))
     }
 
     /// Whether the session is offline and the last connection is `generation`
@@ -639,9 +661,9 @@ mod tests {
     #[test]
     fn a_taken_over_connection_changes_nothing() {
         let s = Session::new_for_test(7);
-        s.attach(1, Duration::ZERO, 10);
+        s.attach(1, Duration::ZERO, 10, true);
         assert_eq!(s.receive_qos2(1, 5, 10), Ok(Receipt::New));
-        s.attach(2, Duration::ZERO, 10);
+        s.attach(2, Duration::ZERO, 10, true);
         // Generation 1 was taken over: its acks, releases and drains are refused.
         assert_eq!(s.release_incoming(1, 5), Err(Stale));
         assert_eq!(s.acked(1, 5), Err(Stale));
@@ -655,14 +677,14 @@ mod tests {
         // The new one still holds the unreleased id.
         assert_eq!(s.release_incoming(2, 5), Ok(true));
         assert_eq!(s.detach(1), None);
-        assert_eq!(s.detach(2), Some(Duration::ZERO));
+        assert_eq!(s.detach(2), Some((Duration::ZERO, true)));
         assert!(!s.is_online());
     }
 
     #[test]
     fn a_subscriber_is_stalled_only_after_work_it_does_not_take() {
         let s = Session::new_for_test(1);
-        s.attach(1, Duration::ZERO, 1);
+        s.attach(1, Duration::ZERO, 1, true);
         let stall = Duration::from_millis(100);
         let t0 = Instant::now();
         // Work for an idle subscriber starts its clock: it is not stalled yet.

@@ -158,6 +158,9 @@ fn accept<S: Transport>(
         connect.clean_start,
         terms.expiry,
         terms.window,
+        // An admin's connection is a tool (a monitor, a conformance suite), not
+        // one of its user's devices: it does not make the user online.
+        !superuser,
     ) {
         Ok(a) => a,
         Err(AttachError::TooManySessions) => {
