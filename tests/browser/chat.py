@@ -24,18 +24,16 @@ class Chat:
         self.page.goto(self.server.url + "/")
 
     def sign_up(self, user, password=PASSWORD):
-        self.goto()
-        self.page.fill("#login-user", user)
-        self.page.fill("#login-password", password)
-        self.page.click("#signup-button")
-        self.user = user
-        self.wait_online()
+        self._enter(user, password, "#signup-button")
 
     def log_in(self, user, password=PASSWORD):
+        self._enter(user, password, "#login-button")
+
+    def _enter(self, user, password, button):
         self.goto()
         self.page.fill("#login-user", user)
         self.page.fill("#login-password", password)
-        self.page.click("#login-button")
+        self.page.click(button)
         self.user = user
         self.wait_online()
 
@@ -80,3 +78,15 @@ class Chat:
 
     def close(self):
         self.context.close()
+
+
+def two_signed_up(browser, server, open_dm=True):
+    """alice and bob, signed up in two browser contexts; with `open_dm`, each
+    with their direct conversation open."""
+    alice, bob = Chat(browser, server), Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    if open_dm:
+        bob.open_dm("alice")
+        alice.open_dm("bob")
+    return alice, bob

@@ -4,14 +4,11 @@ import time
 
 from playwright.sync_api import expect
 
-from chat import Chat
+from chat import Chat, two_signed_up
 
 
 def test_two_people_chat_and_the_reload_shows_the_history_in_order(browser, server, screenshots):
-    alice = Chat(browser, server)
-    bob = Chat(browser, server)
-    alice.sign_up("alice")
-    bob.sign_up("bob")
+    alice, bob = two_signed_up(browser, server, open_dm=False)
     # Each lets the other see when they are online.
     assert server.api("PUT", "/v1/contacts/bob", server.token("alice"))[0] == 204
     assert server.api("PUT", "/v1/contacts/alice", server.token("bob"))[0] == 204
@@ -84,12 +81,7 @@ def test_history_pages_in_on_scroll_up_and_unread_counts(browser, server):
 
 
 def test_a_body_is_text_never_markup(browser, server):
-    alice = Chat(browser, server)
-    bob = Chat(browser, server)
-    alice.sign_up("alice")
-    bob.sign_up("bob")
-    bob.open_dm("alice")
-    alice.open_dm("bob")
+    alice, bob = two_signed_up(browser, server)
     evil = "<img src=x onerror=alert(1)>"
     alice.send(evil)
     bob.wait_for_text(evil)
@@ -168,10 +160,7 @@ def test_a_group_of_three_chats(browser, server):
 
 
 def test_a_presence_dot_turns_offline_when_the_other_closes(browser, server):
-    alice = Chat(browser, server)
-    bob = Chat(browser, server)
-    alice.sign_up("alice")
-    bob.sign_up("bob")
+    alice, bob = two_signed_up(browser, server, open_dm=False)
     # bob lets alice see his presence.
     bob.page.locator("details.panel summary", has_text="Contacts").click()
     bob.page.fill("#contact-user", "alice")
@@ -194,12 +183,7 @@ def test_a_presence_dot_turns_offline_when_the_other_closes(browser, server):
 
 
 def test_the_page_survives_a_server_kill_and_loses_nothing(browser, server):
-    alice = Chat(browser, server)
-    bob = Chat(browser, server)
-    alice.sign_up("alice")
-    bob.sign_up("bob")
-    bob.open_dm("alice")
-    alice.open_dm("bob")
+    alice, bob = two_signed_up(browser, server)
     for i in range(1, 6):
         alice.send(f"before {i}")
     bob.wait_count(5)
