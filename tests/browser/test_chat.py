@@ -282,3 +282,28 @@ def test_a_pasted_token_logs_in(browser, server):
     expect(other.page.locator("#login-error")).not_to_be_empty()
     zed.close()
     other.close()
+
+
+def test_notices_and_live_messages(browser, server):
+    bob = Chat(browser, server)
+    bob.sign_up("bob")
+    # A backend's notice: its own conversation, read-only.
+    svc = server.token("backend", role="service")
+    status, body = server.api("POST", "/v1/notify", svc, {"to": ["bob"], "body": {"text": "your order shipped"}})
+    assert status in (200, 201), body
+    notices = bob.page.locator('#conversations li.conv[data-conv="sys:bob"]')
+    expect(notices.locator(".name")).to_have_text("Notices")
+    expect(notices.locator(".unread")).to_have_text("1")
+    bob.open_conv("sys:bob")
+    assert bob.wait_count(1) == [[1, "your order shipped"]]
+    expect(bob.page.locator("#composer")).to_be_hidden()
+    # A qos 0 message (typing, say) is shown live in an open chat, never stored.
+    bob.open_dm("alice")
+    alice = server.token("alice")
+    status, body = server.api("POST", "/v1/messages", alice, {"to": "bob", "qos": 0, "body": {"text": "typing…"}})
+    assert status == 202, body
+    live = bob.page.locator('#messages li.msg[data-state="live"] .body')
+    expect(live).to_have_text("typing…")
+    assert bob.stored() == []
+    assert not bob.errors, bob.errors
+    bob.close()
