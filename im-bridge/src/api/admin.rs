@@ -3,19 +3,17 @@
 //! `POST /v1/admin/users/{uid}/disconnect`. And `GET /v1/server`, open to anyone:
 //! what a page needs to know before it connects.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use broker::auth::Role;
-use imqtt_client::wire::{self, AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
+use imqtt_client::wire::{AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
 
-use super::{AppState, Json, accounts, sync};
+use super::{AppState, Json, accounts, path_id, sync};
 use crate::auth::Caller;
 use crate::error::Error;
 
-/// The caller, if it is an admin.
-fn admin(caller: &Caller) -> Result<(), Error> {
+/// 403 unless the caller has the admin role.
+fn require_admin(caller: &Caller) -> Result<(), Error> {
     if caller.role() == Role::Admin {
         Ok(())
     } else {
@@ -25,24 +23,12 @@ fn admin(caller: &Caller) -> Result<(), Error> {
     }
 }
 
-fn user_id(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
-    let Path(uid) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
-    wire::check_id(&uid).map_err(|e| Error::BadRequest(format!("user: {e}")))?;
-    Ok(uid)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// `GET /v1/admin/stats`.
 pub(super) async fn stats(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<AdminStats>, Error> {
-    admin(&caller)?;
+    require_admin(&caller)?;
     let b = state.broker.stats();
     let store = state.store.clone();
     // sled reads the sizes of its files.
@@ -50,7 +36,7 @@ pub(super) async fn stats(
         .await
         .map_err(|_| Error::Stopping)??;
     Ok(Json(AdminStats {
-        ts: now_ms(),
+        ts: crate::commit::now_ms(),
         uptime_s: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         connections: b.connections,
@@ -73,8 +59,8 @@ pub(super) async fn user(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AdminUser>, Error> {
-    admin(&caller)?;
-    let uid = user_id(path)?;
+    require_admin(&caller)?;
+    let uid = path_id(path, "user")?;
     let presence = crate::presence::current(&state.broker, &uid);
     let store = state.store.clone();
     let looked_up = uid.clone();
@@ -107,8 +93,8 @@ pub(super) async fn disconnect(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Disconnected>, Error> {
-    admin(&caller)?;
-    let uid = user_id(path)?;
+    require_admin(&caller)?;
+    let uid = path_id(path, "user")?;
     let n = state.broker.disconnect_user(&uid);
     tracing::info!(user = %uid, connections = n, by = %caller.uid(), "disconnected by an admin");
     Ok(Json(Disconnected {

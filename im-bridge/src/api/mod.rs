@@ -173,6 +173,16 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     response
 }
 
+/// A user id from the path, checked against the id pattern (400 naming `what`).
+fn path_id(
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    what: &str,
+) -> Result<String, Error> {
+    let axum::extract::Path(uid) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
+    imqtt_client::wire::check_id(&uid).map_err(|e| Error::BadRequest(format!("{what}: {e}")))?;
+    Ok(uid)
+}
+
 async fn not_found(req: Request) -> Error {
     Error::NotFound(format!("no route for {}", req.uri().path()))
 }

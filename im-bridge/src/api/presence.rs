@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use imqtt_client::wire::{self, ContactList, PresenceList, PresenceQuery};
 
-use super::{AppState, Json};
+use super::{AppState, Json, path_id};
 use crate::access;
 use crate::auth::Caller;
 use crate::error::Error;
@@ -20,19 +20,13 @@ const MAX_CONTACTS: usize = 10_000;
 /// Most users one presence query asks about.
 const MAX_PRESENCE_QUERY: usize = 1000;
 
-fn contact_id(path: Result<Path<String>, PathRejection>) -> Result<String, Error> {
-    let Path(uid) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
-    wire::check_id(&uid).map_err(|e| Error::BadRequest(format!("contact: {e}")))?;
-    Ok(uid)
-}
-
 /// `PUT /v1/contacts/{uid}`: 204; `uid` may see my presence from now on.
 pub(super) async fn put(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Error> {
-    let contact = contact_id(path)?;
+    let contact = path_id(path, "contact")?;
     if contact == caller.uid() {
         return Err(Error::BadRequest("contact: one sees oneself anyway".into()));
     }
@@ -54,7 +48,7 @@ pub(super) async fn delete(
     caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Error> {
-    let contact = contact_id(path)?;
+    let contact = path_id(path, "contact")?;
     let owner = caller.uid().to_owned();
     let broker = state.broker.clone();
     state
