@@ -35,7 +35,7 @@
 //! # }
 //! ```
 
-pub mod wire;
+pub use imqtt_wire as wire;
 
 #[cfg(feature = "client")]
 mod acks;

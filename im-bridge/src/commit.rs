@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use imqtt_client::wire::ConvKind;
+use imqtt_wire::ConvKind;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -357,7 +357,7 @@ fn fail(replies: Vec<(ReplyTo, usize)>, text: &str) {
 mod tests {
     use super::*;
     use crate::store::SledStore;
-    use imqtt_client::wire::{ConvId, Qos};
+    use imqtt_wire::{ConvId, Qos};
 
     fn send(from: &str, to: &str, n: u64) -> NewMessage {
         NewMessage {
@@ -403,7 +403,7 @@ mod tests {
             gid: gid.into(),
             uid: uid.into(),
             membership: crate::store::Membership {
-                role: imqtt_client::wire::GroupRole::Member,
+                role: imqtt_wire::GroupRole::Member,
                 since: 1,
                 until,
             },

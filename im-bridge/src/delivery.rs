@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use broker::{BrokerHandle, QoS};
 use bytes::Bytes;
-use imqtt_client::wire::{self, ConvId, ConvKind, Envelope, Event, LiveMessage, Qos};
+use imqtt_wire::{self as wire, ConvId, ConvKind, Envelope, Event, LiveMessage, Qos};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::store::{NewMessage, Store};

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use broker::auth::{KeyError, TokenError};
-use imqtt_client::wire::ErrorBody;
+use imqtt_wire::ErrorBody;
 
 use crate::config::ConfigErrors;
 use crate::ratelimit::Refused;

@@ -14,8 +14,9 @@
 
 use broker::BrokerHandle;
 use broker::auth::Role;
-use imqtt_client::wire::{
-    self, ConvId, Event, Group, GroupInfo, GroupMember, GroupRole, GroupSummary, HistoryVisible,
+use imqtt_wire::{
+    self as wire, ConvId, Event, Group, GroupInfo, GroupMember, GroupRole, GroupSummary,
+    HistoryVisible,
 };
 
 use crate::auth::Caller;

@@ -11,9 +11,8 @@
 //! `ratelimit` the per-user limit on message sends, `error` the crate's error enum
 //! and its HTTP mapping, `server` binds every listener, serves and shuts down,
 //! `shutdown` turns SIGTERM/SIGINT into a stop request. The
-//! JSON bodies, events and topics shared with clients come from the client SDK's
-//! `wire` module (`imqtt_client::wire`, without the SDK's networking `client`
-//! feature).
+//! JSON bodies, events, ids and topics shared with clients come from the
+//! `imqtt-wire` crate (`client-sdk/wire/`).
 
 pub mod access;
 pub mod api;

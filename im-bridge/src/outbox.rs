@@ -12,7 +12,7 @@
 //! together.
 
 use broker::{Refusal, Uplink, UplinkMessage};
-use imqtt_client::wire::{ErrorDetail, Event, SendRequest};
+use imqtt_wire::{ErrorDetail, Event, SendRequest};
 
 use crate::api::AppState;
 use crate::delivery;

@@ -12,7 +12,7 @@
 
 use broker::{BrokerHandle, DisconnectReason, EventKind, QoS};
 use bytes::Bytes;
-use imqtt_client::wire::{self, Presence, PresenceStatus};
+use imqtt_wire::{self as wire, Presence, PresenceStatus};
 use tokio::sync::broadcast::error::RecvError;
 
 /// Follows the broker's connection events and publishes presence, until the

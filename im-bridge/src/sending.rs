@@ -4,7 +4,7 @@
 //! sane `client_msg_id`. The commit loop asks about membership again when it
 //! stores the send, so a member removed in between is refused there.
 
-use imqtt_client::wire::{self, ConvId, Qos, Recipient, SendRequest};
+use imqtt_wire::{self as wire, ConvId, Qos, Recipient, SendRequest};
 
 use crate::config::Config;
 use crate::error::Error;

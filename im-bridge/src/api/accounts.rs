@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use broker::auth::{Algorithm, AuthConfig, KeyError, Role};
-use imqtt_client::wire::{Account, Credentials, TokenResponse, check_id};
+use imqtt_wire::{Account, Credentials, TokenResponse, check_id};
 
 use super::{AppState, Json};
 use crate::error::Error;

@@ -6,7 +6,7 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use broker::auth::Role;
-use imqtt_client::wire::{AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
+use imqtt_wire::{AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
 
 use super::{AppState, Json, accounts, path_id, sync};
 use crate::auth::Caller;

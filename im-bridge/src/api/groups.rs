@@ -9,7 +9,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use imqtt_client::wire::{
+use imqtt_wire::{
     AddMembersRequest, AddMembersResponse, CreateGroupRequest, GroupInfo, GroupList, SetRoleRequest,
 };
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use broker::auth::Role;
-use imqtt_client::wire::{
+use imqtt_wire::{
     BatchRequest, BatchResponse, BatchResult, ErrorBody, LiveSendResult, NotifyRequest,
     SendRequest, SendResult,
 };

@@ -179,7 +179,7 @@ fn path_id(
     what: &str,
 ) -> Result<String, Error> {
     let axum::extract::Path(uid) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
-    imqtt_client::wire::check_id(&uid).map_err(|e| Error::BadRequest(format!("{what}: {e}")))?;
+    imqtt_wire::check_id(&uid).map_err(|e| Error::BadRequest(format!("{what}: {e}")))?;
     Ok(uid)
 }
 

@@ -8,7 +8,7 @@
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use imqtt_client::wire::{self, ContactList, PresenceList, PresenceQuery};
+use imqtt_wire::{self as wire, ContactList, PresenceList, PresenceQuery};
 
 use super::{AppState, Json, path_id};
 use crate::access;

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use broker::auth::Role;
 use bytes::Bytes;
-use imqtt_client::wire::{
+use imqtt_wire::{
     AckRequest, ConvId, ConvKind, ConversationList, ConversationSummary, Envelope, MessagesPage,
     MessagesQuery, SyncConversation, SyncQuery, SyncResponse,
 };

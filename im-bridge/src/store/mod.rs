@@ -10,7 +10,7 @@
 
 mod sled;
 
-use imqtt_client::wire::{ConvId, ConvKind, Envelope, GroupRole, HistoryVisible, Qos};
+use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole, HistoryVisible, Qos};
 
 pub use self::sled::SledStore;
 

@@ -185,7 +185,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::store::{Store, Window};
-    use imqtt_client::wire::HistoryVisible;
+    use imqtt_wire::HistoryVisible;
     use std::time::Duration;
 
     fn record(id: &str, members: u32) -> GroupRecord {
@@ -239,7 +239,7 @@ mod tests {
             ]
         );
         assert_eq!(s.user_groups("ben", 10).expect("groups"), vec!["team"]);
-        let conv = imqtt_client::wire::ConvId::group("team").expect("conv");
+        let conv = imqtt_wire::ConvId::group("team").expect("conv");
         assert_eq!(s.cursor("ben", &conv).expect("cursor"), 4);
 
         // Ben leaves at seq 9: he keeps 5..=9, leaves the list, the group his.

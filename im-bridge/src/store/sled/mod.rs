@@ -30,7 +30,7 @@ mod groups;
 use std::time::Duration;
 
 use bytes::Bytes;
-use imqtt_client::wire::{ConvId, ConvKind, Envelope, GroupRole};
+use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole};
 use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
@@ -650,7 +650,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imqtt_client::wire::Qos;
+    use imqtt_wire::Qos;
 
     fn open(dir: &tempfile::TempDir) -> SledStore {
         let cfg = StoreConfig {

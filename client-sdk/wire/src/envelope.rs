@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::conv::ConvId;
+use crate::conv::ConvId;
 
 /// One stored message: its conversation, its place in it and its body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use super::conv::ConvId;
-use super::envelope::Qos;
-use super::error::ErrorBody;
+use crate::conv::ConvId;
+use crate::envelope::Qos;
+use crate::error::ErrorBody;
 
 /// One send: to a user (`to`) or a group (`group`), exactly one of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

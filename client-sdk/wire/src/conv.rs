@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::id::{InvalidId, check_id, quoted};
+use crate::id::{InvalidId, check_id, quoted};
 
 /// A valid conversation id in canonical form (ids checked, a direct conversation's
 /// users in byte order). Serialized as its string, also as a JSON map key.

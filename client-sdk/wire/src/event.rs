@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::conv::ConvId;
-use super::error::ErrorDetail;
+use crate::conv::ConvId;
+use crate::error::ErrorDetail;
 
 /// One event for a user, tagged by `"type"`, with exactly the fields of §4's table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

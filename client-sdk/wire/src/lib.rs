@@ -1,11 +1,10 @@
-//! The wire formats of DESIGN.md §3-5, shared by the server (`im-bridge`) and the
-//! client: plain serde types with no networking, so one definition serves both
-//! sides. Needs only `serde` and `serde_json` (the crate's `client` feature is off
-//! for the server).
+//! The wire formats of imqtt, shared by the server (broker and im-bridge) and the
+//! client: plain serde types with no networking, so one definition serves every
+//! side. Needs only `serde` and `serde_json`.
 //!
 //! Inside: ids and conversation ids ([`is_valid_id`], [`ConvId`]), the message
 //! [`Envelope`], the [`Event`]s on `users/{uid}/events`, [`Presence`], the HTTP
-//! request and response bodies of §5 (sending, sync and acks, groups, contacts,
+//! request and response bodies (sending, sync and acks, groups, contacts,
 //! accounts) with the error body [`ErrorBody`], and the MQTT [`topic`] builders.
 
 mod accounts;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConversationSummary, Presence};
+use crate::{ConversationSummary, Presence};
 
 /// `GET /v1/admin/stats`: gauges as they are now and counters since the start;
 /// a rate is the difference of two answers over the difference of their `ts`.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::id::{InvalidId, check_id, is_valid_id};
+use crate::id::{InvalidId, check_id, is_valid_id};
 
 /// One topic of the IM namespace, borrowing its id. [`Topic::parse`] and the
 /// builder functions check the id; a value built by hand is printed as it is.

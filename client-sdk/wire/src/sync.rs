@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::conv::ConvId;
-use super::envelope::Envelope;
+use crate::conv::ConvId;
+use crate::envelope::Envelope;
 
 /// The query of `GET /v1/sync`: at most `limit` messages per conversation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::wire::Qos;
+    use crate::Qos;
 
     fn conv(s: &str) -> ConvId {
         s.parse().expect("conv")
