@@ -1,7 +1,7 @@
-//! Group commit: every write of messages, memberships, contacts and cursors goes
-//! through one commit loop, which takes whatever arrived while its last write and
-//! flush ran, stores it and makes it durable with one flush, then answers each
-//! caller.
+//! Group commit: every write of the store goes through one commit loop, which
+//! takes whatever arrived while its last round ran, writes it in one store round
+//! ([`Store::begin`]) and makes it durable with one commit (one flush, or one
+//! transaction), then answers each caller.
 //!
 //! Under load a flush covers many writes (one fsync per batch, not per message);
 //! alone, a write waits for its own flush only. The loop is the store's only
@@ -9,14 +9,20 @@
 //! order and never skip, and a group change computed from what the loop read is
 //! never stale: a member joins, leaves or is refused a send at one exact seq.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use imqtt_wire::ConvKind;
+use bytes::Bytes;
+use imqtt_wire::{ConvId, ConvKind};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::{AccessCache, Change};
 use crate::error::Error;
-use crate::store::{Appended, NewMessage, Store, StoreError};
+use crate::store::{
+    Appended, GroupRecord, GroupWrite, Head, Membership, NewMessage, Range, Reads, Round, Store,
+    StoreError, Summary, Window,
+};
 
 /// Jobs waiting for the loop before callers wait for room (each holds a request).
 const QUEUE: usize = 4096;
@@ -60,11 +66,12 @@ pub type Outcome = Result<Appended, Refusal>;
 /// member here means no later group message can reach it. Must not block.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
-/// What a write job leaves to do after the round's flush: told whether it held.
+/// What a write job leaves to do after the round's commit: told whether it held.
 type Finish = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
-/// A write job: runs in the loop, returns what to do after the flush.
-type WriteOp = Box<dyn FnOnce(&dyn Store) -> Finish + Send>;
+/// A write job: runs in the round, returns what to do after the commit, and
+/// the store's failure if it met one (the round may then be half-written).
+type WriteOp = Box<dyn FnOnce(&mut dyn Round) -> (Finish, Option<StoreError>) + Send>;
 
 /// Where a send job's outcomes go.
 type ReplyTo = oneshot::Sender<Result<Vec<Outcome>, CommitError>>;
@@ -75,6 +82,8 @@ enum Job {
         reply: ReplyTo,
     },
     Write(WriteOp),
+    /// Makes everything committed so far durable, whatever the flush policy.
+    Sync(oneshot::Sender<Result<(), CommitError>>),
 }
 
 /// Called by the commit loop with every batch of sends once it is durable, in
@@ -88,11 +97,26 @@ pub struct Committer {
     tx: mpsc::Sender<Job>,
 }
 
+/// A handle that does not keep the loop running (for background tasks that
+/// should end with the server).
+#[derive(Clone, Debug)]
+pub struct WeakCommitter {
+    tx: mpsc::WeakSender<Job>,
+}
+
+impl WeakCommitter {
+    /// The committer, while the loop runs.
+    pub fn upgrade(&self) -> Option<Committer> {
+        self.tx.upgrade().map(|tx| Committer { tx })
+    }
+}
+
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Job::Sends { sends, .. } => f.debug_struct("Sends").field("n", &sends.len()).finish(),
             Job::Write(_) => f.write_str("Write"),
+            Job::Sync(_) => f.write_str("Sync"),
         }
     }
 }
@@ -108,12 +132,26 @@ pub fn now_ms() -> u64 {
 impl Committer {
     /// Starts the commit loop on a thread of its own (it blocks on the store); it
     /// ends once every `Committer` is dropped, after answering what it took.
-    pub fn start(store: Arc<dyn Store>, policy: FlushPolicy, on_commit: OnCommit) -> Committer {
+    /// `cache` is told of every durable change of a membership or a contact.
+    pub fn start(
+        store: Arc<dyn Store>,
+        policy: FlushPolicy,
+        cache: Arc<AccessCache>,
+        on_commit: OnCommit,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let looped = store.clone();
         let spawned = std::thread::Builder::new()
             .name("imqtt-commit".into())
-            .spawn(move || commit_loop(&*looped, rx, policy, on_commit));
+            .spawn(move || {
+                let mut l = Loop {
+                    store: &*looped,
+                    policy,
+                    cache,
+                    on_commit,
+                };
+                l.run(rx)
+            });
         if let Err(e) = spawned {
             // Without the thread every commit answers `Stopped`.
             tracing::error!(error = %e, "cannot start the commit loop");
@@ -133,6 +171,13 @@ impl Committer {
                 });
         }
         Committer { tx }
+    }
+
+    /// A handle that lets the loop end when every `Committer` is gone.
+    pub fn downgrade(&self) -> WeakCommitter {
+        WeakCommitter {
+            tx: self.tx.downgrade(),
+        }
     }
 
     /// Stores `sends` (in order, atomically) and returns once they are durable
@@ -161,185 +206,296 @@ impl Committer {
         Ok(async move { answer.await.map_err(|_| CommitError::Stopped)? })
     }
 
-    /// Runs `op` in the commit loop, between the sends committed before and after
-    /// it, and returns its value once what it wrote is durable. `op` reads what it
-    /// needs and writes with one atomic store call, or fails having written
-    /// nothing; its [`AfterCommit`] runs after the flush, before the answer.
+    /// Runs `op` in the commit loop's round, between the sends committed before
+    /// and after it, and returns its value once what it wrote is durable. `op`
+    /// reads what it needs through the round (which shows the round's earlier
+    /// writes) and writes, or refuses having written nothing; its
+    /// [`AfterCommit`] runs after the commit, before the answer.
     pub async fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&dyn Store) -> Result<(T, Option<AfterCommit>), Error> + Send + 'static,
+        op: impl FnOnce(&mut dyn Round) -> Result<(T, Option<AfterCommit>), Error> + Send + 'static,
     ) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
-        let job = Job::Write(Box::new(move |store| -> Finish {
-            match op(store) {
+        let job = Job::Write(Box::new(move |round| -> (Finish, Option<StoreError>) {
+            match op(round) {
                 Err(e) => {
-                    // Nothing was written: the answer need not wait for the flush.
+                    // A refusal wrote nothing; a store failure may have written
+                    // half, and the loop drops the round.
+                    let broke = match &e {
+                        Error::Storage(StoreError::AboveHead { .. }) => None,
+                        Error::Storage(s) => Some(again(s)),
+                        _ => None,
+                    };
                     let _ = tx.send(Err(e));
-                    Box::new(|_| {})
+                    (Box::new(|_| {}), broke)
                 }
-                Ok((value, after)) => Box::new(move |flushed| match flushed {
-                    Ok(()) => {
-                        if let Some(after) = after {
-                            after();
+                Ok((value, after)) => (
+                    Box::new(move |committed| match committed {
+                        Ok(()) => {
+                            if let Some(after) = after {
+                                after();
+                            }
+                            let _ = tx.send(Ok(value));
                         }
-                        let _ = tx.send(Ok(value));
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Error::Storage(StoreError::Engine(e.to_string()))));
-                    }
-                }),
+                        Err(e) => {
+                            let _ = tx.send(Err(Error::Storage(again(e))));
+                        }
+                    }),
+                    None,
+                ),
             }
         }));
         self.tx.send(job).await.map_err(|_| Error::Stopping)?;
         rx.await.map_err(|_| Error::Stopping)?
     }
+
+    /// Returns once everything committed before it is durable, whatever the
+    /// flush policy (at shutdown).
+    pub async fn sync(&self) -> Result<(), CommitError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Sync(tx))
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        rx.await.map_err(|_| CommitError::Stopped)?
+    }
+}
+
+/// The same failure again, for each caller that shares it.
+fn again(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::AboveHead { conv, seq, head } => StoreError::AboveHead {
+            conv: conv.clone(),
+            seq: *seq,
+            head: *head,
+        },
+        StoreError::Corrupt(what) => StoreError::Corrupt(what),
+        StoreError::Engine(m) => StoreError::Engine(m.clone()),
+    }
 }
 
 /// Whether `send` may be stored now: a group send only from a current member.
-/// Asked in the loop, so no membership change can slip between check and write.
-fn admit(store: &dyn Store, send: &NewMessage) -> Result<(), Refusal> {
+/// Asked in the round, so no membership change can slip between check and write.
+fn admit(round: &dyn Round, send: &NewMessage) -> Result<Result<(), Refusal>, StoreError> {
     if let ConvKind::Group { gid } = send.conv.kind() {
-        match store.membership(gid, &send.from) {
-            Ok(Some(m)) if m.is_current() => {}
-            Ok(_) => return Err(Refusal::NotAMember(gid.to_owned())),
-            Err(e) => {
-                tracing::error!(error = %e, gid, "cannot read a membership");
-                return Err(Refusal::NotAMember(gid.to_owned()));
-            }
+        match round.membership(gid, &send.from)? {
+            Some(m) if m.is_current() => {}
+            _ => return Ok(Err(Refusal::NotAMember(gid.to_owned()))),
         }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// One run of consecutive send jobs, stored by one `append`.
 struct SendRun {
     replies: Vec<(ReplyTo, usize)>,
-    outcomes: Result<Vec<Outcome>, String>,
+    outcomes: Vec<Outcome>,
 }
 
 /// What a round did, in job order.
 enum Done {
     Sends(SendRun),
     Write(Finish),
+    Sync(oneshot::Sender<Result<(), CommitError>>),
 }
 
-/// Stores the sends of `jobs`: refused ones keep their place as refusals.
-fn store_sends(store: &dyn Store, jobs: Vec<(Vec<NewMessage>, ReplyTo)>) -> SendRun {
+impl Done {
+    /// Answers with `e` instead.
+    fn fail(self, e: &StoreError) {
+        match self {
+            Done::Sends(run) => fail(run.replies, e),
+            Done::Write(finish) => finish(Err(e)),
+            Done::Sync(tx) => {
+                let _ = tx.send(Err(CommitError::Store(again(e))));
+            }
+        }
+    }
+}
+
+/// Stores the sends of `jobs`: refused ones keep their place as refusals. On a
+/// store failure the replies come back with it, unanswered.
+fn store_sends(
+    round: &mut dyn Round,
+    jobs: Vec<(Vec<NewMessage>, ReplyTo)>,
+) -> Result<SendRun, (StoreError, Vec<(ReplyTo, usize)>)> {
     let mut replies = Vec::with_capacity(jobs.len());
     let mut admitted = Vec::new();
     // For each send in order: its refusal, or None for "next appended".
     let mut slots = Vec::new();
+    let mut broke = None;
     for (sends, reply) in jobs {
         replies.push((reply, sends.len()));
         for send in sends {
-            match admit(store, &send) {
-                Ok(()) => {
+            if broke.is_some() {
+                continue;
+            }
+            match admit(round, &send) {
+                Ok(Ok(())) => {
                     admitted.push(send);
                     slots.push(None);
                 }
-                Err(r) => slots.push(Some(r)),
+                Ok(Err(r)) => slots.push(Some(r)),
+                Err(e) => broke = Some(e),
             }
         }
     }
-    let outcomes = match store.append(&admitted, now_ms()) {
+    if let Some(e) = broke {
+        return Err((e, replies));
+    }
+    match round.append(&admitted, now_ms()) {
         // One result per admitted send, in order, is the store's contract.
         Ok(appended) if appended.len() == admitted.len() => {
             let mut appended = appended.into_iter();
-            Ok(slots
+            let outcomes = slots
                 .into_iter()
                 .filter_map(|slot| match slot {
                     Some(refused) => Some(Err(refused)),
                     None => appended.next().map(Ok),
                 })
-                .collect())
+                .collect();
+            Ok(SendRun { replies, outcomes })
         }
-        Ok(appended) => {
-            tracing::error!(
-                sends = admitted.len(),
-                results = appended.len(),
-                "append miscounted"
-            );
-            Err(format!(
+        Ok(appended) => Err((
+            StoreError::Engine(format!(
                 "the store answered {} of {} sends",
                 appended.len(),
                 admitted.len()
-            ))
-        }
-        Err(e) => {
-            tracing::error!(error = %e, sends = admitted.len(), "commit failed");
-            Err(e.to_string())
-        }
-    };
-    SendRun { replies, outcomes }
+            )),
+            replies,
+        )),
+        Err(e) => Err((e, replies)),
+    }
 }
 
-fn commit_loop(
-    store: &dyn Store,
-    mut rx: mpsc::Receiver<Job>,
+/// The loop's state.
+struct Loop<'s> {
+    store: &'s dyn Store,
     policy: FlushPolicy,
+    cache: Arc<AccessCache>,
     on_commit: OnCommit,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        // Everything that arrived meanwhile shares this round's flush.
-        let mut jobs = vec![first];
-        let mut total = 0;
-        while total < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    total += match &job {
-                        Job::Sends { sends, .. } => sends.len(),
-                        Job::Write(_) => 1,
-                    };
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        // In job order: each run of sends in one append, each write on its own.
-        let mut done = Vec::new();
-        let mut run = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Sends { sends, reply } => run.push((sends, reply)),
-                Job::Write(op) => {
-                    if !run.is_empty() {
-                        done.push(Done::Sends(store_sends(store, std::mem::take(&mut run))));
+}
+
+impl Loop<'_> {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            // Everything that arrived meanwhile shares this round's commit.
+            let mut jobs = VecDeque::from([first]);
+            let mut total = 0;
+            while total < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        total += match &job {
+                            Job::Sends { sends, .. } => sends.len(),
+                            Job::Write(_) | Job::Sync(_) => 1,
+                        };
+                        jobs.push_back(job);
                     }
-                    done.push(Done::Write(op(store)));
+                    Err(_) => break,
                 }
             }
+            // A round that breaks is dropped and what it had not reached goes on
+            // in the next one.
+            while !jobs.is_empty() {
+                self.round(&mut jobs);
+            }
         }
-        if !run.is_empty() {
-            done.push(Done::Sends(store_sends(store, run)));
-        }
-        let flushed = match policy {
-            FlushPolicy::Always => store.flush(),
-            FlushPolicy::Interval(_) => Ok(()),
+    }
+
+    /// Runs jobs from the front of `jobs` in one round and commits it, or drops
+    /// it at the first store failure (answering what it ran with that failure).
+    fn round(&mut self, jobs: &mut VecDeque<Job>) {
+        let round = match self.store.begin() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot begin a commit round");
+                for job in jobs.drain(..) {
+                    refuse(job, &e);
+                }
+                return;
+            }
         };
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "flush failed");
+        let mut round = Tracked {
+            inner: round,
+            changes: Vec::new(),
+        };
+        let mut done = Vec::new();
+        let mut durable = self.policy == FlushPolicy::Always;
+        let mut broke = None;
+        let mut run = Vec::new();
+        while let Some(job) = jobs.pop_front() {
+            match job {
+                Job::Sends { sends, reply } => {
+                    run.push((sends, reply));
+                    // A run ends where another kind of job starts.
+                    if matches!(jobs.front(), Some(Job::Sends { .. })) {
+                        continue;
+                    }
+                    match store_sends(&mut round, std::mem::take(&mut run)) {
+                        Ok(r) => done.push(Done::Sends(r)),
+                        Err((e, replies)) => {
+                            done.push(Done::Sends(SendRun {
+                                replies,
+                                outcomes: Vec::new(),
+                            }));
+                            broke = Some(e);
+                        }
+                    }
+                }
+                Job::Write(op) => {
+                    let (finish, failed) = op(&mut round);
+                    done.push(Done::Write(finish));
+                    if failed.is_some() {
+                        broke = failed;
+                    }
+                }
+                Job::Sync(tx) => {
+                    durable = true;
+                    done.push(Done::Sync(tx));
+                }
+            }
+            if broke.is_some() {
+                break;
+            }
         }
-        for d in done {
-            match d {
-                Done::Write(finish) => finish(flushed.as_ref().map(|_| ())),
-                Done::Sends(SendRun { replies, outcomes }) => {
-                    let outcomes = match (&flushed, outcomes) {
-                        (Ok(()), Ok(o)) => o,
-                        (Err(e), _) => {
-                            fail(replies, &e.to_string());
-                            continue;
+        let Tracked {
+            inner: round,
+            changes,
+        } = round;
+        let committed = match broke {
+            Some(e) => {
+                drop(round);
+                Err(e)
+            }
+            None => round.commit(durable),
+        };
+        match committed {
+            Err(e) => {
+                tracing::error!(error = %e, "commit round failed; nothing of it was written");
+                for d in done {
+                    d.fail(&e);
+                }
+            }
+            Ok(()) => {
+                // Before anyone is answered or anything later delivered.
+                for c in &changes {
+                    self.cache.invalidate(c);
+                }
+                for d in done {
+                    match d {
+                        Done::Write(finish) => finish(Ok(())),
+                        Done::Sync(tx) => {
+                            let _ = tx.send(Ok(()));
                         }
-                        (_, Err(text)) => {
-                            fail(replies, &text);
-                            continue;
+                        Done::Sends(SendRun { replies, outcomes }) => {
+                            let stored: Vec<&Appended> =
+                                outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+                            (self.on_commit)(&stored);
+                            let mut rest = outcomes.into_iter();
+                            for (reply, n) in replies {
+                                let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
+                            }
                         }
-                    };
-                    let stored: Vec<&Appended> =
-                        outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
-                    on_commit(&stored);
-                    let mut rest = outcomes.into_iter();
-                    for (reply, n) in replies {
-                        let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
                     }
                 }
             }
@@ -347,9 +503,205 @@ fn commit_loop(
     }
 }
 
-fn fail(replies: Vec<(ReplyTo, usize)>, text: &str) {
+/// Answers a job that never ran with `e`.
+fn refuse(job: Job, e: &StoreError) {
+    match job {
+        Job::Sends { reply, .. } => {
+            let _ = reply.send(Err(CommitError::Store(again(e))));
+        }
+        Job::Write(op) => {
+            // Its reply is inside the op; a round that refuses everything gets
+            // it out: run it against a round that fails every call.
+            let mut dead = Dead(again(e));
+            let (finish, _) = op(&mut dead);
+            finish(Err(e));
+        }
+        Job::Sync(tx) => {
+            let _ = tx.send(Err(CommitError::Store(again(e))));
+        }
+    }
+}
+
+fn fail(replies: Vec<(ReplyTo, usize)>, e: &StoreError) {
     for (reply, _) in replies {
-        let _ = reply.send(Err(CommitError::Store(StoreError::Engine(text.to_owned()))));
+        let _ = reply.send(Err(CommitError::Store(again(e))));
+    }
+}
+
+/// A round over a store that cannot be reached: every call fails with its error.
+struct Dead(StoreError);
+
+impl Reads for Dead {
+    fn head(&self, _: &ConvId) -> Result<Head, StoreError> {
+        Err(again(&self.0))
+    }
+    fn messages(
+        &self,
+        _: &ConvId,
+        _: Range,
+        _: Window,
+        _: usize,
+    ) -> Result<(Vec<Bytes>, bool), StoreError> {
+        Err(again(&self.0))
+    }
+    fn cursor(&self, _: &str, _: &ConvId) -> Result<u64, StoreError> {
+        Err(again(&self.0))
+    }
+    fn conversations(&self, _: &str, _: usize) -> Result<Vec<Summary>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn group(&self, _: &str) -> Result<Option<GroupRecord>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn membership(&self, _: &str, _: &str) -> Result<Option<Membership>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn members(&self, _: &str) -> Result<Vec<(String, Membership)>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn user_groups(&self, _: &str, _: usize) -> Result<Vec<String>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn is_contact(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(again(&self.0))
+    }
+    fn contacts(&self, _: &str, _: usize) -> Result<Vec<String>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn password_hash(&self, _: &str) -> Result<Option<String>, StoreError> {
+        Err(again(&self.0))
+    }
+}
+
+impl Round for Dead {
+    fn append(&mut self, _: &[NewMessage], _: u64) -> Result<Vec<Appended>, StoreError> {
+        Err(again(&self.0))
+    }
+    fn ack(&mut self, _: &str, _: &[(ConvId, u64)]) -> Result<(), StoreError> {
+        Err(again(&self.0))
+    }
+    fn write_groups(&mut self, _: &[GroupWrite]) -> Result<(), StoreError> {
+        Err(again(&self.0))
+    }
+    fn set_contact(&mut self, _: &str, _: &str, _: bool) -> Result<bool, StoreError> {
+        Err(again(&self.0))
+    }
+    fn create_account(&mut self, _: &str, _: &str) -> Result<bool, StoreError> {
+        Err(again(&self.0))
+    }
+    fn put_retained(&mut self, _: &[(String, Option<(Bytes, u8)>)]) -> Result<(), StoreError> {
+        Err(again(&self.0))
+    }
+    fn expire_idempotency(&mut self, _: u64, _: usize) -> Result<usize, StoreError> {
+        Err(again(&self.0))
+    }
+    fn expire_messages(&mut self, _: u64, _: usize) -> Result<usize, StoreError> {
+        Err(again(&self.0))
+    }
+    fn purge(&mut self, _: &ConvId, _: u64, _: usize) -> Result<usize, StoreError> {
+        Err(again(&self.0))
+    }
+    fn commit(self: Box<Self>, _: bool) -> Result<(), StoreError> {
+        Err(self.0)
+    }
+}
+
+/// A round that notes the membership and contact changes written through it,
+/// for the cache once they are durable.
+struct Tracked<'s> {
+    inner: Box<dyn Round + 's>,
+    changes: Vec<Change>,
+}
+
+impl Reads for Tracked<'_> {
+    fn head(&self, conv: &ConvId) -> Result<Head, StoreError> {
+        self.inner.head(conv)
+    }
+    fn messages(
+        &self,
+        conv: &ConvId,
+        range: Range,
+        window: Window,
+        limit: usize,
+    ) -> Result<(Vec<Bytes>, bool), StoreError> {
+        self.inner.messages(conv, range, window, limit)
+    }
+    fn cursor(&self, uid: &str, conv: &ConvId) -> Result<u64, StoreError> {
+        self.inner.cursor(uid, conv)
+    }
+    fn conversations(&self, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
+        self.inner.conversations(uid, limit)
+    }
+    fn group(&self, gid: &str) -> Result<Option<GroupRecord>, StoreError> {
+        self.inner.group(gid)
+    }
+    fn membership(&self, gid: &str, uid: &str) -> Result<Option<Membership>, StoreError> {
+        self.inner.membership(gid, uid)
+    }
+    fn members(&self, gid: &str) -> Result<Vec<(String, Membership)>, StoreError> {
+        self.inner.members(gid)
+    }
+    fn user_groups(&self, uid: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.user_groups(uid, limit)
+    }
+    fn is_contact(&self, owner: &str, contact: &str) -> Result<bool, StoreError> {
+        self.inner.is_contact(owner, contact)
+    }
+    fn contacts(&self, owner: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.contacts(owner, limit)
+    }
+    fn password_hash(&self, uid: &str) -> Result<Option<String>, StoreError> {
+        self.inner.password_hash(uid)
+    }
+}
+
+impl Round for Tracked<'_> {
+    fn append(&mut self, sends: &[NewMessage], now_ms: u64) -> Result<Vec<Appended>, StoreError> {
+        self.inner.append(sends, now_ms)
+    }
+    fn ack(&mut self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError> {
+        self.inner.ack(uid, cursors)
+    }
+    fn write_groups(&mut self, writes: &[GroupWrite]) -> Result<(), StoreError> {
+        self.inner.write_groups(writes)?;
+        for w in writes {
+            if let GroupWrite::Member { gid, uid, .. } | GroupWrite::Forget { gid, uid } = w {
+                self.changes.push(Change::Member {
+                    gid: gid.clone(),
+                    uid: uid.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+    fn set_contact(&mut self, owner: &str, contact: &str, on: bool) -> Result<bool, StoreError> {
+        let changed = self.inner.set_contact(owner, contact, on)?;
+        self.changes.push(Change::Contact {
+            owner: owner.to_owned(),
+            contact: contact.to_owned(),
+        });
+        Ok(changed)
+    }
+    fn create_account(&mut self, uid: &str, password_hash: &str) -> Result<bool, StoreError> {
+        self.inner.create_account(uid, password_hash)
+    }
+    fn put_retained(
+        &mut self,
+        changes: &[(String, Option<(Bytes, u8)>)],
+    ) -> Result<(), StoreError> {
+        self.inner.put_retained(changes)
+    }
+    fn expire_idempotency(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        self.inner.expire_idempotency(now_ms, limit)
+    }
+    fn expire_messages(&mut self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        self.inner.expire_messages(before_ms, limit)
+    }
+    fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
+        self.inner.purge(conv, through, limit)
+    }
+    fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError> {
+        self.inner.commit(durable)
     }
 }
 
@@ -377,6 +729,7 @@ mod tests {
         let c = Committer::start(
             Arc::new(store.clone()),
             FlushPolicy::Always,
+            Arc::default(),
             Box::new(|_| {}),
         );
         let tasks: Vec<_> = (0..200)
@@ -426,7 +779,12 @@ mod tests {
     #[tokio::test]
     async fn a_group_send_commits_only_while_its_sender_is_a_member() {
         let store = SledStore::temporary(Duration::from_secs(60)).expect("store");
-        let c = Committer::start(Arc::new(store), FlushPolicy::Always, Box::new(|_| {}));
+        let c = Committer::start(
+            Arc::new(store),
+            FlushPolicy::Always,
+            Arc::default(),
+            Box::new(|_| {}),
+        );
         c.write(|s| Ok((s.write_groups(&[member("g", "ann", None)])?, None)))
             .await
             .expect("join");
@@ -470,6 +828,7 @@ mod tests {
         let c = Committer::start(
             Arc::new(store.clone()),
             FlushPolicy::Always,
+            Arc::default(),
             Box::new(|_| {}),
         );
         let refused: Result<(), Error> = c.write(|_| Err(Error::Conflict("no".into()))).await;
@@ -497,6 +856,7 @@ mod tests {
         let c = Committer::start(
             Arc::new(store),
             FlushPolicy::Interval(Duration::from_millis(5)),
+            Arc::default(),
             Box::new(|_| {}),
         );
         let (a, b) = tokio::join!(

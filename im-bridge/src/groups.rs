@@ -20,9 +20,9 @@ use imqtt_wire::{
 };
 
 use crate::auth::Caller;
-use crate::commit::AfterCommit;
+use crate::commit::{AfterCommit, Committer};
 use crate::error::Error;
-use crate::store::{GroupRecord, GroupWrite, Membership, Store};
+use crate::store::{GroupRecord, GroupWrite, Membership, Reads, Round};
 
 /// Longest group name, in bytes.
 pub const MAX_NAME: usize = 256;
@@ -55,7 +55,7 @@ fn is_manager(caller: &Caller) -> bool {
 }
 
 /// The group, or 404.
-pub fn existing(store: &dyn Store, gid: &str) -> Result<GroupRecord, Error> {
+pub fn existing(store: &dyn Reads, gid: &str) -> Result<GroupRecord, Error> {
     wire::check_id(gid).map_err(|e| Error::BadRequest(format!("group: {e}")))?;
     store
         .group(gid)?
@@ -63,7 +63,7 @@ pub fn existing(store: &dyn Store, gid: &str) -> Result<GroupRecord, Error> {
 }
 
 /// `uid`'s current role in `gid`, if it is a member.
-fn role_of(store: &dyn Store, gid: &str, uid: &str) -> Result<Option<GroupRole>, Error> {
+fn role_of(store: &dyn Reads, gid: &str, uid: &str) -> Result<Option<GroupRole>, Error> {
     Ok(store
         .membership(gid, uid)?
         .filter(Membership::is_current)
@@ -82,14 +82,18 @@ pub fn public(g: &GroupRecord) -> Group {
 }
 
 /// The current members of `gid`.
-fn current_members(store: &dyn Store, gid: &str) -> Result<Vec<(String, Membership)>, Error> {
+fn current_members(store: &dyn Reads, gid: &str) -> Result<Vec<(String, Membership)>, Error> {
     let mut all = store.members(gid)?;
     all.retain(|(_, m)| m.is_current());
     Ok(all)
 }
 
 /// `POST /v1/groups`: the caller creates a group and owns it.
-pub fn create(store: &dyn Store, caller: &Caller, req: wire::CreateGroupRequest) -> Change<Group> {
+pub fn create(
+    store: &mut dyn Round,
+    caller: &Caller,
+    req: wire::CreateGroupRequest,
+) -> Change<Group> {
     let id = match req.id {
         Some(id) => {
             wire::check_id(&id).map_err(|e| Error::BadRequest(format!("id: {e}")))?;
@@ -138,7 +142,7 @@ pub fn create(store: &dyn Store, caller: &Caller, req: wire::CreateGroupRequest)
 /// `POST /v1/groups/{gid}/members`: owner and admins add anyone; on an open group
 /// anyone adds itself. Users who are members already are left as they are.
 pub fn add(
-    store: &dyn Store,
+    store: &mut dyn Round,
     caller: &Caller,
     gid: &str,
     users: Vec<String>,
@@ -223,7 +227,7 @@ pub fn add(
 /// admin removes one (admins only plain members). The owner cannot leave: it
 /// transfers the ownership or deletes the group.
 pub fn remove(
-    store: &dyn Store,
+    store: &mut dyn Round,
     broker: &BrokerHandle,
     caller: &Caller,
     gid: &str,
@@ -298,7 +302,7 @@ pub fn remove(
 /// `admin` / `member` promote and demote; `owner` hands the group over and the old
 /// owner becomes an admin.
 pub fn set_role(
-    store: &dyn Store,
+    store: &mut dyn Round,
     caller: &Caller,
     gid: &str,
     uid: &str,
@@ -356,7 +360,7 @@ pub fn set_role(
 /// The messages are deleted afterwards, in the background ([`purge`]), up to the
 /// head this returns.
 pub fn delete(
-    store: &dyn Store,
+    store: &mut dyn Round,
     broker: &BrokerHandle,
     caller: &Caller,
     gid: &str,
@@ -401,17 +405,21 @@ pub fn delete(
     Ok(((notices, ended, head), Some(after)))
 }
 
-/// Messages a purge deletes per store call.
+/// Messages a purge deletes per round.
 const PURGE_CHUNK: usize = 1000;
 
-/// Deletes a deleted group's messages up to `through`, a chunk at a time, off
-/// the runtime and off the send path; nobody can read them any more.
-pub fn purge(store: std::sync::Arc<dyn Store>, gid: &str, through: u64) {
+/// Deletes a deleted group's messages up to `through`, a chunk per commit round,
+/// in the background; nobody can read them any more.
+pub fn purge(committer: Committer, gid: &str, through: u64) {
     let Ok(conv) = conv(gid) else { return };
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         let mut total = 0;
         loop {
-            match store.purge(&conv, through, PURGE_CHUNK) {
+            let chunk = conv.clone();
+            match committer
+                .write(move |r| Ok((r.purge(&chunk, through, PURGE_CHUNK)?, None)))
+                .await
+            {
                 Ok(0) => break,
                 Ok(n) => total += n,
                 Err(e) => {
@@ -430,7 +438,7 @@ fn group_topic(gid: &str) -> Result<String, Error> {
 
 /// `GET /v1/groups/{gid}`: settings and members, for members, service tokens, and
 /// anyone when the group is open (so that they can decide to join).
-pub fn info(store: &dyn Store, caller: &Caller, gid: &str) -> Result<GroupInfo, Error> {
+pub fn info(store: &dyn Reads, caller: &Caller, gid: &str) -> Result<GroupInfo, Error> {
     let group = existing(store, gid)?;
     if !group.open && !is_manager(caller) && role_of(store, gid, caller.uid())?.is_none() {
         return Err(Error::NotAMember);
@@ -460,7 +468,7 @@ pub fn info(store: &dyn Store, caller: &Caller, gid: &str) -> Result<GroupInfo, 
 pub const MAX_GROUPS: usize = 10_000;
 
 /// `GET /v1/groups`: the caller's groups with its role in each.
-pub fn mine(store: &dyn Store, uid: &str) -> Result<Vec<GroupSummary>, Error> {
+pub fn mine(store: &dyn Reads, uid: &str) -> Result<Vec<GroupSummary>, Error> {
     let mut out = Vec::new();
     for gid in store.user_groups(uid, MAX_GROUPS)? {
         let (Some(g), Some(role)) = (store.group(&gid)?, role_of(store, &gid, uid)?) else {
@@ -484,7 +492,7 @@ pub fn mine(store: &dyn Store, uid: &str) -> Result<Vec<GroupSummary>, Error> {
 /// Visits the watchers of each user concerned (the hub's subscribers of its
 /// `presence/{uid}`), never all users. Reads the store: run it off the runtime,
 /// once the change is durable.
-pub fn prune_presence(store: &dyn Store, broker: &BrokerHandle, ended: &Ended) {
+pub fn prune_presence(store: &dyn Reads, broker: &BrokerHandle, ended: &Ended) {
     use std::collections::HashSet;
     let left: HashSet<&str> = ended.left.iter().map(String::as_str).collect();
     let everyone: HashSet<&str> = left

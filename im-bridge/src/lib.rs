@@ -17,6 +17,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod commit;
 pub mod config;
 pub mod delivery;

@@ -54,7 +54,7 @@ async fn handle(state: &AppState, msg: UplinkMessage) {
         answer.refuse(Refusal::QuotaExceeded);
         return;
     }
-    match sending::check(&state.config, &*state.store, &uid, req) {
+    match sending::check(&state.config, &state.access, &uid, req) {
         Err(e) => {
             tell_error(state, &uid, cmid, &e);
             answer.refuse(refusal(&e));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use broker::{BrokerHandle, QoS};
 
+use crate::commit::{Committer, WeakCommitter};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -54,35 +55,51 @@ pub async fn restore(broker: &BrokerHandle, store: &Arc<dyn Store>) -> Result<us
     Ok(n)
 }
 
-/// Writes the retained messages that changed since the last call, durably.
-pub async fn persist(broker: &BrokerHandle, store: &Arc<dyn Store>) -> Result<()> {
-    let changes: Vec<_> = broker
-        .retained_changes()
-        .into_iter()
-        .filter(|(topic, _)| kept(topic))
-        .map(|(topic, now)| (topic, now.map(|(payload, qos)| (payload, qos_byte(qos)))))
-        .collect();
-    if changes.is_empty() {
+/// Retained changes not yet written: topic to its latest value (`None`: cleared).
+/// Bounded by the broker's `mqtt.max_retained` topics.
+pub type Pending = std::collections::HashMap<String, Option<(bytes::Bytes, u8)>>;
+
+/// Writes the retained messages that changed since the last call (and what an
+/// earlier call could not write), durably, through the commit loop. What fails
+/// stays in `pending` for the next call.
+pub async fn persist(
+    broker: &BrokerHandle,
+    committer: &Committer,
+    pending: &mut Pending,
+) -> Result<()> {
+    for (topic, now) in broker.retained_changes() {
+        if kept(&topic) {
+            pending.insert(topic, now.map(|(payload, qos)| (payload, qos_byte(qos))));
+        }
+    }
+    if pending.is_empty() {
         return Ok(());
     }
-    let writer = store.clone();
-    tokio::task::spawn_blocking(move || {
-        writer.put_retained(&changes)?;
-        writer.flush()
-    })
-    .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let changes: Vec<_> = pending
+        .iter()
+        .map(|(t, v)| (t.clone(), v.clone()))
+        .collect();
+    committer
+        .write(move |r| Ok((r.put_retained(&changes)?, None)))
+        .await?;
+    pending.clear();
     Ok(())
 }
 
-/// Persists changes every second, in the background, while the store is open.
-pub fn spawn(broker: BrokerHandle, store: &Arc<dyn Store>) {
-    let weak = Arc::downgrade(store);
+/// What [`spawn`]'s task has not yet written, shared with the server's last
+/// write at shutdown.
+pub type Shared = std::sync::Arc<tokio::sync::Mutex<Pending>>;
+
+/// Persists changes every second, in the background, while the server runs.
+pub fn spawn(broker: BrokerHandle, committer: WeakCommitter, pending: Shared) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(EVERY).await;
-            let Some(store) = weak.upgrade() else { return };
-            if let Err(e) = persist(&broker, &store).await {
+            let Some(committer) = committer.upgrade() else {
+                return;
+            };
+            let mut pending = pending.lock().await;
+            if let Err(e) = persist(&broker, &committer, &mut pending).await {
                 tracing::warn!(error = %e, "cannot persist retained messages");
             }
         }

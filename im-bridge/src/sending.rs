@@ -6,9 +6,10 @@
 
 use imqtt_wire::{self as wire, ConvId, Qos, Recipient, SendRequest};
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::error::Error;
-use crate::store::{NewMessage, Store};
+use crate::store::NewMessage;
 
 /// Longest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
@@ -25,7 +26,7 @@ pub enum Checked {
 /// Checks `req` from `from`.
 pub fn check(
     config: &Config,
-    store: &dyn Store,
+    access: &Access,
     from: &str,
     req: SendRequest,
 ) -> Result<Checked, Error> {
@@ -40,9 +41,14 @@ pub fn check(
             (conv, to.to_owned())
         }
         Some(Recipient::Group(gid)) => {
-            crate::groups::existing(store, gid)?;
-            if !store.membership(gid, from)?.is_some_and(|m| m.is_current()) {
-                return Err(Error::NotAMember);
+            wire::check_id(gid).map_err(|e| Error::BadRequest(format!("group: {e}")))?;
+            // A member's send asks the cache; only a refusal reads the group.
+            if !access.is_member(gid, from)? {
+                return Err(if access.group_exists(gid)? {
+                    Error::NotAMember
+                } else {
+                    Error::NotFound(format!("no group {gid:?}"))
+                });
             }
             let conv = ConvId::group(gid).map_err(|e| Error::BadRequest(e.to_string()))?;
             (conv, gid.to_owned())
@@ -131,8 +137,10 @@ mod tests {
         serde_json::from_value(v).expect("request")
     }
 
-    fn store() -> crate::store::SledStore {
-        crate::store::SledStore::temporary(std::time::Duration::from_secs(60)).expect("store")
+    fn store() -> Access {
+        let store =
+            crate::store::SledStore::temporary(std::time::Duration::from_secs(60)).expect("store");
+        Access::new(std::sync::Arc::new(store), Default::default())
     }
 
     #[test]

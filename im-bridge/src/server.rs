@@ -15,8 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::Access;
 use crate::api::{self, AppState};
-use crate::commit::{Committer, FlushPolicy};
+use crate::cache::AccessCache;
+use crate::commit::{Committer, FlushPolicy, WeakCommitter};
 use crate::config::Config;
 use crate::config::{FlushMode, Retention};
 use crate::error::{Error, Result};
@@ -51,9 +53,9 @@ impl Server {
         match Server::bind_listeners(config, verifier, store.clone()).await {
             Ok((state, http, mqtt)) => Ok(Server { state, http, mqtt }),
             Err(e) => {
-                if let Err(flush) = flush(&store).await {
-                    tracing::error!(error = %flush, "cannot flush the store");
-                }
+                // Nothing was written through a round yet; what sled holds of its
+                // own (the layout's move) is flushed.
+                let _ = tokio::task::spawn_blocking(move || store.flush()).await;
                 Err(e)
             }
         }
@@ -70,11 +72,14 @@ impl Server {
         });
         let broker_metrics =
             broker_metrics.unwrap_or_else(|| Arc::new(BrokerMetrics::unregistered()));
-        // Group and presence questions are answered from the store.
+        // Group and presence questions are answered from the store, through a
+        // cache the commit loop keeps right.
+        let cache = Arc::new(AccessCache::default());
+        let access = Access::new(store.clone(), cache.clone());
         let mqtt = Broker::bind(
             config.mqtt.clone(),
             verifier.clone(),
-            Arc::new(crate::access::Access::new(store.clone())),
+            Arc::new(access.clone()),
             broker_metrics,
         )
         .await?;
@@ -92,6 +97,7 @@ impl Server {
             committer: Committer::start(
                 store.clone(),
                 policy,
+                cache,
                 crate::delivery::on_commit(
                     mqtt.handle(),
                     store.clone(),
@@ -104,6 +110,8 @@ impl Server {
             config: Arc::new(config),
             verifier,
             store,
+            access,
+            retained: Default::default(),
             metrics: Arc::new(metrics),
             passwords: Passwords::default(),
             ready: Arc::new(AtomicBool::new(false)),
@@ -120,12 +128,16 @@ impl Server {
             Retention::Forever => None,
             Retention::For(d) => Some(d.get()),
         };
-        housekeeping(state.store.clone(), retention);
+        housekeeping(state.committer.downgrade(), retention);
         let restored = crate::retained::restore(&state.broker, &state.store).await?;
         if restored > 0 {
             tracing::info!(restored, "retained messages restored");
         }
-        crate::retained::spawn(state.broker.clone(), &state.store);
+        crate::retained::spawn(
+            state.broker.clone(),
+            state.committer.downgrade(),
+            state.retained.clone(),
+        );
         Ok((state, http, mqtt))
     }
 
@@ -137,7 +149,7 @@ impl Server {
     /// Closes a server that never served: flushes the store and releases its lock
     /// and the listeners.
     pub async fn close(self) -> Result<()> {
-        flush(&self.state.store).await?;
+        self.state.committer.sync().await?;
         tracing::info!("store flushed; stopped before serving");
         Ok(())
     }
@@ -148,7 +160,8 @@ impl Server {
         let Server { state, http, mqtt } = self;
         let addrs = listener_addrs(&mqtt, &http);
         let broker = state.broker.clone();
-        let store = state.store.clone();
+        let committer = state.committer.clone();
+        let retained = state.retained.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -174,20 +187,12 @@ impl Server {
             stop_tx,
             http,
             mqtt,
-            store,
+            committer,
+            retained,
             broker,
             grace,
         }
     }
-}
-
-/// Makes every write durable (sled's flush and the log's fsync), off the runtime.
-async fn flush(store: &Arc<dyn Store>) -> Result<()> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.flush())
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-    Ok(())
 }
 
 /// The bound address of every listener, keyed as in `--print-addrs`.
@@ -207,7 +212,8 @@ pub struct Serving {
     stop_tx: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     mqtt: JoinHandle<()>,
-    store: Arc<dyn Store>,
+    committer: Committer,
+    retained: crate::retained::Shared,
     broker: BrokerHandle,
     grace: Duration,
 }
@@ -228,7 +234,8 @@ impl Serving {
             stop_tx,
             http,
             mqtt,
-            store,
+            committer,
+            retained,
             broker,
             grace,
             ..
@@ -243,10 +250,11 @@ impl Serving {
             Err(_) => tracing::warn!("grace period over; abandoning in-flight requests"),
         }
         let _ = mqtt.await;
-        if let Err(e) = crate::retained::persist(&broker, &store).await {
+        let mut retained = retained.lock().await;
+        if let Err(e) = crate::retained::persist(&broker, &committer, &mut retained).await {
             tracing::warn!(error = %e, "cannot persist retained messages");
         }
-        flush(&store).await?;
+        committer.sync().await?;
         tracing::info!("store flushed; stopped");
         Ok(())
     }
@@ -254,37 +262,55 @@ impl Serving {
 
 /// How often expired idempotency keys and messages are deleted.
 const SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
+/// Keys or messages one round of a sweep deletes at most, so that a sweep never
+/// holds up the sends behind it for long.
+const SWEEP_CHUNK: usize = 10_000;
 
 /// Deletes, in the background and never on the send path, idempotency keys past
-/// their TTL and, with `store.retention`, messages older than it. Each sweep reads
-/// only what expired since the last one (the store keeps both ordered by time).
-fn housekeeping(store: Arc<dyn Store>, retention: Option<std::time::Duration>) {
-    let weak = Arc::downgrade(&store);
-    drop(store);
+/// their TTL and, with `store.retention`, messages older than it: a chunk per
+/// commit round. Each sweep reads only what expired since the last one (the
+/// store keeps both ordered by time).
+fn housekeeping(committer: WeakCommitter, retention: Option<std::time::Duration>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(SWEEP).await;
-            let Some(store) = weak.upgrade() else { return };
+            let Some(committer) = committer.upgrade() else {
+                return;
+            };
             let now = crate::commit::now_ms();
-            let swept = tokio::task::spawn_blocking(move || {
-                let keys = store.expire_idempotency(now)?;
-                let messages = match retention {
-                    Some(keep) => {
-                        let keep = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
-                        store.expire_messages(now.saturating_sub(keep))?
+            let keep = retention.map(|k| u64::try_from(k.as_millis()).unwrap_or(u64::MAX));
+            let (mut keys, mut messages) = (0, 0);
+            let swept: Result<()> = async {
+                loop {
+                    let n = committer
+                        .write(move |r| Ok((r.expire_idempotency(now, SWEEP_CHUNK)?, None)))
+                        .await?;
+                    keys += n;
+                    if n < SWEEP_CHUNK {
+                        break;
                     }
-                    None => 0,
-                };
-                Ok::<_, crate::store::StoreError>((keys, messages))
-            })
+                }
+                while let Some(keep) = keep {
+                    let n = committer
+                        .write(move |r| {
+                            Ok((
+                                r.expire_messages(now.saturating_sub(keep), SWEEP_CHUNK)?,
+                                None,
+                            ))
+                        })
+                        .await?;
+                    messages += n;
+                    if n < SWEEP_CHUNK {
+                        break;
+                    }
+                }
+                Ok(())
+            }
             .await;
             match swept {
-                Ok(Ok((0, 0))) => {}
-                Ok(Ok((keys, messages))) => {
-                    tracing::debug!(keys, messages, "expired idempotency keys and messages");
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
-                Err(_) => return,
+                Ok(()) if keys + messages == 0 => {}
+                Ok(()) => tracing::debug!(keys, messages, "expired idempotency keys and messages"),
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
             }
         }
     });

@@ -58,13 +58,17 @@ async fn state() -> AppState {
     config.http.max_body = broker::units::ByteSize(1024);
     config.limits.rate_per_user = 1;
     config.limits.rate_burst = 5;
+    let cache = Arc::new(im_bridge::cache::AccessCache::default());
     AppState {
+        access: im_bridge::access::Access::new(store.clone(), cache.clone()),
+        retained: Default::default(),
         send_limit: Arc::new(RateLimiter::from_config(&config.limits)),
         verifier: Arc::new(TokenVerifier::new(&config.auth).expect("verifier")),
         config: Arc::new(config),
         committer: im_bridge::commit::Committer::start(
             store.clone(),
             im_bridge::commit::FlushPolicy::Always,
+            cache,
             Box::new(|_| {}),
         ),
         broker: broker.handle(),

@@ -32,23 +32,21 @@ pub(super) async fn create(
     check_new_password(&password)?;
     // A taken id is refused before the costly hash. (A 409 tells that the account
     // exists whatever its timing, so this early answer gives nothing away.)
-    if state.store.password_hash(&user)?.is_some() {
+    let asked = user.clone();
+    if state
+        .read(move |s| Ok(s.password_hash(&asked)?.is_some()))
+        .await?
+    {
         return Err(Error::UserExists);
     }
     let hash = state.passwords.hash(password).await?;
-    let store = state.store.clone();
     let uid = user.clone();
-    // Written and flushed off the async workers: a 201 means the account survives
-    // a crash. Two racing sign-ups for one id: the store creates it once.
-    let created = tokio::task::spawn_blocking(move || {
-        let created = store.create_account(&uid, hash.as_str())?;
-        if created {
-            store.flush()?;
-        }
-        Ok::<_, Error>(created)
-    })
-    .await
-    .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    // Through the commit loop: a 201 means the account is durable. Two racing
+    // sign-ups for one id: the store creates it once.
+    let created = state
+        .committer
+        .write(move |r| Ok((r.create_account(&uid, hash.as_str())?, None)))
+        .await?;
     if !created {
         return Err(Error::UserExists);
     }
@@ -71,7 +69,8 @@ pub(super) async fn token(
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::BadCredentials);
     }
-    let stored = state.store.password_hash(&user)?;
+    let asked = user.clone();
+    let stored = state.read(move |s| Ok(s.password_hash(&asked)?)).await?;
     if !state.passwords.verify(password, stored).await? {
         tracing::info!("sign-in refused: wrong user or password");
         return Err(Error::BadCredentials);

@@ -30,11 +30,8 @@ pub(super) async fn stats(
 ) -> Result<Json<AdminStats>, Error> {
     require_admin(&caller)?;
     let b = state.broker.stats();
-    let store = state.store.clone();
-    // sled reads the sizes of its files.
-    let store_bytes = tokio::task::spawn_blocking(move || store.size_on_disk())
-        .await
-        .map_err(|_| Error::Stopping)??;
+    // sled reads the sizes of its files; PostgreSQL answers a query.
+    let store_bytes = state.read(|s| Ok(s.size_on_disk()?)).await?;
     Ok(Json(AdminStats {
         ts: crate::commit::now_ms(),
         uptime_s: state.started.elapsed().as_secs(),
@@ -62,16 +59,15 @@ pub(super) async fn user(
     require_admin(&caller)?;
     let uid = path_id(path, "user")?;
     let presence = crate::presence::current(&state.broker, &uid);
-    let store = state.store.clone();
     let looked_up = uid.clone();
-    let (account, groups, conversations) = tokio::task::spawn_blocking(move || {
-        let account = store.password_hash(&looked_up)?.is_some();
-        let groups = store.user_groups(&looked_up, crate::groups::MAX_GROUPS)?;
-        let conversations = sync::conversation_list(&*store, &looked_up)?;
-        Ok::<_, Error>((account, groups, conversations))
-    })
-    .await
-    .map_err(|_| Error::Stopping)??;
+    let (account, groups, conversations) = state
+        .read(move |store| {
+            let account = store.password_hash(&looked_up)?.is_some();
+            let groups = store.user_groups(&looked_up, crate::groups::MAX_GROUPS)?;
+            let conversations = sync::conversation_list(store, &looked_up)?;
+            Ok((account, groups, conversations))
+        })
+        .await?;
     let known =
         account || !groups.is_empty() || !conversations.is_empty() || !presence.devices.is_empty();
     if !known {

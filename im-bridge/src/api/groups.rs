@@ -22,26 +22,16 @@ fn parsed<T>(extracted: Result<T, PathRejection>) -> Result<T, Error> {
     extracted.map_err(|e| Error::BadRequest(e.to_string()))
 }
 
-/// Runs `blocking` (store reads) off the runtime.
-async fn read<T: Send + 'static>(
-    state: &AppState,
-    blocking: impl FnOnce(&dyn crate::store::Store) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || blocking(&*store))
-        .await
-        .map_err(|_| Error::Stopping)?
-}
-
 /// Ends the presence subscriptions the ended co-memberships allowed, before the
 /// answer.
 async fn prune(state: &AppState, ended: groups::Ended) -> Result<(), Error> {
     let broker = state.broker.clone();
-    read(state, move |store| {
-        groups::prune_presence(store, &broker, &ended);
-        Ok(())
-    })
-    .await
+    state
+        .read(move |store| {
+            groups::prune_presence(store, &broker, &ended);
+            Ok(())
+        })
+        .await
 }
 
 /// `POST /v1/groups`: 201 with the new group; 409 `group_exists` for a taken id.
@@ -63,7 +53,7 @@ pub(super) async fn mine(
     caller: Caller,
 ) -> Result<Json<GroupList>, Error> {
     let uid = caller.uid().to_owned();
-    let groups = read(&state, move |store| groups::mine(store, &uid)).await?;
+    let groups = state.read(move |store| groups::mine(store, &uid)).await?;
     Ok(Json(GroupList { groups }))
 }
 
@@ -74,7 +64,9 @@ pub(super) async fn info(
     gid: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupInfo>, Error> {
     let Path(gid) = parsed(gid)?;
-    let info = read(&state, move |store| groups::info(store, &caller, &gid)).await?;
+    let info = state
+        .read(move |store| groups::info(store, &caller, &gid))
+        .await?;
     Ok(Json(info))
 }
 
@@ -94,7 +86,7 @@ pub(super) async fn delete(
         .await?;
     prune(&state, ended).await?;
     groups::publish(&state.broker, &notices);
-    groups::purge(state.store.clone(), &deleted, head);
+    groups::purge(state.committer.clone(), &deleted, head);
     Ok(StatusCode::NO_CONTENT)
 }
 

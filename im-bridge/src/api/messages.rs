@@ -48,7 +48,7 @@ pub(super) async fn send(
     Json(req): Json<SendRequest>,
 ) -> Result<Response, Error> {
     charge(&state, &caller, 1)?;
-    match sending::check(&state.config, &*state.store, caller.uid(), req)? {
+    match sending::check(&state.config, &state.access, caller.uid(), req)? {
         Checked::Live(m) => {
             Ok((StatusCode::ACCEPTED, Json(deliver_live(&state, &m))).into_response())
         }
@@ -107,7 +107,7 @@ pub(super) async fn batch(
     let mut stored = Vec::new();
     let mut slots = Vec::new();
     for send in req.messages {
-        match sending::check(&state.config, &*state.store, caller.uid(), send) {
+        match sending::check(&state.config, &state.access, caller.uid(), send) {
             Ok(Checked::Stored(m)) => {
                 slots.push(results.len());
                 stored.push(m);

@@ -46,8 +46,13 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Verifies bearer tokens.
     pub verifier: Arc<TokenVerifier>,
-    /// The durable store (reads; writes of messages go through the commit loop).
+    /// The durable store, for reads ([`AppState::read`]); every write goes
+    /// through `committer`.
     pub store: Arc<dyn Store>,
+    /// Memberships and contacts as the broker's `Authorizer` sees them, cached.
+    pub access: crate::access::Access,
+    /// MQTT retained messages changed but not yet written to the store.
+    pub retained: crate::retained::Shared,
     /// Where message writes go: the group-commit loop.
     pub committer: Committer,
     /// The broker, for delivery after commit.
@@ -72,9 +77,21 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` answers 200: serving, and the store answers.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.store.is_available()
+    }
+
+    /// Runs `read` (store reads, which may wait on a disk or a database) on the
+    /// blocking pool, never on an async worker.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn Store) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&*store))
+            .await
+            .map_err(|_| Error::Stopping)?
     }
 }
 

@@ -55,7 +55,7 @@ pub(super) async fn delete(
         .committer
         .write(move |store| {
             store.set_contact(&owner, &contact, false)?;
-            let still = access::can_see_presence(store, &contact, &owner)?;
+            let still = access::can_see_presence(&*store, &contact, &owner)?;
             let topic =
                 wire::topic::presence(&owner).map_err(|e| Error::BadRequest(e.to_string()))?;
             let after: crate::commit::AfterCommit = Box::new(move || {
@@ -74,7 +74,10 @@ pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ContactList>, Error> {
-    let contacts = state.store.contacts(caller.uid(), MAX_CONTACTS)?;
+    let owner = caller.uid().to_owned();
+    let contacts = state
+        .read(move |s| Ok(s.contacts(&owner, MAX_CONTACTS)?))
+        .await?;
     Ok(Json(ContactList { contacts }))
 }
 
@@ -92,7 +95,7 @@ pub(super) async fn presence(
             "users: at most {MAX_PRESENCE_QUERY} per query"
         )));
     }
-    let store = state.store.clone();
+    let access = state.access.clone();
     let watcher = caller.uid().to_owned();
     let admin = caller.role() == broker::auth::Role::Admin;
     let visible = tokio::task::spawn_blocking(move || {
@@ -101,7 +104,7 @@ pub(super) async fn presence(
             if !wire::is_valid_id(&uid) || out.contains(&uid) {
                 continue;
             }
-            if admin || access::can_see_presence(&*store, &watcher, &uid)? {
+            if admin || access.can_see_presence(&watcher, &uid)? {
                 out.push(uid);
             }
         }

@@ -19,7 +19,7 @@ use imqtt_wire::{
 use super::{AppState, Json};
 use crate::auth::Caller;
 use crate::error::Error;
-use crate::store::{Range, Store, Summary, Window};
+use crate::store::{Range, Reads, Summary, Window};
 
 /// Messages per conversation or page when the request does not say.
 const DEFAULT_LIMIT: u32 = 100;
@@ -39,7 +39,7 @@ fn limit(asked: Option<u32>) -> Result<usize, Error> {
 
 /// The seqs of `conv` that `uid` may read and ack, if any: all of its own direct
 /// and notice conversations, its span of a group it is or was in.
-fn window(store: &dyn Store, uid: &str, conv: &ConvId) -> Result<Option<Window>, Error> {
+fn window(store: &dyn Reads, uid: &str, conv: &ConvId) -> Result<Option<Window>, Error> {
     Ok(match conv.kind() {
         ConvKind::Group { gid } => store.membership(gid, uid)?.map(|m| m.window()),
         _ => crate::store::participants(conv)
@@ -50,7 +50,7 @@ fn window(store: &dyn Store, uid: &str, conv: &ConvId) -> Result<Option<Window>,
 
 /// `uid`'s conversations with what it may read of each, the most recent first:
 /// its direct and notice conversations from its index, and its current groups.
-fn summaries(store: &dyn Store, uid: &str) -> Result<Vec<(Summary, Window)>, Error> {
+fn summaries(store: &dyn Reads, uid: &str) -> Result<Vec<(Summary, Window)>, Error> {
     let mut all: Vec<(Summary, Window)> = store
         .conversations(uid, MAX_CONVERSATIONS)?
         .into_iter()
@@ -95,28 +95,27 @@ pub(super) async fn sync(
 ) -> Result<Json<SyncResponse>, Error> {
     let Query(q) = parsed(q)?;
     let limit = limit(q.limit)?;
-    let store = state.store.clone();
     let uid = caller.uid().to_owned();
-    let conversations = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for (c, window) in summaries(&*store, &uid)? {
-            if c.head.seq <= c.cursor {
-                continue;
+    let conversations = state
+        .read(move |store| {
+            let mut out = Vec::new();
+            for (c, window) in summaries(store, &uid)? {
+                if c.head.seq <= c.cursor {
+                    continue;
+                }
+                let (stored, has_more) =
+                    store.messages(&c.conv, Range::After(c.cursor), window, limit)?;
+                out.push(SyncConversation {
+                    conv: c.conv,
+                    head: c.head.seq,
+                    cursor: c.cursor,
+                    messages: decode(stored)?,
+                    has_more,
+                });
             }
-            let (stored, has_more) =
-                store.messages(&c.conv, Range::After(c.cursor), window, limit)?;
-            out.push(SyncConversation {
-                conv: c.conv,
-                head: c.head.seq,
-                cursor: c.cursor,
-                messages: decode(stored)?,
-                has_more,
-            });
-        }
-        Ok::<_, Error>(out)
-    })
-    .await
-    .map_err(|_| Error::Stopping)??;
+            Ok(out)
+        })
+        .await?;
     Ok(Json(SyncResponse { conversations }))
 }
 
@@ -125,17 +124,16 @@ pub(super) async fn conversations(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<ConversationList>, Error> {
-    let store = state.store.clone();
     let uid = caller.uid().to_owned();
-    let conversations = tokio::task::spawn_blocking(move || conversation_list(&*store, &uid))
-        .await
-        .map_err(|_| Error::Stopping)??;
+    let conversations = state
+        .read(move |store| conversation_list(store, &uid))
+        .await?;
     Ok(Json(ConversationList { conversations }))
 }
 
 /// `uid`'s conversations as `GET /v1/conversations` lists them (blocking).
 pub(super) fn conversation_list(
-    store: &dyn Store,
+    store: &dyn Reads,
     uid: &str,
 ) -> Result<Vec<ConversationSummary>, Error> {
     Ok(summaries(store, uid)?
@@ -163,11 +161,6 @@ pub(super) async fn messages(
     let conv: ConvId = conv
         .parse()
         .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
-    let visible = match window(&*state.store, caller.uid(), &conv)? {
-        Some(w) => w,
-        None if caller.role() == Role::Admin => Window::ALL,
-        None => return Err(Error::NotAMember),
-    };
     let limit = limit(q.limit)?;
     let range = match (q.after, q.before) {
         (Some(_), Some(_)) => {
@@ -176,11 +169,19 @@ pub(super) async fn messages(
         (None, Some(before)) => Range::Before(before),
         (after, None) => Range::After(after.unwrap_or(0)),
     };
-    let (stored, has_more) = state.store.messages(&conv, range, visible, limit)?;
-    Ok(Json(MessagesPage {
-        messages: decode(stored)?,
-        has_more,
-    }))
+    let (uid, admin) = (caller.uid().to_owned(), caller.role() == Role::Admin);
+    let (messages, has_more) = state
+        .read(move |store| {
+            let visible = match window(store, &uid, &conv)? {
+                Some(w) => w,
+                None if admin => Window::ALL,
+                None => return Err(Error::NotAMember),
+            };
+            let (stored, has_more) = store.messages(&conv, range, visible, limit)?;
+            Ok((decode(stored)?, has_more))
+        })
+        .await?;
+    Ok(Json(MessagesPage { messages, has_more }))
 }
 
 /// `POST /v1/ack {cursors: {conv: seq}}`: moves the caller's cursors forward
@@ -202,7 +203,7 @@ pub(super) async fn ack(
         .committer
         .write(move |store| {
             for (conv, _) in &cursors {
-                if window(store, &uid, conv)?.is_none() {
+                if window(&*store, &uid, conv)?.is_none() {
                     tracing::debug!(%conv, "ack refused");
                     return Err(Error::NotAMember);
                 }

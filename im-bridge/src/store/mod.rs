@@ -2,12 +2,17 @@
 //! read cursors and conversation index, idempotency keys, accounts, groups with
 //! their memberships, and contacts.
 //!
-//! [`Store`] is the whole contract the API and delivery code use, narrow enough for
-//! a PostgreSQL-protocol engine to implement later (DESIGN.md §10); [`SledStore`]
-//! is the embedded implementation. Writes come from one place, the group-commit
-//! loop (`commit.rs`), which batches sends and flushes once per batch; reads may
-//! come from anywhere.
+//! [`Store`] is the whole contract the API and delivery code use, and every engine
+//! implements it: [`SledStore`] (embedded) and `PgStore` (PostgreSQL, shared by
+//! several processes). Reads ([`Reads`]) may come from anywhere off the async
+//! workers (they may wait on I/O). Writes have one door: a [`Round`], begun by the
+//! group-commit loop (`commit.rs`) and only there, holds every write of one
+//! round and makes them atomic and durable together in [`Round::commit`], one
+//! flush or one transaction per round, never one per call. `conformance` holds the
+//! behavioural tests every engine passes.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 mod sled;
 
 use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole, HistoryVisible, Qos};
@@ -195,6 +200,10 @@ pub enum StoreError {
         /// The conversation's head.
         head: u64,
     },
+    /// The engine cannot be reached now (a database down or restarting): the
+    /// write was not made, and the same call may succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The engine failed (I/O, corruption).
     #[error("store engine: {0}")]
     Engine(String),
@@ -203,23 +212,10 @@ pub enum StoreError {
     Corrupt(&'static str),
 }
 
-/// Everything the IM side keeps durably. Writes are atomic per call: a reader never
-/// sees a message without its head, index and idempotency entries, even after a
-/// crash. Nothing here scans more than the keys of the conversation or user it
-/// names.
-pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// Stores `sends` in order, in one atomic write, assigning each new message the
-    /// next seq of its conversation, a ULID and `now_ms`; retries (same sender and
-    /// `client_msg_id`) get their original instead. Durable only after
-    /// [`Store::flush`].
-    fn append(&self, sends: &[NewMessage], now_ms: u64) -> Result<Vec<Appended>, StoreError>;
-
-    /// Makes every write so far durable.
-    fn flush(&self) -> Result<(), StoreError>;
-
-    /// The bytes the store takes on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
-
+/// Everything that can be read. Blocking: a read may wait on a disk or a database,
+/// so callers on the async runtime run it on the blocking pool. Nothing here scans
+/// more than the keys of the conversation, group or user it names.
+pub trait Reads {
     /// The head of `conv` (all zero when it has no message).
     fn head(&self, conv: &ConvId) -> Result<Head, StoreError>;
 
@@ -237,12 +233,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `uid`'s read cursor in `conv` (0 when it never acked).
     fn cursor(&self, uid: &str, conv: &ConvId) -> Result<u64, StoreError>;
 
-    /// Moves `uid`'s cursors forward, never back; a seq above a head fails the
-    /// whole call and moves nothing.
-    fn ack(&self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError>;
-
     /// `uid`'s direct and notice conversations, the most recently active first, at
-    /// most `limit` (its groups come from [`Store::user_groups`]).
+    /// most `limit` (its groups come from [`Reads::user_groups`]).
     fn conversations(&self, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError>;
 
     /// A group's settings.
@@ -259,46 +251,87 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The groups `uid` is a member of now, in gid order, at most `limit`.
     fn user_groups(&self, uid: &str, limit: usize) -> Result<Vec<String>, StoreError>;
 
-    /// Applies `writes` in one atomic write. Written only by the commit loop, so a
-    /// write computed from what it read there is never stale.
-    fn write_groups(&self, writes: &[GroupWrite]) -> Result<(), StoreError>;
-
-    /// Adds (`true`) or removes `contact` from `owner`'s contacts, the users who may
-    /// see `owner`'s presence; whether that changed anything.
-    fn set_contact(&self, owner: &str, contact: &str, on: bool) -> Result<bool, StoreError>;
-
     /// Whether `contact` is one of `owner`'s contacts (one key read).
     fn is_contact(&self, owner: &str, contact: &str) -> Result<bool, StoreError>;
 
     /// `owner`'s contacts in uid order, at most `limit`.
     fn contacts(&self, owner: &str, limit: usize) -> Result<Vec<String>, StoreError>;
 
-    /// Creates an account; `false` if the user exists.
-    fn create_account(&self, uid: &str, password_hash: &str) -> Result<bool, StoreError>;
-
     /// The password hash of `uid`'s account, if it has one.
     fn password_hash(&self, uid: &str) -> Result<Option<String>, StoreError>;
+}
 
-    /// Forgets idempotency keys that expired by `now_ms`; returns how many.
-    fn expire_idempotency(&self, now_ms: u64) -> Result<usize, StoreError>;
+/// A durable store: its reads, and the rounds that write it.
+pub trait Store: Reads + Send + Sync + std::fmt::Debug + 'static {
+    /// Begins a round of writes. Only the commit loop calls this, one round at a
+    /// time, so that a write computed from what the round read is never stale
+    /// within this process (across processes, the engine's locks keep seqs and
+    /// group changes exact).
+    fn begin(&self) -> Result<Box<dyn Round + '_>, StoreError>;
 
-    /// Deletes the messages committed before `before_ms` (`store.retention`);
-    /// returns how many. Reads only those, in commit-time order.
-    fn expire_messages(&self, before_ms: u64) -> Result<usize, StoreError>;
+    /// Makes the rounds committed without `durable` durable (`store.flush =
+    /// "interval"`); a no-op for an engine whose commits are always durable.
+    fn flush(&self) -> Result<(), StoreError>;
 
-    /// Deletes the messages of `conv` up to seq `through` (a deleted group's), at
-    /// most `limit` of them, oldest first; returns how many. The head stays, so
-    /// seqs are never reused. Reads only that conversation's keys.
-    fn purge(&self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError>;
-
-    /// Records MQTT retained messages: `Some((payload, qos))` sets a topic's,
-    /// `None` clears it. Durable after [`Store::flush`].
-    fn put_retained(
-        &self,
-        changes: &[(String, Option<(bytes::Bytes, u8)>)],
-    ) -> Result<(), StoreError>;
+    /// The bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
 
     /// Every recorded retained message: topic, payload, QoS (read at startup; at
     /// most `mqtt.max_retained` of them).
     fn retained(&self) -> Result<Vec<(String, bytes::Bytes, u8)>, StoreError>;
+
+    /// Whether the engine answers now (`/readyz`); an embedded engine always does.
+    fn is_available(&self) -> bool {
+        true
+    }
+}
+
+/// One round of the commit loop: its writes become visible to other readers and
+/// durable together, at [`Round::commit`], or not at all (a round dropped without
+/// commit, or whose commit fails, wrote nothing). Its reads see its own writes.
+/// A write that fails with [`StoreError::AboveHead`] wrote nothing; any other
+/// failure may leave the round half-written, and the loop then drops it.
+pub trait Round: Reads {
+    /// Stores `sends` in order, assigning each new message the next seq of its
+    /// conversation, a ULID and `now_ms`; retries (same sender and idempotency key,
+    /// within the TTL) get their original instead.
+    fn append(&mut self, sends: &[NewMessage], now_ms: u64) -> Result<Vec<Appended>, StoreError>;
+
+    /// Moves `uid`'s cursors forward, never back; a seq above a head fails the
+    /// whole call and moves nothing.
+    fn ack(&mut self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError>;
+
+    /// Applies group changes.
+    fn write_groups(&mut self, writes: &[GroupWrite]) -> Result<(), StoreError>;
+
+    /// Adds (`true`) or removes `contact` from `owner`'s contacts, the users who may
+    /// see `owner`'s presence; whether that changed anything.
+    fn set_contact(&mut self, owner: &str, contact: &str, on: bool) -> Result<bool, StoreError>;
+
+    /// Creates an account; `false` if the user exists (across processes too).
+    fn create_account(&mut self, uid: &str, password_hash: &str) -> Result<bool, StoreError>;
+
+    /// Records MQTT retained messages: `Some((payload, qos))` sets a topic's,
+    /// `None` clears it.
+    fn put_retained(
+        &mut self,
+        changes: &[(String, Option<(bytes::Bytes, u8)>)],
+    ) -> Result<(), StoreError>;
+
+    /// Forgets up to `limit` idempotency keys that expired by `now_ms`, the oldest
+    /// first; returns how many.
+    fn expire_idempotency(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Deletes up to `limit` of the messages committed before `before_ms`
+    /// (`store.retention`), the oldest first; returns how many. Reads only those.
+    fn expire_messages(&mut self, before_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Deletes the messages of `conv` up to seq `through` (a deleted group's), at
+    /// most `limit` of them, oldest first; returns how many. The head stays, so
+    /// seqs are never reused. Reads only that conversation's keys.
+    fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Makes the round's writes visible and, if `durable`, durable (flushed, or a
+    /// synchronous commit) before returning.
+    fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError>;
 }

@@ -1,45 +1,28 @@
-//! The embedded store on sled 0.34.
+//! The embedded store on sled 0.34: one tree, its keys prefixed by kind
+//! (`keys.rs`), so that a commit round is one `apply_batch`, atomic across every
+//! kind of key, and after a crash recovered whole or not at all.
 //!
-//! Trees and keys (`0` is a zero byte: ids and conversation ids never contain one,
-//! and integers are big-endian so that keys sort by them):
-//!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `msgs` | conv `0` seq | the envelope's JSON |
-//! | `heads` | conv | head seq, last ts |
-//! | `cursors` | uid `0` conv | seq |
-//! | `recent` | uid `0` (u64::MAX - last ts) conv | nothing: the user's conversations, most recent first |
-//! | `activity` | uid `0` conv | last ts (finds the `recent` key to replace) |
-//! | `idem` | sender `0` client_msg_id | conv `0` seq, then the expiry |
-//! | `idem_exp` | expiry sender `0` client_msg_id | nothing: what to forget when |
-//! | `msgs_by_time` | ts conv `0` seq | nothing: what `store.retention` deletes when |
-//! | `accounts` | uid | the argon2 hash |
-//! | `retained` | MQTT topic | QoS, then the payload |
-//! | `groups` | gid | the group's settings (JSON) |
-//! | `members` | gid `0` uid | role, first visible seq, last visible seq (MAX: a member now) |
-//! | `user_groups` | uid `0` gid | nothing: the user's current groups |
-//! | `contacts` | owner `0` uid | nothing: who may see owner's presence |
-//!
-//! A send touches its conversation's keys, its participants' keys and its
-//! idempotency key, all in one sled transaction, so they are written (and after a
-//! crash, recovered) together or not at all; so does each group change
-//! (`groups.rs`).
+//! A round (`round.rs`) stages its writes in memory, reads through them, and
+//! applies them as one batch at commit, then flushes sled and fsyncs its log
+//! once. Reads outside a round read the tree. `migrate.rs` moves a store of the
+//! earlier layout (a tree per kind) into this one when it is opened.
 
 mod groups;
+mod keys;
+mod migrate;
+mod round;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole};
-use sled::Transactional;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
+use imqtt_wire::ConvId;
+use sled::IVec;
 
-use super::{
-    Appended, GroupRecord, GroupWrite, Head, Membership, NewMessage, Range, Store, StoreError,
-    Summary, Window, participants,
+use self::keys::{
+    ACCOUNT, CURSOR, GROUP, HEAD, LIST, MEMBER, RETAINED, decode_head, end_of, id_after, key1,
+    key2, prefix, u64_at,
 };
+use super::{GroupRecord, Head, Membership, Range, Round, Store, StoreError, Summary, Window};
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 
@@ -47,20 +30,7 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct SledStore {
     db: sled::Db,
-    msgs: sled::Tree,
-    heads: sled::Tree,
-    cursors: sled::Tree,
-    recent: sled::Tree,
-    activity: sled::Tree,
-    idem: sled::Tree,
-    idem_exp: sled::Tree,
-    msgs_by_time: sled::Tree,
-    accounts: sled::Tree,
-    retained: sled::Tree,
-    groups: sled::Tree,
-    members: sled::Tree,
-    user_groups: sled::Tree,
-    contacts: sled::Tree,
+    tree: sled::Tree,
     /// How long a `(sender, client_msg_id)` keeps retries idempotent.
     idempotency_ttl: Duration,
     /// sled's log file, opened again to fsync it: sled 0.34 makes its writes
@@ -81,10 +51,14 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// The tree's name.
+const TREE: &str = "imqtt";
+
 impl SledStore {
-    /// Opens (creating if needed) the store. sled locks the directory, so a second
-    /// server on the same path fails here with [`Error::StoreInUse`] instead of
-    /// corrupting it. Blocks while sled reads its log: call it off the runtime.
+    /// Opens (creating if needed) the store, moving an earlier layout's data into
+    /// this one. sled locks the directory, so a second server on the same path
+    /// fails here with [`Error::StoreInUse`] instead of corrupting it. Blocks while
+    /// sled reads its log: call it off the runtime.
     pub fn open(cfg: &StoreConfig, idempotency_ttl: Duration) -> Result<SledStore> {
         let opened = sled::Config::new()
             .path(&cfg.path)
@@ -104,16 +78,21 @@ impl SledStore {
                 });
             }
         };
-        let mut store =
-            SledStore::with_trees(db, idempotency_ttl).map_err(|cause| Error::StoreOpen {
-                path: cfg.path.clone(),
-                cause,
-            })?;
-        let log = std::fs::File::open(cfg.path.join("db")).map_err(|e| Error::StoreOpen {
+        let open_error = |cause| Error::StoreOpen {
             path: cfg.path.clone(),
-            cause: sled::Error::Io(e),
-        })?;
+            cause,
+        };
+        let mut store = SledStore::with_tree(db, idempotency_ttl).map_err(open_error)?;
+        let log =
+            std::fs::File::open(cfg.path.join("db")).map_err(|e| open_error(sled::Error::Io(e)))?;
         store.log = Some(std::sync::Arc::new(log));
+        let moved = migrate::from_tree_per_kind(&store.db, &store.tree).map_err(open_error)?;
+        if moved > 0 {
+            store
+                .flush()
+                .map_err(|e| open_error(sled::Error::Io(std::io::Error::other(e))))?;
+            tracing::info!(keys = moved, "store moved to the one-tree layout");
+        }
         tracing::info!(path = %cfg.path.display(), "store opened");
         Ok(store)
     }
@@ -122,26 +101,12 @@ impl SledStore {
     /// (for tests and tools).
     pub fn temporary(idempotency_ttl: Duration) -> Result<SledStore> {
         let db = sled::Config::new().temporary(true).open()?;
-        Ok(SledStore::with_trees(db, idempotency_ttl)?)
+        Ok(SledStore::with_tree(db, idempotency_ttl)?)
     }
 
-    fn with_trees(db: sled::Db, idempotency_ttl: Duration) -> sled::Result<SledStore> {
-        let tree = |name: &str| db.open_tree(name);
+    fn with_tree(db: sled::Db, idempotency_ttl: Duration) -> sled::Result<SledStore> {
         Ok(SledStore {
-            msgs: tree("msgs")?,
-            heads: tree("heads")?,
-            cursors: tree("cursors")?,
-            recent: tree("recent")?,
-            activity: tree("activity")?,
-            idem: tree("idem")?,
-            idem_exp: tree("idem_exp")?,
-            msgs_by_time: tree("msgs_by_time")?,
-            accounts: tree("accounts")?,
-            retained: tree("retained")?,
-            groups: tree("groups")?,
-            members: tree("members")?,
-            user_groups: tree("user_groups")?,
-            contacts: tree("contacts")?,
+            tree: db.open_tree(TREE)?,
             db,
             idempotency_ttl,
             log: None,
@@ -158,39 +123,33 @@ fn is_lock_conflict(e: &sled::Error) -> bool {
             && io.to_string().starts_with("could not acquire lock"))
 }
 
-/// `a 0 b`.
-fn key2(a: &str, b: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
-    k.extend_from_slice(a.as_bytes());
-    k.push(0);
-    k.extend_from_slice(b.as_bytes());
-    k
+/// Entries in key order (or reversed), as the reads walk them.
+type Entries<'a> = Box<dyn Iterator<Item = Result<(IVec, IVec), StoreError>> + 'a>;
+
+/// What the reads read: the tree, or a round's writes over it.
+trait View {
+    fn get(&self, key: &[u8]) -> Result<Option<IVec>, StoreError>;
+    /// The entries with keys in `lo..hi`, ascending, or descending if `rev`.
+    fn scan(&self, lo: Vec<u8>, hi: Vec<u8>, rev: bool) -> Entries<'_>;
 }
 
-/// `conv 0 seq`.
-fn msg_key(conv: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(conv.len() + 9);
-    k.extend_from_slice(conv.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
+impl View for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        Ok(self.tree.get(key)?)
+    }
 
-/// `uid 0 (MAX - ts) conv`.
-fn recent_key(uid: &str, ts: u64, conv: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(uid.len() + 9 + conv.len());
-    k.extend_from_slice(uid.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&(u64::MAX - ts).to_be_bytes());
-    k.extend_from_slice(conv.as_bytes());
-    k
+    fn scan(&self, lo: Vec<u8>, hi: Vec<u8>, rev: bool) -> Entries<'_> {
+        let it = self.tree.range(lo..hi);
+        if rev {
+            Box::new(it.rev().map(|kv| kv.map_err(StoreError::from)))
+        } else {
+            Box::new(it.map(|kv| kv.map_err(StoreError::from)))
+        }
+    }
 }
 
 /// The values of the first `limit` entries, and whether there are more.
-fn take(
-    mut it: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-    limit: usize,
-) -> Result<(Vec<Bytes>, bool), StoreError> {
+fn take(mut it: Entries<'_>, limit: usize) -> Result<(Vec<Bytes>, bool), StoreError> {
     let mut out = Vec::with_capacity(limit.min(1024));
     for kv in it.by_ref().take(limit) {
         let (_, v) = kv?;
@@ -200,218 +159,214 @@ fn take(
     Ok((out, more))
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(b))
+/// The ids after `owner 0` in the keys of `kind`, at most `limit`.
+fn ids(v: &impl View, kind: u8, owner: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    let p = prefix(kind, owner);
+    let mut out = Vec::new();
+    for kv in v.scan(p.clone(), end_of(&p), false).take(limit) {
+        let (k, _) = kv?;
+        out.push(id_after(&k, &p)?.to_owned());
+    }
+    Ok(out)
 }
 
-fn decode_head(v: &[u8]) -> Result<Head, StoreError> {
-    match (u64_at(v, 0), u64_at(v, 8)) {
-        (Some(seq), Some(last_ts)) => Ok(Head { seq, last_ts }),
-        _ => Err(StoreError::Corrupt("heads")),
+// The reads, written once for the tree and for a round.
+fn head(v: &impl View, conv: &ConvId) -> Result<Head, StoreError> {
+    match v.get(&key1(HEAD, conv.as_str()))? {
+        Some(h) => decode_head(&h),
+        None => Ok(Head::default()),
     }
 }
 
-fn encode_head(h: Head) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&h.seq.to_be_bytes());
-    v[8..].copy_from_slice(&h.last_ts.to_be_bytes());
-    v
-}
-
-type Tx<'a> = &'a TransactionalTree;
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
-fn from_tx(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => engine(e),
+fn messages(
+    v: &impl View,
+    conv: &ConvId,
+    range: Range,
+    window: Window,
+    limit: usize,
+) -> Result<(Vec<Bytes>, bool), StoreError> {
+    let c = conv.as_str();
+    // Both ends included: [first, last].
+    let (first, last) = match range {
+        Range::After(after) => (after.saturating_add(1).max(window.first), window.last),
+        Range::Before(before) => (window.first, before.saturating_sub(1).min(window.last)),
+    };
+    if first > last {
+        return Ok((Vec::new(), false));
+    }
+    let (lo, hi) = (keys::msg(c, first), keys::after(&keys::msg(c, last)));
+    match range {
+        Range::After(_) => take(v.scan(lo, hi, false), limit),
+        Range::Before(_) => {
+            let (mut out, more) = take(v.scan(lo, hi, true), limit)?;
+            out.reverse();
+            Ok((out, more))
+        }
     }
 }
 
-/// The trees one send writes.
-struct Trees<'a> {
-    msgs: Tx<'a>,
-    heads: Tx<'a>,
-    cursors: Tx<'a>,
-    recent: Tx<'a>,
-    activity: Tx<'a>,
-    idem: Tx<'a>,
-    idem_exp: Tx<'a>,
-    msgs_by_time: Tx<'a>,
+fn cursor(v: &impl View, uid: &str, conv: &ConvId) -> Result<u64, StoreError> {
+    Ok(v.get(&key2(CURSOR, uid, conv.as_str()))?
+        .and_then(|c| u64_at(&c, 0))
+        .unwrap_or(0))
 }
 
-impl Trees<'_> {
-    /// The original of a retried send, if its key is still known.
-    fn original(&self, idem_key: &[u8]) -> TxResult<Option<Bytes>> {
-        let Some(v) = self.idem.get(idem_key)? else {
-            return Ok(None);
-        };
-        // conv 0 seq(8) expiry(8)
-        let Some(split) = v.len().checked_sub(17) else {
-            return abort(StoreError::Corrupt("idem"));
-        };
-        let conv = &v[..split];
-        let Some(seq) = u64_at(&v, split + 1) else {
-            return abort(StoreError::Corrupt("idem"));
-        };
-        let conv = std::str::from_utf8(conv)
-            .map_err(|_| ConflictableTransactionError::Abort(StoreError::Corrupt("idem")))?;
-        Ok(self
-            .msgs
-            .get(msg_key(conv, seq))?
-            .map(|json| Bytes::copy_from_slice(&json)))
+fn conversations(v: &impl View, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
+    let p = prefix(LIST, uid);
+    let mut out = Vec::new();
+    // The user's list is a set; its order by activity comes from the heads.
+    for kv in v.scan(p.clone(), end_of(&p), false) {
+        let (k, _) = kv?;
+        let conv = id_after(&k, &p)?
+            .parse::<ConvId>()
+            .map_err(|_| StoreError::Corrupt("list"))?;
+        out.push(Summary {
+            head: head(v, &conv)?,
+            cursor: cursor(v, uid, &conv)?,
+            conv,
+        });
     }
+    out.sort_by(|a, b| {
+        b.head
+            .last_ts
+            .cmp(&a.head.last_ts)
+            .then_with(|| a.conv.as_str().cmp(b.conv.as_str()))
+    });
+    out.truncate(limit);
+    Ok(out)
+}
 
-    /// Moves `uid`'s entry for `conv` in its recent list to `ts`.
-    fn touch(
-        &self,
-        uid: &str,
-        conv: &str,
-        ts: u64,
-    ) -> std::result::Result<(), UnabortableTransactionError> {
-        let akey = key2(uid, conv);
-        if let Some(old) = self.activity.get(&akey)?
-            && let Some(old_ts) = u64_at(&old, 0)
-        {
-            self.recent.remove(recent_key(uid, old_ts, conv))?;
-        }
-        self.activity.insert(akey, &ts.to_be_bytes())?;
-        self.recent.insert(recent_key(uid, ts, conv), &[])?;
-        Ok(())
-    }
-
-    /// Raises `uid`'s cursor in `conv` to `seq` (never lowers it).
-    fn raise_cursor(
-        &self,
-        uid: &str,
-        conv: &str,
-        seq: u64,
-    ) -> std::result::Result<(), UnabortableTransactionError> {
-        let key = key2(uid, conv);
-        let now = self
-            .cursors
-            .get(&key)?
-            .and_then(|v| u64_at(&v, 0))
-            .unwrap_or(0);
-        if seq > now {
-            self.cursors.insert(key, &seq.to_be_bytes())?;
-        }
-        Ok(())
+fn password_hash(v: &impl View, uid: &str) -> Result<Option<String>, StoreError> {
+    match v.get(&key1(ACCOUNT, uid))? {
+        None => Ok(None),
+        Some(h) => String::from_utf8(h.to_vec())
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt("accounts")),
     }
 }
 
-impl SledStore {
-    fn append_one(&self, t: &Trees<'_>, send: &NewMessage, now_ms: u64) -> TxResult<Appended> {
-        let idem_key = send.idempotency_key.as_deref().map(|c| key2(&send.from, c));
-        if let Some(k) = &idem_key
-            && let Some(json) = t.original(k)?
-        {
-            let Ok(envelope) = serde_json::from_slice::<Envelope>(&json) else {
-                return abort(StoreError::Corrupt("msgs"));
-            };
-            return Ok(Appended {
-                envelope,
-                json,
-                duplicate: true,
-            });
-        }
-        let conv = send.conv.as_str();
-        let head = match t.heads.get(conv)? {
-            Some(v) => decode_head(&v).or_else(abort)?,
-            None => Head::default(),
-        };
-        let seq = head.seq + 1;
-        let envelope = Envelope {
-            id: ulid::Ulid::new().to_string(),
-            conv: send.conv.clone(),
-            seq,
-            from: send.from.clone(),
-            to: send.to.clone(),
-            ts: now_ms,
-            client_msg_id: send.client_msg_id.clone(),
-            qos: send.qos,
-            body: send.body.clone(),
-        };
-        let json = match serde_json::to_vec(&envelope) {
-            Ok(j) => j,
-            Err(e) => return abort(engine(e)),
-        };
-        t.msgs.insert(msg_key(conv, seq), json.as_slice())?;
-        let mut by_time = now_ms.to_be_bytes().to_vec();
-        by_time.extend_from_slice(&msg_key(conv, seq));
-        t.msgs_by_time.insert(by_time, &[])?;
-        t.heads.insert(
-            conv.as_bytes(),
-            &encode_head(Head {
-                seq,
-                last_ts: now_ms,
-            }),
-        )?;
-        for uid in participants(&send.conv) {
-            t.touch(uid, conv, now_ms)?;
-        }
-        if matches!(
-            send.conv.kind(),
-            ConvKind::Dm { .. } | ConvKind::Group { .. }
-        ) {
-            // One's own message is read.
-            t.raise_cursor(&send.from, conv, seq)?;
-        }
-        if let Some(k) = idem_key {
-            let ttl = u64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
-            let expires = now_ms.saturating_add(ttl);
-            let mut v = msg_key(conv, seq);
-            v.extend_from_slice(&expires.to_be_bytes());
-            t.idem.insert(k.as_slice(), v)?;
-            let mut e = expires.to_be_bytes().to_vec();
-            e.extend_from_slice(&k);
-            t.idem_exp.insert(e, &[])?;
-        }
-        Ok(Appended {
-            envelope,
-            json: Bytes::from(json),
-            duplicate: false,
-        })
+fn group(v: &impl View, gid: &str) -> Result<Option<GroupRecord>, StoreError> {
+    match v.get(&key1(GROUP, gid))? {
+        None => Ok(None),
+        Some(g) => serde_json::from_slice(&g)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt("groups")),
     }
 }
+
+fn membership(v: &impl View, gid: &str, uid: &str) -> Result<Option<Membership>, StoreError> {
+    v.get(&key2(MEMBER, gid, uid))?
+        .map(|m| groups::decode_membership(&m))
+        .transpose()
+}
+
+fn members(v: &impl View, gid: &str) -> Result<Vec<(String, Membership)>, StoreError> {
+    let p = prefix(MEMBER, gid);
+    let mut out = Vec::new();
+    for kv in v.scan(p.clone(), end_of(&p), false) {
+        let (k, m) = kv?;
+        out.push((id_after(&k, &p)?.to_owned(), groups::decode_membership(&m)?));
+    }
+    Ok(out)
+}
+
+/// `Reads` for a type that is a [`View`].
+macro_rules! reads_of_view {
+    ($t:ty) => {
+        impl $crate::store::Reads for $t {
+            fn head(
+                &self,
+                conv: &imqtt_wire::ConvId,
+            ) -> Result<$crate::store::Head, $crate::store::StoreError> {
+                $crate::store::sled::head(self, conv)
+            }
+            fn messages(
+                &self,
+                conv: &imqtt_wire::ConvId,
+                range: $crate::store::Range,
+                window: $crate::store::Window,
+                limit: usize,
+            ) -> Result<(Vec<bytes::Bytes>, bool), $crate::store::StoreError> {
+                $crate::store::sled::messages(self, conv, range, window, limit)
+            }
+            fn cursor(
+                &self,
+                uid: &str,
+                conv: &imqtt_wire::ConvId,
+            ) -> Result<u64, $crate::store::StoreError> {
+                $crate::store::sled::cursor(self, uid, conv)
+            }
+            fn conversations(
+                &self,
+                uid: &str,
+                limit: usize,
+            ) -> Result<Vec<$crate::store::Summary>, $crate::store::StoreError> {
+                $crate::store::sled::conversations(self, uid, limit)
+            }
+            fn group(
+                &self,
+                gid: &str,
+            ) -> Result<Option<$crate::store::GroupRecord>, $crate::store::StoreError> {
+                $crate::store::sled::group(self, gid)
+            }
+            fn membership(
+                &self,
+                gid: &str,
+                uid: &str,
+            ) -> Result<Option<$crate::store::Membership>, $crate::store::StoreError> {
+                $crate::store::sled::membership(self, gid, uid)
+            }
+            fn members(
+                &self,
+                gid: &str,
+            ) -> Result<Vec<(String, $crate::store::Membership)>, $crate::store::StoreError> {
+                $crate::store::sled::members(self, gid)
+            }
+            fn user_groups(
+                &self,
+                uid: &str,
+                limit: usize,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                $crate::store::sled::ids(self, $crate::store::sled::keys::USER_GROUP, uid, limit)
+            }
+            fn is_contact(
+                &self,
+                owner: &str,
+                contact: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok($crate::store::sled::View::get(
+                    self,
+                    &$crate::store::sled::keys::key2(
+                        $crate::store::sled::keys::CONTACT,
+                        owner,
+                        contact,
+                    ),
+                )?
+                .is_some())
+            }
+            fn contacts(
+                &self,
+                owner: &str,
+                limit: usize,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                $crate::store::sled::ids(self, $crate::store::sled::keys::CONTACT, owner, limit)
+            }
+            fn password_hash(
+                &self,
+                uid: &str,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                $crate::store::sled::password_hash(self, uid)
+            }
+        }
+    };
+}
+use reads_of_view;
+
+reads_of_view!(SledStore);
 
 impl Store for SledStore {
-    fn append(&self, sends: &[NewMessage], now_ms: u64) -> Result<Vec<Appended>, StoreError> {
-        let trees = (
-            &self.msgs,
-            &self.heads,
-            &self.cursors,
-            &self.recent,
-            &self.activity,
-            &self.idem,
-            &self.idem_exp,
-            &self.msgs_by_time,
-        );
-        trees
-            .transaction(
-                |(msgs, heads, cursors, recent, activity, idem, idem_exp, msgs_by_time)| {
-                    let t = Trees {
-                        msgs,
-                        heads,
-                        cursors,
-                        recent,
-                        activity,
-                        idem,
-                        idem_exp,
-                        msgs_by_time,
-                    };
-                    sends
-                        .iter()
-                        .map(|send| self.append_one(&t, send, now_ms))
-                        .collect::<TxResult<Vec<_>>>()
-                },
-            )
-            .map_err(from_tx)
+    fn begin(&self) -> Result<Box<dyn Round + '_>, StoreError> {
+        Ok(Box::new(round::SledRound::new(self)))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -426,199 +381,12 @@ impl Store for SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn head(&self, conv: &ConvId) -> Result<Head, StoreError> {
-        match self.heads.get(conv.as_str())? {
-            Some(v) => decode_head(&v),
-            None => Ok(Head::default()),
-        }
-    }
-
-    fn messages(
-        &self,
-        conv: &ConvId,
-        range: Range,
-        window: Window,
-        limit: usize,
-    ) -> Result<(Vec<Bytes>, bool), StoreError> {
-        let c = conv.as_str();
-        // Both ends included: [first, last].
-        let (first, last) = match range {
-            Range::After(after) => (after.saturating_add(1).max(window.first), window.last),
-            Range::Before(before) => (window.first, before.saturating_sub(1).min(window.last)),
-        };
-        if first > last {
-            return Ok((Vec::new(), false));
-        }
-        let span = msg_key(c, first)..=msg_key(c, last);
-        match range {
-            Range::After(_) => take(self.msgs.range(span), limit),
-            Range::Before(_) => {
-                let (mut out, more) = take(self.msgs.range(span).rev(), limit)?;
-                out.reverse();
-                Ok((out, more))
-            }
-        }
-    }
-
-    fn cursor(&self, uid: &str, conv: &ConvId) -> Result<u64, StoreError> {
-        Ok(self
-            .cursors
-            .get(key2(uid, conv.as_str()))?
-            .and_then(|v| u64_at(&v, 0))
-            .unwrap_or(0))
-    }
-
-    fn ack(&self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError> {
-        (&self.cursors, &self.heads)
-            .transaction(|(cur, heads)| {
-                for (conv, seq) in cursors {
-                    let head = match heads.get(conv.as_str())? {
-                        Some(v) => decode_head(&v).or_else(abort)?.seq,
-                        None => 0,
-                    };
-                    if *seq > head {
-                        return abort(StoreError::AboveHead {
-                            conv: conv.clone(),
-                            seq: *seq,
-                            head,
-                        });
-                    }
-                    let key = key2(uid, conv.as_str());
-                    let now = cur.get(&key)?.and_then(|v| u64_at(&v, 0)).unwrap_or(0);
-                    if *seq > now {
-                        cur.insert(key, &seq.to_be_bytes())?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(from_tx)
-    }
-
-    fn conversations(&self, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
-        let mut prefix = uid.as_bytes().to_vec();
-        prefix.push(0);
-        let mut out = Vec::new();
-        for kv in self.recent.scan_prefix(&prefix).take(limit) {
-            let (k, _) = kv?;
-            let conv = k
-                .get(prefix.len() + 8..)
-                .and_then(|c| std::str::from_utf8(c).ok())
-                .and_then(|c| c.parse::<ConvId>().ok())
-                .ok_or(StoreError::Corrupt("recent"))?;
-            let head = self.head(&conv)?;
-            let cursor = self.cursor(uid, &conv)?;
-            out.push(Summary { conv, head, cursor });
-        }
-        Ok(out)
-    }
-
-    fn group(&self, gid: &str) -> Result<Option<GroupRecord>, StoreError> {
-        self.group_record(gid)
-    }
-
-    fn membership(&self, gid: &str, uid: &str) -> Result<Option<Membership>, StoreError> {
-        self.group_membership(gid, uid)
-    }
-
-    fn members(&self, gid: &str) -> Result<Vec<(String, Membership)>, StoreError> {
-        self.group_members(gid)
-    }
-
-    fn user_groups(&self, uid: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.groups_of(uid, limit)
-    }
-
-    fn write_groups(&self, writes: &[GroupWrite]) -> Result<(), StoreError> {
-        self.apply_group_writes(writes)
-    }
-
-    fn set_contact(&self, owner: &str, contact: &str, on: bool) -> Result<bool, StoreError> {
-        self.put_contact(owner, contact, on)
-    }
-
-    fn is_contact(&self, owner: &str, contact: &str) -> Result<bool, StoreError> {
-        self.has_contact(owner, contact)
-    }
-
-    fn contacts(&self, owner: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.contacts_of(owner, limit)
-    }
-
-    fn create_account(&self, uid: &str, password_hash: &str) -> Result<bool, StoreError> {
-        let created = self.accounts.compare_and_swap(
-            uid,
-            None as Option<&[u8]>,
-            Some(password_hash.as_bytes()),
-        )?;
-        Ok(created.is_ok())
-    }
-
-    fn password_hash(&self, uid: &str) -> Result<Option<String>, StoreError> {
-        match self.accounts.get(uid)? {
-            None => Ok(None),
-            Some(v) => String::from_utf8(v.to_vec())
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt("accounts")),
-        }
-    }
-
-    fn expire_messages(&self, before_ms: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        let end = before_ms.to_be_bytes();
-        for kv in self.msgs_by_time.range(..end.as_slice()) {
-            let (k, _) = kv?;
-            // Heads, cursors and the index stay: seqs are never reused, and a
-            // conversation's history simply starts later.
-            self.msgs.remove(&k[8..])?;
-            self.msgs_by_time.remove(&k)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    fn purge(&self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
-        let c = conv.as_str();
-        let mut n = 0;
-        for kv in self
-            .msgs
-            .range(msg_key(c, 1)..=msg_key(c, through))
-            .take(limit)
-        {
-            let (k, v) = kv?;
-            // Its retention index entry goes with it (keyed by commit time).
-            if let Ok(e) = serde_json::from_slice::<Envelope>(&v) {
-                let mut by_time = e.ts.to_be_bytes().to_vec();
-                by_time.extend_from_slice(&k);
-                self.msgs_by_time.remove(by_time)?;
-            }
-            self.msgs.remove(&k)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    fn put_retained(&self, changes: &[(String, Option<(Bytes, u8)>)]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (topic, now) in changes {
-            match now {
-                Some((payload, qos)) => {
-                    let mut v = Vec::with_capacity(1 + payload.len());
-                    v.push(*qos);
-                    v.extend_from_slice(payload);
-                    batch.insert(topic.as_bytes(), v);
-                }
-                None => batch.remove(topic.as_bytes()),
-            }
-        }
-        self.retained.apply_batch(batch)?;
-        Ok(())
-    }
-
     fn retained(&self) -> Result<Vec<(String, Bytes, u8)>, StoreError> {
+        let p = [RETAINED];
         let mut out = Vec::new();
-        for kv in self.retained.iter() {
+        for kv in self.scan(p.to_vec(), end_of(&p), false) {
             let (k, v) = kv?;
-            let (Ok(topic), Some((qos, payload))) = (std::str::from_utf8(&k), v.split_first())
+            let (Ok(topic), Some((qos, payload))) = (std::str::from_utf8(&k[1..]), v.split_first())
             else {
                 return Err(StoreError::Corrupt("retained"));
             };
@@ -626,38 +394,19 @@ impl Store for SledStore {
         }
         Ok(out)
     }
-
-    fn expire_idempotency(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        let end = now_ms.saturating_add(1).to_be_bytes();
-        for kv in self.idem_exp.range(..end.as_slice()) {
-            let (k, _) = kv?;
-            let idem_key = &k[8..];
-            // Only if it still holds this expiry: a later send may have reused it.
-            if let Some(v) = self.idem.get(idem_key)?
-                && v.len() >= 8
-                && v[v.len() - 8..] == k[..8]
-            {
-                self.idem.remove(idem_key)?;
-            }
-            self.idem_exp.remove(&k)?;
-            n += 1;
-        }
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imqtt_wire::Qos;
+    use crate::store::conformance;
 
-    fn open(dir: &tempfile::TempDir) -> SledStore {
+    fn open(dir: &tempfile::TempDir) -> Result<SledStore> {
         let cfg = StoreConfig {
             path: dir.path().join("data"),
             ..StoreConfig::default()
         };
-        SledStore::open(&cfg, Duration::from_secs(3600)).expect("open")
+        SledStore::open(&cfg, conformance::TTL)
     }
 
     /// Opens the store again once an earlier handle in this process is
@@ -665,13 +414,9 @@ mod tests {
     /// noticed the drop, a moment later; a second process (the real restart)
     /// never meets this, as the lock goes with the first one's exit.
     fn reopen(dir: &tempfile::TempDir) -> SledStore {
-        let cfg = StoreConfig {
-            path: dir.path().join("data"),
-            ..StoreConfig::default()
-        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match SledStore::open(&cfg, Duration::from_secs(3600)) {
+            match open(dir) {
                 Err(Error::StoreInUse { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -680,286 +425,49 @@ mod tests {
         }
     }
 
-    fn send(from: &str, to: &str, cmid: Option<&str>, text: &str) -> NewMessage {
-        NewMessage {
-            from: from.into(),
-            conv: ConvId::dm(from, to).expect("conv"),
-            to: to.into(),
-            client_msg_id: cmid.map(Into::into),
-            idempotency_key: cmid.map(Into::into),
-            qos: Qos::AtLeastOnce,
-            body: serde_json::json!({ "text": text }),
-        }
-    }
-
-    fn seqs(a: &[Appended]) -> Vec<u64> {
-        a.iter().map(|m| m.envelope.seq).collect()
+    #[test]
+    fn the_sled_engine_passes_the_store_conformance_suite() {
+        conformance::run(&mut || {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = open(&dir).expect("open");
+            (
+                Box::new(store) as Box<dyn Store>,
+                Box::new(dir) as Box<dyn std::any::Any>,
+            )
+        });
     }
 
     #[test]
     fn a_second_open_of_the_same_directory_is_store_in_use() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cfg = StoreConfig {
-            path: dir.path().join("data"),
-            ..StoreConfig::default()
-        };
-        let _first = SledStore::open(&cfg, Duration::from_secs(1)).expect("first open");
-        let err = SledStore::open(&cfg, Duration::from_secs(1)).expect_err("locked");
+        let _first = open(&dir).expect("first open");
+        let err = open(&dir).expect_err("locked");
         assert!(matches!(err, Error::StoreInUse { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             format!(
                 "store.path {:?} is in use by another imqtt process",
-                cfg.path
+                dir.path().join("data")
             )
         );
     }
 
     #[test]
-    fn seqs_are_contiguous_per_conversation_and_retries_return_the_original() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        let batch = [
-            send("alice", "bob", Some("c1"), "1"),
-            send("bob", "alice", None, "2"),
-            send("alice", "carol", Some("c2"), "3"),
-            // A retry inside the same batch.
-            send("alice", "bob", Some("c1"), "1 again"),
-        ];
-        let out = s.append(&batch, 1000).expect("append");
-        assert_eq!(seqs(&out), vec![1, 2, 1, 1]);
-        assert_eq!(
-            out.iter().map(|a| a.duplicate).collect::<Vec<_>>(),
-            vec![false, false, false, true]
-        );
-        assert_eq!(out[3].envelope.id, out[0].envelope.id);
-        assert_eq!(out[3].envelope.body, serde_json::json!({"text": "1"}));
-        // A later retry too, and a new send goes on from the head.
-        let later = s
-            .append(
-                &[
-                    send("alice", "bob", Some("c1"), "x"),
-                    send("alice", "bob", None, "4"),
-                ],
-                2000,
-            )
-            .expect("append");
-        assert_eq!(seqs(&later), vec![1, 3]);
-        assert!(later[0].duplicate);
-        let dm = ConvId::dm("alice", "bob").expect("conv");
-        assert_eq!(
-            s.head(&dm).expect("head"),
-            Head {
-                seq: 3,
-                last_ts: 2000
-            }
-        );
-    }
-
-    #[test]
-    fn pages_are_contiguous_and_say_whether_more_lie_beyond() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        let sends: Vec<_> = (0..10)
-            .map(|i| send("ann", "ben", None, &i.to_string()))
-            .collect();
-        s.append(&sends, 5).expect("append");
-        let conv = ConvId::dm("ann", "ben").expect("conv");
-        let seq_of = |b: &Bytes| serde_json::from_slice::<Envelope>(b).expect("json").seq;
-        let (page, more) = s
-            .messages(&conv, Range::After(0), Window::ALL, 4)
-            .expect("page");
-        assert_eq!(
-            page.iter().map(seq_of).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
-        assert!(more);
-        let (page, more) = s
-            .messages(&conv, Range::After(8), Window::ALL, 4)
-            .expect("page");
-        assert_eq!(page.iter().map(seq_of).collect::<Vec<_>>(), vec![9, 10]);
-        assert!(!more);
-        let (page, more) = s
-            .messages(&conv, Range::Before(8), Window::ALL, 3)
-            .expect("page");
-        assert_eq!(page.iter().map(seq_of).collect::<Vec<_>>(), vec![5, 6, 7]);
-        assert!(more);
-        let (page, more) = s
-            .messages(&conv, Range::Before(3), Window::ALL, 5)
-            .expect("page");
-        assert_eq!(page.iter().map(seq_of).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(!more);
-        // Another conversation's keys are never read.
-        let other = ConvId::dm("ann", "bea").expect("conv");
-        assert!(
-            s.messages(&other, Range::After(0), Window::ALL, 10)
-                .expect("page")
-                .0
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn cursors_move_forward_only_and_never_above_the_head() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        let conv = ConvId::dm("ann", "ben").expect("conv");
-        let sends: Vec<_> = (0..5)
-            .map(|i| send("ann", "ben", None, &i.to_string()))
-            .collect();
-        s.append(&sends, 5).expect("append");
-        // The sender has read its own messages; the recipient nothing.
-        assert_eq!(s.cursor("ann", &conv).expect("cursor"), 5);
-        assert_eq!(s.cursor("ben", &conv).expect("cursor"), 0);
-        s.ack("ben", &[(conv.clone(), 3)]).expect("ack");
-        s.ack("ben", &[(conv.clone(), 2)]).expect("ack lower");
-        assert_eq!(s.cursor("ben", &conv).expect("cursor"), 3);
-        let err = s
-            .ack("ben", &[(conv.clone(), 4), (conv.clone(), 6)])
-            .expect_err("above");
-        assert!(
-            matches!(
-                err,
-                StoreError::AboveHead {
-                    seq: 6,
-                    head: 5,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert_eq!(s.cursor("ben", &conv).expect("cursor"), 3, "all or nothing");
-    }
-
-    #[test]
-    fn a_users_conversations_come_most_recent_first() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        s.append(&[send("ann", "ben", None, "a")], 10)
-            .expect("append");
-        s.append(&[send("ann", "cat", None, "b")], 20)
-            .expect("append");
-        s.append(&[send("dan", "ann", None, "c")], 30)
-            .expect("append");
-        s.append(&[send("ben", "ann", None, "d")], 40)
-            .expect("append");
-        let list = s.conversations("ann", 10).expect("list");
-        let convs: Vec<_> = list.iter().map(|c| c.conv.to_string()).collect();
-        assert_eq!(convs, vec!["dm:ann:ben", "dm:ann:dan", "dm:ann:cat"]);
-        assert_eq!(
-            list[0].head,
-            Head {
-                seq: 2,
-                last_ts: 40
-            }
-        );
-        assert_eq!(list[0].cursor, 1);
-        assert_eq!(s.conversations("ann", 1).expect("list").len(), 1);
-        assert_eq!(s.conversations("ben", 10).expect("list").len(), 1);
-        assert!(s.conversations("zed", 10).expect("list").is_empty());
-    }
-
-    #[test]
-    fn idempotency_keys_expire_and_then_a_retry_is_new() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        let first = s
-            .append(&[send("ann", "ben", Some("k"), "x")], 1_000)
-            .expect("append");
-        let ttl = 3_600_000;
-        assert_eq!(s.expire_idempotency(1_000 + ttl - 1).expect("sweep"), 0);
-        assert!(
-            s.append(&[send("ann", "ben", Some("k"), "x")], 2_000)
-                .expect("retry")[0]
-                .duplicate
-        );
-        assert_eq!(s.expire_idempotency(1_000 + ttl).expect("sweep"), 1);
-        let again = s
-            .append(&[send("ann", "ben", Some("k"), "x")], 1_000 + ttl + 1)
-            .expect("new");
-        assert!(!again[0].duplicate);
-        assert_eq!(again[0].envelope.seq, first[0].envelope.seq + 1);
-    }
-
-    #[test]
-    fn retention_deletes_what_is_older_and_nothing_else() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        s.append(&[send("ann", "ben", None, "old")], 1_000)
-            .expect("append");
-        s.append(&[send("ann", "ben", None, "new")], 5_000)
-            .expect("append");
-        assert_eq!(s.expire_messages(1_000).expect("none yet"), 0);
-        assert_eq!(s.expire_messages(2_000).expect("expire"), 1);
-        let conv = ConvId::dm("ann", "ben").expect("conv");
-        let (page, _) = s
-            .messages(&conv, Range::After(0), Window::ALL, 10)
-            .expect("page");
-        let seqs: Vec<u64> = page
-            .iter()
-            .map(|b| serde_json::from_slice::<Envelope>(b).expect("json").seq)
-            .collect();
-        assert_eq!(seqs, vec![2]);
-        assert_eq!(s.head(&conv).expect("head").seq, 2, "the head stays");
-        assert_eq!(s.expire_messages(2_000).expect("again"), 0);
-    }
-
-    #[test]
-    fn purging_a_conversation_deletes_its_messages_and_nothing_else() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        let sends: Vec<_> = (0..5)
-            .map(|i| send("ann", "ben", None, &i.to_string()))
-            .collect();
-        s.append(&sends, 1_000).expect("append");
-        s.append(&[send("ann", "cat", None, "other")], 1_000)
-            .expect("append");
-        let conv = ConvId::dm("ann", "ben").expect("conv");
-        assert_eq!(s.purge(&conv, 4, 3).expect("purge"), 3);
-        assert_eq!(s.purge(&conv, 4, 3).expect("purge"), 1);
-        let (page, _) = s
-            .messages(&conv, Range::After(0), Window::ALL, 10)
-            .expect("page");
-        assert_eq!(page.len(), 1, "seq 5 stays");
-        assert_eq!(s.head(&conv).expect("head").seq, 5, "the head stays");
-        let other = ConvId::dm("ann", "cat").expect("conv");
-        let (page, _) = s
-            .messages(&other, Range::After(0), Window::ALL, 10)
-            .expect("page");
-        assert_eq!(page.len(), 1);
-        // Their retention entries went with them: only the two left expire.
-        assert_eq!(s.expire_messages(2_000).expect("expire"), 2);
-    }
-
-    #[test]
-    fn accounts_are_created_once() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let s = open(&dir);
-        assert!(s.create_account("ann", "$argon2id$x").expect("create"));
-        assert!(!s.create_account("ann", "$argon2id$y").expect("exists"));
-        assert_eq!(
-            s.password_hash("ann").expect("get").as_deref(),
-            Some("$argon2id$x")
-        );
-        assert_eq!(s.password_hash("bob").expect("get"), None);
-    }
-
-    #[test]
-    fn what_was_flushed_is_there_after_reopening() {
+    fn what_was_committed_durably_is_there_after_reopening() {
         let dir = tempfile::tempdir().expect("tmp");
         {
-            let s = open(&dir);
-            s.append(&[send("ann", "ben", Some("k"), "x")], 7)
-                .expect("append");
-            s.flush().expect("flush");
+            let s = open(&dir).expect("open");
+            conformance::write_sample(&s);
         }
         let s = reopen(&dir);
-        let conv = ConvId::dm("ann", "ben").expect("conv");
-        assert_eq!(s.head(&conv).expect("head").seq, 1);
-        assert!(
-            s.append(&[send("ann", "ben", Some("k"), "x")], 8)
-                .expect("retry")[0]
-                .duplicate
-        );
+        conformance::check_sample(&s);
+    }
+
+    #[test]
+    fn a_store_of_the_tree_per_kind_layout_is_moved_over_when_opened() {
+        let dir = tempfile::tempdir().expect("tmp");
+        migrate::tests::write_old_layout(&dir.path().join("data"));
+        let s = reopen(&dir);
+        migrate::tests::check_moved(&s);
     }
 }
