@@ -95,12 +95,82 @@ impl<'de> Deserialize<'de> for Retention {
     }
 }
 
+/// `store.engine`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Embedded, in `store.path` (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database at `store.url`, which several imqtt processes may
+    /// share.
+    Postgres,
+}
+
+/// `store.url`: a PostgreSQL connection URL. Its password never reaches a log:
+/// `Debug` and [`DatabaseUrl::redacted`] print it as `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// A URL as written.
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The URL, password included (for connecting only).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The URL with its password, if any, replaced by `<redacted>`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => match authority[..at].find(':') {
+                Some(colon) => format!(
+                    "{}{}:<redacted>{}",
+                    &url[..scheme_end],
+                    &authority[..colon],
+                    &rest[at..]
+                ),
+                None => url.clone(),
+            },
+            None => url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
 /// The `[store]` section.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `sled` (embedded) or `postgres`.
+    pub engine: Engine,
     /// The sled directory, created if missing.
     pub path: PathBuf,
+    /// The PostgreSQL database (`store.engine = "postgres"`).
+    pub url: DatabaseUrl,
+    /// Connections to PostgreSQL this process holds at most.
+    pub pool: usize,
     /// How long messages are kept: `"forever"` or a duration such as `"90d"`,
     /// after which a background sweep deletes them.
     pub retention: Retention,
@@ -118,6 +188,34 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
 }
 
+impl StoreConfig {
+    /// Checks that need more than one key; each problem names the key.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        if self.engine == Engine::Postgres && self.url.is_empty() {
+            errs.push((
+                "store.url",
+                "is required with store.engine = \"postgres\" (postgres://user:password@host:port/database)"
+                    .to_owned(),
+            ));
+        }
+        if self.engine == Engine::Postgres
+            && !self.url.is_empty()
+            && !(self.url.expose().starts_with("postgres://")
+                || self.url.expose().starts_with("postgresql://"))
+        {
+            errs.push((
+                "store.url",
+                "must start with postgres:// or postgresql://".to_owned(),
+            ));
+        }
+        if self.pool == 0 {
+            errs.push(("store.pool", "must be at least 1".to_owned()));
+        }
+        errs
+    }
+}
+
 /// `store.flush`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,7 +230,10 @@ pub enum FlushMode {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            engine: Engine::Sled,
             path: PathBuf::from("data"),
+            url: DatabaseUrl::default(),
+            pool: 16,
             retention: Retention::Forever,
             cache_capacity: ByteSize(64 << 20),
             group_commit_delay: Duration(std::time::Duration::from_millis(1)),
@@ -350,6 +451,7 @@ impl Config {
         }
         if clean("limits") {
             checks.extend(cfg.limits.validate());
+            checks.extend(cfg.store.validate());
         }
         if clean("http") && clean("limits") && cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
             checks.push((

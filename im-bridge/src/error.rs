@@ -133,6 +133,16 @@ pub enum Error {
     /// The durable store failed.
     #[error("store: {0}")]
     Store(sled::Error),
+    /// The PostgreSQL database at `store.url` cannot be used (unreachable at
+    /// startup, a newer schema, tables imqtt did not make). The URL's password
+    /// is never in it.
+    #[error("store.url {url:?}: {message}")]
+    Database {
+        /// `store.url`, its password redacted.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A store operation failed.
     #[error("{0}")]
     Storage(StoreError),
@@ -283,12 +293,16 @@ impl Error {
             Error::Storage(StoreError::AboveHead { .. }) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
+            Error::Storage(StoreError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             Error::Config(_)
             | Error::Key(_)
             | Error::Bind { .. }
             | Error::Broker(_)
             | Error::StoreInUse { .. }
             | Error::StoreOpen { .. }
+            | Error::Database { .. }
             | Error::Store(_)
             | Error::Storage(_)
             | Error::PasswordHash(_)
@@ -302,6 +316,8 @@ impl IntoResponse for Error {
         let (status, code) = self.status_and_code();
         let retry_after = match self {
             Error::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            // The database is away: the client tries again a moment later.
+            Error::Storage(StoreError::Unavailable(_)) => Some(STORE_RETRY_AFTER_SECS),
             _ => None,
         };
         let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -328,6 +344,9 @@ impl IntoResponse for Error {
         response
     }
 }
+
+/// `Retry-After` of a 503 `store_unavailable`, seconds.
+const STORE_RETRY_AFTER_SECS: u64 = 1;
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

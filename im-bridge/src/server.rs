@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::passwords::Passwords;
 use crate::ratelimit::RateLimiter;
-use crate::store::{SledStore, Store};
+use crate::store::Store;
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
 #[derive(Debug)]
@@ -44,12 +44,12 @@ impl Server {
         let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
         let store_cfg = config.store.clone();
         let idempotency_ttl = config.delivery.idempotency_ttl.get();
-        // Opening reads sled's log, which blocks; it runs on the blocking pool.
+        // Opening blocks (sled reads its log, PostgreSQL connects and migrates);
+        // it runs on the blocking pool.
         let store =
-            tokio::task::spawn_blocking(move || SledStore::open(&store_cfg, idempotency_ttl))
+            tokio::task::spawn_blocking(move || crate::store::open(&store_cfg, idempotency_ttl))
                 .await
                 .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-        let store: Arc<dyn Store> = Arc::new(store);
         match Server::bind_listeners(config, verifier, store.clone()).await {
             Ok((state, http, mqtt)) => Ok(Server { state, http, mqtt }),
             Err(e) => {

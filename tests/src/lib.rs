@@ -2,9 +2,11 @@
 //! directory, reads the bound addresses from `--print-addrs`, and stops or kills it.
 //! [`Launch`] is the process before it is known to serve, for tests of startup.
 //! [`bench_bin`] and [`cli_bin`] find `imqtt-bench` and `imqtt-cli` the way
-//! [`imqtt_bin`] finds `imqtt`.
+//! [`imqtt_bin`] finds `imqtt`. [`postgres::Postgres`] runs a real PostgreSQL
+//! server for the tests of the PostgreSQL engine.
 
 pub mod client;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -13,11 +13,27 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod postgres;
 mod sled;
 
 use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole, HistoryVisible, Qos};
 
+pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
+
+/// Opens the engine `store.engine` names. Blocks (sled reads its log; PostgreSQL
+/// connects and migrates): call it off the async runtime.
+pub fn open(
+    cfg: &crate::config::StoreConfig,
+    idempotency_ttl: std::time::Duration,
+) -> Result<std::sync::Arc<dyn Store>, crate::error::Error> {
+    Ok(match cfg.engine {
+        crate::config::Engine::Sled => std::sync::Arc::new(SledStore::open(cfg, idempotency_ttl)?),
+        crate::config::Engine::Postgres => {
+            std::sync::Arc::new(PgStore::open(cfg, idempotency_ttl)?)
+        }
+    })
+}
 
 /// The users whose conversation list shows `conv`, and who may read and ack it:
 /// both sides of a direct conversation, the user of a notice conversation.

@@ -1,0 +1,499 @@
+//! Messages, heads, cursors, the users' conversation lists and idempotency keys:
+//! `imqtt_messages`, `imqtt_heads`, `imqtt_cursors`, `imqtt_user_convs`,
+//! `imqtt_idempotency`.
+//!
+//! An append is a fixed number of statements whatever its size (multi-row
+//! `unnest` inserts): claim the idempotency keys, read the originals of those
+//! already claimed, raise each conversation's head by its number of new
+//! messages, insert the messages, fill in the claimed keys, the lists and the
+//! senders' cursors. The head row is the lock: `INSERT .. ON CONFLICT DO UPDATE
+//! SET head = head + n RETURNING head` holds it until the round commits, so two
+//! processes appending to one conversation take turns and seqs stay contiguous.
+//! A key is claimed by inserting its row before any seq is taken; a process that
+//! meets another's uncommitted claim waits for it and then finds the original.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use deadpool_postgres::ClientWrapper;
+use imqtt_wire::{ConvId, ConvKind, Envelope};
+
+use super::{i64_of, pg_error, u64_of};
+use crate::store::{Appended, Head, NewMessage, Range, StoreError, Summary, Window, participants};
+
+pub(super) async fn head(c: &ClientWrapper, conv: &ConvId) -> Result<Head, StoreError> {
+    let st = c
+        .prepare_cached("SELECT head, last_ts FROM imqtt_heads WHERE conv = $1")
+        .await
+        .map_err(pg_error)?;
+    let row = c
+        .query_opt(&st, &[&conv.as_str()])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map_or(Head::default(), |r| Head {
+        seq: u64_of(r.get(0)),
+        last_ts: u64_of(r.get(1)),
+    }))
+}
+
+pub(super) async fn messages(
+    c: &ClientWrapper,
+    conv: &ConvId,
+    range: Range,
+    window: Window,
+    limit: usize,
+) -> Result<(Vec<Bytes>, bool), StoreError> {
+    // Both ends included: [first, last].
+    let (first, last) = match range {
+        Range::After(after) => (after.saturating_add(1).max(window.first), window.last),
+        Range::Before(before) => (window.first, before.saturating_sub(1).min(window.last)),
+    };
+    if first > last || limit == 0 {
+        return Ok((Vec::new(), false));
+    }
+    let sql = match range {
+        Range::After(_) => {
+            "SELECT envelope FROM imqtt_messages WHERE conv = $1 AND seq BETWEEN $2 AND $3
+             ORDER BY seq LIMIT $4"
+        }
+        Range::Before(_) => {
+            "SELECT envelope FROM imqtt_messages WHERE conv = $1 AND seq BETWEEN $2 AND $3
+             ORDER BY seq DESC LIMIT $4"
+        }
+    };
+    let st = c.prepare_cached(sql).await.map_err(pg_error)?;
+    // One more than asked tells whether more lie beyond.
+    let asked = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+    let rows = c
+        .query(
+            &st,
+            &[&conv.as_str(), &i64_of(first), &i64_of(last), &asked],
+        )
+        .await
+        .map_err(pg_error)?;
+    let more = rows.len() > limit;
+    let mut out: Vec<Bytes> = rows
+        .iter()
+        .take(limit)
+        .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0)))
+        .collect();
+    if matches!(range, Range::Before(_)) {
+        out.reverse();
+    }
+    Ok((out, more))
+}
+
+pub(super) async fn cursor(c: &ClientWrapper, uid: &str, conv: &ConvId) -> Result<u64, StoreError> {
+    let st = c
+        .prepare_cached("SELECT seq FROM imqtt_cursors WHERE uid = $1 AND conv = $2")
+        .await
+        .map_err(pg_error)?;
+    let row = c
+        .query_opt(&st, &[&uid, &conv.as_str()])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map_or(0, |r| u64_of(r.get(0))))
+}
+
+pub(super) async fn conversations(
+    c: &ClientWrapper,
+    uid: &str,
+    limit: usize,
+) -> Result<Vec<Summary>, StoreError> {
+    let st = c
+        .prepare_cached(
+            "SELECT l.conv, h.head, h.last_ts, COALESCE(cu.seq, 0)
+             FROM imqtt_user_convs l
+             JOIN imqtt_heads h ON h.conv = l.conv
+             LEFT JOIN imqtt_cursors cu ON cu.uid = l.uid AND cu.conv = l.conv
+             WHERE l.uid = $1
+             ORDER BY h.last_ts DESC, l.conv
+             LIMIT $2",
+        )
+        .await
+        .map_err(pg_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = c.query(&st, &[&uid, &limit]).await.map_err(pg_error)?;
+    rows.iter()
+        .map(|r| {
+            let conv: String = r.get(0);
+            Ok(Summary {
+                conv: conv
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("user_convs"))?,
+                head: Head {
+                    seq: u64_of(r.get(1)),
+                    last_ts: u64_of(r.get(2)),
+                },
+                cursor: u64_of(r.get(3)),
+            })
+        })
+        .collect()
+}
+
+/// One send's place in an append: a new message, or the original of a retry.
+enum Slot {
+    New,
+    Retry {
+        of: (String, String),
+    },
+    /// A second send with the key of an earlier one in the same call.
+    Again {
+        first: usize,
+    },
+}
+
+pub(super) async fn append(
+    c: &ClientWrapper,
+    sends: &[NewMessage],
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Result<Vec<Appended>, StoreError> {
+    let now = i64_of(now_ms);
+    let expires = i64_of(now_ms.saturating_add(ttl_ms));
+    // Keys first seen in this call, and where.
+    let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
+    let (mut claim_s, mut claim_k) = (Vec::new(), Vec::new());
+    for (i, s) in sends.iter().enumerate() {
+        if let Some(k) = s.idempotency_key.as_deref()
+            && !first_of.contains_key(&(s.from.as_str(), k))
+        {
+            first_of.insert((s.from.as_str(), k), i);
+            claim_s.push(s.from.as_str());
+            claim_k.push(k);
+        }
+    }
+    // Claim every key; those already held (by an earlier commit, or by another
+    // process's commit this one waited for) are retries.
+    let mut held: Vec<(String, String)> = Vec::new();
+    if !claim_s.is_empty() {
+        let st = c
+            .prepare_cached(
+                "WITH asked AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(sender, key)),
+                 won AS (
+                    INSERT INTO imqtt_idempotency (sender, key, conv, seq, expires)
+                    SELECT sender, key, '', 0, $3 FROM asked
+                    ON CONFLICT DO NOTHING RETURNING sender, key)
+                 SELECT a.sender, a.key FROM asked a
+                 WHERE NOT EXISTS (SELECT 1 FROM won w WHERE w.sender = a.sender AND w.key = a.key)",
+            )
+            .await
+            .map_err(pg_error)?;
+        let rows = c
+            .query(&st, &[&claim_s, &claim_k, &expires])
+            .await
+            .map_err(pg_error)?;
+        held = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    }
+    let mut originals: HashMap<(String, String), Bytes> = HashMap::new();
+    if !held.is_empty() {
+        let (s, k): (Vec<&str>, Vec<&str>) =
+            held.iter().map(|(s, k)| (s.as_str(), k.as_str())).unzip();
+        let st = c
+            .prepare_cached(
+                "SELECT i.sender, i.key, m.envelope
+                 FROM unnest($1::text[], $2::text[]) AS t(sender, key)
+                 JOIN imqtt_idempotency i ON i.sender = t.sender AND i.key = t.key
+                 JOIN imqtt_messages m ON m.conv = i.conv AND m.seq = i.seq",
+            )
+            .await
+            .map_err(pg_error)?;
+        for r in c.query(&st, &[&s, &k]).await.map_err(pg_error)? {
+            originals.insert((r.get(0), r.get(1)), Bytes::from(r.get::<_, Vec<u8>>(2)));
+        }
+    }
+    // Each send's slot; new ones counted per conversation (sorted, so that
+    // processes lock heads in one order).
+    let mut per_conv: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut slots = Vec::with_capacity(sends.len());
+    for (i, s) in sends.iter().enumerate() {
+        let key = s.idempotency_key.as_deref().map(|k| (s.from.as_str(), k));
+        let slot = match key {
+            Some(k) if first_of.get(&k) != Some(&i) => Slot::Again {
+                first: first_of[&k],
+            },
+            Some((from, k)) if originals.contains_key(&(from.to_owned(), k.to_owned())) => {
+                Slot::Retry {
+                    of: (from.to_owned(), k.to_owned()),
+                }
+            }
+            // A held key whose message is gone (expired or purged) is a new send.
+            _ => {
+                *per_conv.entry(s.conv.as_str()).or_default() += 1;
+                Slot::New
+            }
+        };
+        slots.push(slot);
+    }
+    // Raise the heads; each conversation's new seqs end at its new head.
+    let mut next_seq: HashMap<String, u64> = HashMap::new();
+    if !per_conv.is_empty() {
+        let (convs, counts): (Vec<&str>, Vec<i64>) = per_conv.iter().map(|(c, n)| (*c, *n)).unzip();
+        let st = c
+            .prepare_cached(
+                "INSERT INTO imqtt_heads (conv, head, last_ts)
+                 SELECT conv, n, $3 FROM unnest($1::text[], $2::bigint[]) AS t(conv, n)
+                 ORDER BY conv
+                 ON CONFLICT (conv) DO UPDATE
+                 SET head = imqtt_heads.head + EXCLUDED.head, last_ts = EXCLUDED.last_ts
+                 RETURNING conv, head",
+            )
+            .await
+            .map_err(pg_error)?;
+        for r in c
+            .query(&st, &[&convs, &counts, &now])
+            .await
+            .map_err(pg_error)?
+        {
+            let conv: String = r.get(0);
+            let head = u64_of(r.get(1));
+            let n = per_conv.get(conv.as_str()).copied().unwrap_or(0) as u64;
+            next_seq.insert(conv, head + 1 - n);
+        }
+    }
+    // The envelopes, and the rows that go with them.
+    let mut out: Vec<Appended> = Vec::with_capacity(sends.len());
+    let (mut m_conv, mut m_seq, mut m_ts, mut m_json) = (vec![], vec![], vec![], vec![]);
+    let (mut i_s, mut i_k, mut i_conv, mut i_seq) = (vec![], vec![], vec![], vec![]);
+    let mut lists: Vec<(&str, &str)> = Vec::new();
+    let mut cursors: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for (s, slot) in sends.iter().zip(&slots) {
+        let appended = match slot {
+            Slot::Again { first } => {
+                let first = out.get(*first).ok_or(StoreError::Corrupt("idempotency"))?;
+                Appended {
+                    envelope: first.envelope.clone(),
+                    json: first.json.clone(),
+                    duplicate: true,
+                }
+            }
+            Slot::Retry { of } => {
+                let json = originals
+                    .get(of)
+                    .cloned()
+                    .ok_or(StoreError::Corrupt("idempotency"))?;
+                let envelope = serde_json::from_slice::<Envelope>(&json)
+                    .map_err(|_| StoreError::Corrupt("messages"))?;
+                Appended {
+                    envelope,
+                    json,
+                    duplicate: true,
+                }
+            }
+            Slot::New => {
+                let conv = s.conv.as_str();
+                let seq = next_seq.get_mut(conv).ok_or(StoreError::Corrupt("heads"))?;
+                let envelope = Envelope {
+                    id: ulid::Ulid::new().to_string(),
+                    conv: s.conv.clone(),
+                    seq: *seq,
+                    from: s.from.clone(),
+                    to: s.to.clone(),
+                    ts: now_ms,
+                    client_msg_id: s.client_msg_id.clone(),
+                    qos: s.qos,
+                    body: s.body.clone(),
+                };
+                *seq += 1;
+                let json =
+                    serde_json::to_vec(&envelope).map_err(|e| StoreError::Engine(e.to_string()))?;
+                m_conv.push(conv);
+                m_seq.push(i64_of(envelope.seq));
+                m_ts.push(now);
+                m_json.push(json.clone());
+                if let Some(k) = s.idempotency_key.as_deref() {
+                    i_s.push(s.from.as_str());
+                    i_k.push(k);
+                    i_conv.push(conv);
+                    i_seq.push(i64_of(envelope.seq));
+                }
+                for uid in participants(&s.conv) {
+                    lists.push((uid, conv));
+                }
+                if matches!(s.conv.kind(), ConvKind::Dm { .. } | ConvKind::Group { .. }) {
+                    // One's own message is read.
+                    let c = cursors.entry((s.from.as_str(), conv)).or_default();
+                    *c = (*c).max(i64_of(envelope.seq));
+                }
+                Appended {
+                    envelope,
+                    json: Bytes::from(json),
+                    duplicate: false,
+                }
+            }
+        };
+        out.push(appended);
+    }
+    if !m_conv.is_empty() {
+        let st = c
+            .prepare_cached(
+                "INSERT INTO imqtt_messages (conv, seq, ts, envelope)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])",
+            )
+            .await
+            .map_err(pg_error)?;
+        c.execute(&st, &[&m_conv, &m_seq, &m_ts, &m_json])
+            .await
+            .map_err(pg_error)?;
+    }
+    if !i_s.is_empty() {
+        let st = c
+            .prepare_cached(
+                "UPDATE imqtt_idempotency i SET conv = t.conv, seq = t.seq, expires = $5
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+                     AS t(sender, key, conv, seq)
+                 WHERE i.sender = t.sender AND i.key = t.key",
+            )
+            .await
+            .map_err(pg_error)?;
+        c.execute(&st, &[&i_s, &i_k, &i_conv, &i_seq, &expires])
+            .await
+            .map_err(pg_error)?;
+    }
+    if !lists.is_empty() {
+        lists.sort_unstable();
+        lists.dedup();
+        let (u, cv): (Vec<&str>, Vec<&str>) = lists.into_iter().unzip();
+        let st = c
+            .prepare_cached(
+                "INSERT INTO imqtt_user_convs (uid, conv)
+                 SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg_error)?;
+        c.execute(&st, &[&u, &cv]).await.map_err(pg_error)?;
+    }
+    raise_cursors(c, cursors).await?;
+    Ok(out)
+}
+
+/// Raises each `(uid, conv)` cursor to its seq, never lowering one.
+pub(super) async fn raise_cursors(
+    c: &ClientWrapper,
+    cursors: BTreeMap<(&str, &str), i64>,
+) -> Result<(), StoreError> {
+    if cursors.is_empty() {
+        return Ok(());
+    }
+    let mut u = Vec::with_capacity(cursors.len());
+    let mut cv = Vec::with_capacity(cursors.len());
+    let mut seq = Vec::with_capacity(cursors.len());
+    for ((uid, conv), s) in cursors {
+        u.push(uid);
+        cv.push(conv);
+        seq.push(s);
+    }
+    let st = c
+        .prepare_cached(
+            "INSERT INTO imqtt_cursors (uid, conv, seq)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+             ON CONFLICT (uid, conv) DO UPDATE SET seq = GREATEST(imqtt_cursors.seq, EXCLUDED.seq)",
+        )
+        .await
+        .map_err(pg_error)?;
+    c.execute(&st, &[&u, &cv, &seq]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+pub(super) async fn ack(
+    c: &ClientWrapper,
+    uid: &str,
+    cursors: &[(ConvId, u64)],
+) -> Result<(), StoreError> {
+    if cursors.is_empty() {
+        return Ok(());
+    }
+    let convs: Vec<&str> = cursors.iter().map(|(c, _)| c.as_str()).collect();
+    let st = c
+        .prepare_cached("SELECT conv, head FROM imqtt_heads WHERE conv = ANY($1::text[])")
+        .await
+        .map_err(pg_error)?;
+    let heads: HashMap<String, u64> = c
+        .query(&st, &[&convs])
+        .await
+        .map_err(pg_error)?
+        .iter()
+        .map(|r| (r.get(0), u64_of(r.get(1))))
+        .collect();
+    // Every seq is checked before any cursor moves: all or nothing.
+    let mut raise = BTreeMap::new();
+    for (conv, seq) in cursors {
+        let head = heads.get(conv.as_str()).copied().unwrap_or(0);
+        if *seq > head {
+            return Err(StoreError::AboveHead {
+                conv: conv.clone(),
+                seq: *seq,
+                head,
+            });
+        }
+        let c = raise.entry((uid, conv.as_str())).or_insert(0);
+        *c = (*c).max(i64_of(*seq));
+    }
+    raise_cursors(c, raise).await
+}
+
+/// Deletes up to `limit` rows of `table` whose `column` is below `below`, the
+/// lowest first; returns how many.
+async fn delete_below(
+    c: &ClientWrapper,
+    sql: &str,
+    below: i64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let st = c.prepare_cached(sql).await.map_err(pg_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let n = c.execute(&st, &[&below, &limit]).await.map_err(pg_error)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+pub(super) async fn expire_idempotency(
+    c: &ClientWrapper,
+    now_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    delete_below(
+        c,
+        "DELETE FROM imqtt_idempotency WHERE ctid IN (
+            SELECT ctid FROM imqtt_idempotency WHERE expires < $1 ORDER BY expires LIMIT $2)",
+        i64_of(now_ms.saturating_add(1)),
+        limit,
+    )
+    .await
+}
+
+pub(super) async fn expire_messages(
+    c: &ClientWrapper,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    delete_below(
+        c,
+        "DELETE FROM imqtt_messages WHERE ctid IN (
+            SELECT ctid FROM imqtt_messages WHERE ts < $1 ORDER BY ts LIMIT $2)",
+        i64_of(before_ms),
+        limit,
+    )
+    .await
+}
+
+pub(super) async fn purge(
+    c: &ClientWrapper,
+    conv: &ConvId,
+    through: u64,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let st = c
+        .prepare_cached(
+            "DELETE FROM imqtt_messages WHERE ctid IN (
+                SELECT ctid FROM imqtt_messages WHERE conv = $1 AND seq <= $2
+                ORDER BY seq LIMIT $3)",
+        )
+        .await
+        .map_err(pg_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let n = c
+        .execute(&st, &[&conv.as_str(), &i64_of(through), &limit])
+        .await
+        .map_err(pg_error)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}

@@ -1,0 +1,313 @@
+//! A real PostgreSQL server for the tests: `initdb` into a temporary directory,
+//! then `postgres -D dir -p PORT -k dir` on loopback, run as the `postgres` user
+//! when the tests run as root (PostgreSQL refuses root). It can be stopped,
+//! killed (SIGKILL) and started again on the same data and port.
+//!
+//! Without PostgreSQL's binaries, [`Postgres::start`] says what is missing and
+//! gives `None`, so a test can pass without it, except under `CI=true`, where
+//! it fails: CI installs Debian's `postgresql`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long PostgreSQL gets to start or stop.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A PostgreSQL server with a private data directory, on a loopback port.
+#[derive(Debug)]
+pub struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// Where Debian's `postgresql` package puts the server's binaries.
+fn find_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("IMQTT_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("postgres").exists() && bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// Runs as the `postgres` user when this process is root, through `setpriv`
+/// (which execs, so the child's pid is the server's).
+fn command(program: &Path) -> Command {
+    if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The uid and gid of the `postgres` user, from `/etc/passwd`.
+fn postgres_ids() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&"postgres"))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
+}
+
+/// Says why PostgreSQL tests cannot run here; fails under CI.
+fn missing(what: &str) {
+    let msg = format!("PostgreSQL tests skipped: {what} (install Debian's postgresql)");
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+    eprintln!("{msg}");
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+impl Postgres {
+    /// Makes a cluster and starts it; `None` (with the reason printed) where
+    /// PostgreSQL is not installed.
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = find_bin() else {
+            missing("no /usr/lib/postgresql/*/bin/postgres");
+            return None;
+        };
+        let root = rustix::process::geteuid().is_root();
+        if root && (postgres_ids().is_none() || !Path::new("/usr/bin/setpriv").exists()) {
+            missing("running as root needs the postgres user and setpriv");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("imqtt-pg")
+            .tempdir()
+            .expect("temp dir");
+        if let (true, Some((uid, gid))) = (root, postgres_ids()) {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        }
+        let data = dir.path().join("data");
+        let out = command(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "imqtt", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            bin,
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        pg.run();
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the server on the cluster's port and waits until it accepts.
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("postgres.log"))
+            .expect("log file");
+        if let (true, Some((uid, gid))) = (rustix::process::geteuid().is_root(), postgres_ids()) {
+            let _ = std::os::unix::fs::chown(
+                self.dir.path().join("postgres.log"),
+                Some(uid),
+                Some(gid),
+            );
+        }
+        let child = command(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.data())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-c",
+                "fsync=on",
+                "-c",
+                "synchronous_commit=on",
+            ])
+            .args([
+                "-c",
+                "max_connections=300",
+                "-c",
+                "log_min_messages=warning",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn postgres");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until `postmaster.pid` says the server accepts connections.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let pid =
+                std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap_or_default();
+            // Line 8 is the server's state ("ready" once it accepts).
+            if pid.lines().nth(7).is_some_and(|s| s.trim() == "ready") {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("postgres exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres not ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// The URL of database `db` (trust authentication, user `imqtt`).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://imqtt@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Makes a new, empty database and gives its URL.
+    pub fn database(&self) -> String {
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = command(&self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "imqtt",
+            ])
+            .arg(&name)
+            .output()
+            .expect("run createdb");
+        assert!(
+            out.status.success(),
+            "createdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(&name)
+    }
+
+    /// Runs `sql` in database `db` with psql; its output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = command(&self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "imqtt",
+            ])
+            .args(["-d", db, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn signal(&mut self, sig: rustix::process::Signal) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = i32::try_from(child.id())
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would. Its children (the
+    /// backends) notice the postmaster is gone and exit.
+    pub fn kill(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        // The shared memory of the killed postmaster's backends must be gone
+        // before a new server takes the data directory.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while backends_alive(&self.data()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (fast shutdown: open transactions are rolled back).
+    pub fn stop(&mut self) {
+        self.signal(rustix::process::Signal::INT);
+    }
+
+    /// Starts the server again, on the same data and port.
+    pub fn restart(&mut self) {
+        self.run();
+    }
+}
+
+/// Whether processes still have `data` open as their working directory
+/// (PostgreSQL backends run in the data directory).
+fn backends_alive(data: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .flatten()
+        .any(|p| std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd == data))
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::KILL);
+    }
+}
