@@ -325,6 +325,10 @@ impl IntoResponse for Error {
             // gets no storage or OS error text.
             tracing::error!(error = %self, "request failed");
             "internal error".to_owned()
+        } else if let Error::Storage(StoreError::Unavailable(why)) = &self {
+            // The database's own words stay in the log.
+            tracing::warn!(error = %why, "store unavailable");
+            "the store is unavailable; retry shortly".to_owned()
         } else {
             self.to_string()
         };

@@ -106,14 +106,26 @@ async fn handle(state: &AppState, msg: UplinkMessage) {
                         }
                     }
                     Err(e) => {
-                        tell_error(&state, &uid, cmid, &Error::from(e));
-                        // Not durable: no ack, the client sends it again.
-                        drop(answer);
+                        let e = Error::from(e);
+                        tell_error(&state, &uid, cmid, &e);
+                        if is_unavailable(&e) {
+                            // The database is away: a v5 client gets 0x80 and the
+                            // connection stays up; the error event says retry.
+                            answer.refuse(Refusal::Unspecified);
+                        } else {
+                            // Not durable: no ack, the client sends it again.
+                            drop(answer);
+                        }
                     }
                 }
             });
         }
     }
+}
+
+/// Whether `e` is the store being unreachable for now.
+fn is_unavailable(e: &Error) -> bool {
+    matches!(e, Error::Storage(crate::store::StoreError::Unavailable(_)))
 }
 
 /// The MQTT 5 reason code for a refused send.
@@ -133,7 +145,9 @@ fn client_msg_id_of(payload: &[u8]) -> Option<String> {
 
 fn tell_error(state: &AppState, uid: &str, client_msg_id: Option<String>, e: &Error) {
     let (_, code) = e.status_and_code();
-    let message = if matches!(e, Error::Storage(_)) {
+    let message = if is_unavailable(e) {
+        "the store is unavailable; send again shortly".to_owned()
+    } else if matches!(e, Error::Storage(_)) {
         "internal error".to_owned()
     } else {
         e.to_string()

@@ -169,8 +169,9 @@ impl Launch {
             "[mqtt]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\n\
              [http]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\
              [auth]\njwt_secret = \"{TEST_SECRET}\"\n\
-             [store]\npath = \"{}\"\n{extra}",
-            dir.path().join("data").display()
+             [store]\npath = \"{}\"\n{}{extra}",
+            dir.path().join("data").display(),
+            engine_keys(dir.path()),
         );
         let config_path = dir.path().join("imqtt.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -275,6 +276,39 @@ impl Launch {
             addrs.unwrap_or_else(|| panic!("imqtt did not print its addresses; stderr:\n{log}"));
         Server { child, addrs, dir }
     }
+}
+
+/// The engine the servers of this test run use: `IMQTT_TEST_STORE=postgres`
+/// runs them on a PostgreSQL server started once for the test binary, each
+/// server directory with a database of its own (kept in `dir/pg_url`, so a
+/// server started again in the same directory opens the same database);
+/// anything else, sled.
+fn engine_keys(dir: &Path) -> String {
+    if std::env::var("IMQTT_TEST_STORE").as_deref() != Ok("postgres") {
+        return String::new();
+    }
+    let saved = dir.join("pg_url");
+    let url = match std::fs::read_to_string(&saved) {
+        Ok(url) => url,
+        Err(_) => {
+            let Some(url) = shared_postgres_database() else {
+                return String::new();
+            };
+            std::fs::write(&saved, &url).expect("save the database URL");
+            url
+        }
+    };
+    format!("engine = \"postgres\"\nurl = \"{url}\"\npool = 4\n")
+}
+
+/// A new database on the test binary's PostgreSQL server, started on first use;
+/// `None` where PostgreSQL is not installed (said once, and fatal under CI).
+pub fn shared_postgres_database() -> Option<String> {
+    static PG: std::sync::OnceLock<Option<std::sync::Mutex<postgres::Postgres>>> =
+        std::sync::OnceLock::new();
+    let pg = PG.get_or_init(|| postgres::Postgres::start().map(std::sync::Mutex::new));
+    let pg = pg.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some(pg.database())
 }
 
 /// SIGTERM's number (the same on every Linux architecture).

@@ -133,48 +133,54 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
-    /// Starts the server on the cluster's port and waits until it accepts.
+    /// Starts the server on the cluster's port and waits until it accepts. A
+    /// shell stands between this process and the server: it stops the server
+    /// when this process exits, however it exits, as its stdin then closes.
     fn run(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("postgres.log"))
-            .expect("log file");
-        if let (true, Some((uid, gid))) = (rustix::process::geteuid().is_root(), postgres_ids()) {
-            let _ = std::os::unix::fs::chown(
-                self.dir.path().join("postgres.log"),
-                Some(uid),
-                Some(gid),
-            );
-        }
-        let child = command(&self.bin.join("postgres"))
-            .arg("-D")
-            .arg(self.data())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-k")
-            .arg(self.dir.path())
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-c",
-                "fsync=on",
-                "-c",
-                "synchronous_commit=on",
-            ])
-            .args([
-                "-c",
-                "max_connections=300",
-                "-c",
-                "log_min_messages=warning",
-            ])
-            .stdin(Stdio::null())
+        let log = self.dir.path().join("postgres.log");
+        let server = format!(
+            "{:?} -D {:?} -p {} -k {:?} -h 127.0.0.1 -c fsync=on -c synchronous_commit=on \
+             -c max_connections=300 -c log_min_messages=warning >>{:?} 2>&1 &",
+            self.bin.join("postgres"),
+            self.data(),
+            self.port,
+            self.dir.path(),
+            log,
+        );
+        let script = format!(
+            "{server}\npid=$!\nread -r _\nkill -KILL $pid 2>/dev/null\nwait $pid 2>/dev/null\n"
+        );
+        let sh = if rustix::process::geteuid().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--", "sh", "-c"]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c");
+            c
+        };
+        let mut sh = sh;
+        let child = sh
+            .arg(script)
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn postgres");
         self.child = Some(child);
         self.wait_ready();
+    }
+
+    /// The running postmaster's pid, from `postmaster.pid`.
+    fn postmaster(&self) -> Option<rustix::process::Pid> {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
     }
 
     /// Waits until `postmaster.pid` says the server accepts connections.
@@ -184,13 +190,18 @@ impl Postgres {
             let pid =
                 std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap_or_default();
             // Line 8 is the server's state ("ready" once it accepts).
-            if pid.lines().nth(7).is_some_and(|s| s.trim() == "ready") {
-                return;
-            }
+            let ready = pid.lines().nth(7).is_some_and(|s| s.trim() == "ready");
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 panic!("postgres exited ({status}): {}", self.log());
+            }
+            // A stale file of a killed server says "ready" too: only a live pid counts.
+            let live = self
+                .postmaster()
+                .is_some_and(|p| Path::new(&format!("/proc/{}", p.as_raw_nonzero())).exists());
+            if ready && live {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -260,24 +271,29 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Sends `sig` to the postmaster and waits until it is gone.
     fn signal(&mut self, sig: rustix::process::Signal) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = i32::try_from(child.id())
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
+        if let Some(pid) = self.postmaster() {
+            let _ = rustix::process::kill_process(pid, sig);
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
+                && Instant::now() < deadline
             {
-                let _ = rustix::process::kill_process(pid, sig);
+                std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        // The shell's stdin closes; it ends.
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
             let _ = child.wait();
         }
     }
 
     /// Kills the server at once (SIGKILL), as a crash would. Its children (the
-    /// backends) notice the postmaster is gone and exit.
+    /// backends) notice the postmaster is gone and exit; a new server may take
+    /// the data directory only then.
     pub fn kill(&mut self) {
         self.signal(rustix::process::Signal::KILL);
-        // The shared memory of the killed postmaster's backends must be gone
-        // before a new server takes the data directory.
         let deadline = Instant::now() + READY_TIMEOUT;
         while backends_alive(&self.data()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

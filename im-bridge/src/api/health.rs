@@ -16,10 +16,14 @@ pub(super) async fn healthz() -> Json<Value> {
 /// `GET /readyz`: every listener is bound and the store is open, and the server is
 /// not shutting down.
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Error> {
-    if state.is_ready() {
-        Ok(Json(json!({"status": "ready"})))
-    } else {
+    if !state.is_ready() {
         Err(Error::NotReady)
+    } else if !state.store.is_available() {
+        Err(Error::Storage(crate::store::StoreError::Unavailable(
+            "the database does not answer".into(),
+        )))
+    } else {
+        Ok(Json(json!({"status": "ready"})))
     }
 }
 

@@ -77,9 +77,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Whether `/readyz` answers 200: serving, and the store answers.
+    /// Whether the server is serving (from start until shutdown begins).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.store.is_available()
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Runs `read` (store reads, which may wait on a disk or a database) on the
