@@ -307,7 +307,10 @@ pub fn shared_postgres_database() -> Option<String> {
     static PG: std::sync::OnceLock<Option<std::sync::Mutex<postgres::Postgres>>> =
         std::sync::OnceLock::new();
     let pg = PG.get_or_init(|| postgres::Postgres::start().map(std::sync::Mutex::new));
-    let pg = pg.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pg = pg
+        .as_ref()?
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Some(pg.database())
 }
 

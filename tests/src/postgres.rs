@@ -152,7 +152,14 @@ impl Postgres {
         );
         let sh = if rustix::process::geteuid().is_root() {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--", "sh", "-c"]);
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+                "sh",
+                "-c",
+            ]);
             c
         } else {
             let mut c = Command::new("sh");
@@ -197,9 +204,7 @@ impl Postgres {
                 panic!("postgres exited ({status}): {}", self.log());
             }
             // A stale file of a killed server says "ready" too: only a live pid counts.
-            let live = self
-                .postmaster()
-                .is_some_and(|p| Path::new(&format!("/proc/{}", p.as_raw_nonzero())).exists());
+            let live = self.postmaster().is_some_and(alive);
             if ready && live {
                 return;
             }
@@ -276,9 +281,7 @@ impl Postgres {
         if let Some(pid) = self.postmaster() {
             let _ = rustix::process::kill_process(pid, sig);
             let deadline = Instant::now() + READY_TIMEOUT;
-            while Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
-                && Instant::now() < deadline
-            {
+            while alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -309,6 +312,17 @@ impl Postgres {
     pub fn restart(&mut self) {
         self.run();
     }
+}
+
+/// Whether `pid` runs (a zombie, killed and not yet reaped by the shell, does
+/// not).
+fn alive(pid: rustix::process::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).is_ok_and(|stat| {
+        // "pid (comm) S ...": the state follows the last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
 }
 
 /// Whether processes still have `data` open as their working directory
