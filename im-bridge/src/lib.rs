@@ -20,6 +20,7 @@ pub mod auth;
 pub mod cache;
 pub mod commit;
 pub mod config;
+pub mod copy;
 pub mod delivery;
 pub mod error;
 pub mod groups;

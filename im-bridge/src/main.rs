@@ -58,6 +58,22 @@ enum Command {
         #[arg(long)]
         ttl: Option<Duration>,
     },
+    /// Work on the store the config names.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Copy the embedded store (store.path; the server stopped) into an empty
+    /// PostgreSQL database, with everything in it.
+    Copy {
+        /// The database: postgres://user:password@host:port/database.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -84,8 +100,29 @@ fn main() -> ExitCode {
             Ok((config, _)) => exit_code(mint(&config, &uid, role.into(), ttl)),
             Err(e) => config_failed(&e),
         },
+        Some(Command::Store {
+            command: StoreCommand::Copy { to },
+        }) => match load_config(cli.config.as_deref()) {
+            Ok((config, _)) => exit_code(copy_store(&config, &to)),
+            Err(e) => config_failed(&e),
+        },
         None => serve(cli.config.as_deref(), cli.print_addrs),
     }
+}
+
+/// `imqtt store copy --to URL`: copies, then says how many of each it copied.
+fn copy_store(config: &Config, url: &str) -> anyhow::Result<()> {
+    init_tracing(config);
+    let counts = im_bridge::copy::copy(config, url)?;
+    println!(
+        "copied {} into {}",
+        config.store.path.display(),
+        im_bridge::config::DatabaseUrl::new(url).redacted()
+    );
+    for (kind, n) in counts {
+        println!("{n} {kind}");
+    }
+    Ok(())
 }
 
 /// Runs the server. A SIGTERM or Ctrl-C at any step of startup, as while serving,

@@ -398,3 +398,126 @@ async fn two_processes_on_one_database_keep_one_conversation_contiguous_and_retr
         check_nothing_lost_or_doubled(&messages, &acked);
     }
 }
+
+/// `imqtt --config FILE store copy --to URL`: its exit status and output.
+fn store_copy(config: &std::path::Path, url: &str) -> (bool, String) {
+    let out = std::process::Command::new(imqtt_tests::imqtt_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["store", "copy", "--to", url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run imqtt store copy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_copy_moves_a_stopped_embedded_store_into_an_empty_database() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.database();
+    // An embedded server with a little of everything.
+    let mut server = Server::start_env("", &[("IMQTT_STORE__ENGINE", "sled")]).await;
+    let api = Api::new(&server);
+    api.post_with(
+        None,
+        "/v1/accounts",
+        &json!({"user": "ann", "password": "correct horse"}),
+    )
+    .await
+    .expect(201);
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        let r = api
+            .post(
+                "ann",
+                "/v1/messages",
+                &json!({"to": "bob", "body": n, "client_msg_id": format!("c{n}")}),
+            )
+            .await
+            .expect(201);
+        sent.push(r["id"].as_str().expect("id").to_owned());
+    }
+    api.ack("bob", json!({"dm:ann:bob": 2})).await.expect(204);
+    api.post("ann", "/v1/groups", &json!({"id": "team", "name": "Team"}))
+        .await
+        .expect(201);
+    api.post("ann", "/v1/groups/team/members", &json!({"users": ["bob"]}))
+        .await
+        .expect(200);
+    api.post(
+        "ann",
+        "/v1/messages",
+        &json!({"group": "team", "body": "hi"}),
+    )
+    .await
+    .expect(201);
+    api.put("ann", "/v1/contacts/bob", &json!({}))
+        .await
+        .expect(204);
+    let config = server.data_dir().with_file_name("imqtt.toml");
+
+    // Not while the server holds the store.
+    let (ok, text) = store_copy(&config, &url);
+    assert!(!ok, "copied from a running server: {text}");
+    assert!(text.contains("in use"), "{text}");
+
+    server.terminate().await;
+    let (ok, text) = store_copy(&config, &url);
+    assert!(ok, "{text}");
+    for line in [
+        "4 messages",
+        "1 accounts",
+        "1 groups",
+        "2 memberships",
+        "1 contacts",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+    }
+    assert!(!text.contains("s3cret"));
+    // Once only.
+    let (ok, text) = store_copy(&config, &url);
+    assert!(!ok);
+    assert!(text.contains("already holds imqtt data"), "{text}");
+
+    // A server on the database has it all.
+    let moved = server_on(&url).await;
+    let api = Api::new(&moved);
+    let messages = history(&api, "bob", "dm:ann:bob").await;
+    let ids: Vec<&str> = messages
+        .iter()
+        .map(|m| m["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, sent.iter().map(String::as_str).collect::<Vec<_>>());
+    let convs = api.conversations("bob").await;
+    assert_eq!(convs["dm:ann:bob"]["cursor"], 2);
+    assert_eq!(convs["group:team"]["head"], 1);
+    let retry = api
+        .post(
+            "ann",
+            "/v1/messages",
+            &json!({"to": "bob", "body": 0, "client_msg_id": "c0"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        retry["id"],
+        sent[0].as_str(),
+        "its idempotency key came along"
+    );
+    api.post_with(
+        None,
+        "/v1/tokens",
+        &json!({"user": "ann", "password": "correct horse"}),
+    )
+    .await
+    .expect(200);
+    let contacts = api.get("ann", "/v1/contacts").await.expect(200);
+    assert_eq!(contacts["contacts"], json!(["bob"]));
+    let group = api.get("bob", "/v1/groups/team").await.expect(200);
+    assert_eq!(group["members"].as_array().map(Vec::len), Some(2));
+}

@@ -63,8 +63,8 @@ pub(crate) fn run(make: &mut MakeStore<'_>) {
         ("read your writes", a_round_reads_its_own_writes),
         ("rollback", a_round_dropped_without_commit_writes_nothing),
         ("sample", |s| {
-            write_sample(s);
-            check_sample(s);
+            let now = write_sample(s);
+            check_sample(s, now);
         }),
     ];
     for (name, case) in cases {
@@ -593,8 +593,10 @@ fn a_round_dropped_without_commit_writes_nothing(s: &dyn Store) {
     assert!(!append(s, &[send("ann", "ben", Some("k"), "x")], 6)[0].duplicate);
 }
 
-/// A little of everything, for an engine's reopen and copy tests.
-pub(crate) fn write_sample(s: &dyn Store) {
+/// A little of everything, for an engine's reopen and copy tests; the commit
+/// time it used (now, so that its idempotency key is in force).
+pub(crate) fn write_sample(s: &dyn Store) -> u64 {
+    let now = crate::commit::now_ms();
     append(
         s,
         &[
@@ -602,7 +604,7 @@ pub(crate) fn write_sample(s: &dyn Store) {
             send("ben", "ann", None, "hi"),
             group_send("ann", "team", "all"),
         ],
-        7_000,
+        now,
     );
     round(s, |r| {
         r.ack("ben", &[(dm("ann", "ben"), 1)])?;
@@ -615,16 +617,17 @@ pub(crate) fn write_sample(s: &dyn Store) {
         r.put_retained(&[("public/t".to_owned(), Some((Bytes::from_static(b"v"), 1)))])
     })
     .expect("sample");
+    now
 }
 
-/// What [`write_sample`] wrote, read back.
-pub(crate) fn check_sample(s: &dyn Store) {
+/// What [`write_sample`] wrote at `now`, read back.
+pub(crate) fn check_sample(s: &dyn Store, now: u64) {
     let conv = dm("ann", "ben");
     assert_eq!(
         s.head(&conv).expect("head"),
         Head {
             seq: 2,
-            last_ts: 7_000
+            last_ts: now
         }
     );
     let (page, more) = s
@@ -635,7 +638,7 @@ pub(crate) fn check_sample(s: &dyn Store) {
     assert_eq!(s.cursor("ben", &conv).expect("cursor"), 2);
     assert_eq!(s.conversations("ben", 10).expect("list").len(), 1);
     assert!(
-        append(s, &[send("ann", "ben", Some("k1"), "hello")], 8_000)[0].duplicate,
+        append(s, &[send("ann", "ben", Some("k1"), "hello")], now + 1)[0].duplicate,
         "the idempotency key is there"
     );
     let team = ConvId::group("team").expect("conv");

@@ -351,3 +351,108 @@ pub trait Round: Reads {
     /// synchronous commit) before returning.
     fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError>;
 }
+
+/// One stored fact, engine-neutral: what `imqtt store copy` moves from one
+/// engine to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A message: its conversation, seq, commit time and envelope JSON.
+    Message {
+        /// The conversation.
+        conv: String,
+        /// Its seq.
+        seq: u64,
+        /// Commit time, Unix ms.
+        ts: u64,
+        /// The envelope's JSON, as stored.
+        json: Vec<u8>,
+    },
+    /// A conversation's head.
+    Head {
+        /// The conversation.
+        conv: String,
+        /// Its head.
+        head: Head,
+    },
+    /// A read cursor.
+    Cursor {
+        /// Whose.
+        uid: String,
+        /// In which conversation.
+        conv: String,
+        /// Up to which seq.
+        seq: u64,
+    },
+    /// A direct or notice conversation in a user's list.
+    Listed {
+        /// Whose list.
+        uid: String,
+        /// The conversation.
+        conv: String,
+    },
+    /// An idempotency key and the message it stands for.
+    Idempotency {
+        /// The sender.
+        sender: String,
+        /// The key.
+        key: String,
+        /// The original's conversation.
+        conv: String,
+        /// The original's seq.
+        seq: u64,
+        /// When the key is forgotten, Unix ms.
+        expires: u64,
+    },
+    /// An account.
+    Account {
+        /// The user.
+        uid: String,
+        /// Its password hash (PHC string).
+        hash: String,
+    },
+    /// An MQTT retained message.
+    Retained {
+        /// The topic.
+        topic: String,
+        /// Its QoS.
+        qos: u8,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A group's settings.
+    Group(GroupRecord),
+    /// A membership, current or past.
+    Member {
+        /// The group.
+        gid: String,
+        /// The user.
+        uid: String,
+        /// The membership.
+        membership: Membership,
+    },
+    /// A contact.
+    Contact {
+        /// Whose contacts.
+        owner: String,
+        /// Who.
+        contact: String,
+    },
+}
+
+impl Record {
+    /// The record's kind, as `imqtt store copy` counts them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Message { .. } => "messages",
+            Record::Head { .. } => "conversations",
+            Record::Cursor { .. } => "cursors",
+            Record::Listed { .. } => "conversation list entries",
+            Record::Idempotency { .. } => "idempotency keys",
+            Record::Account { .. } => "accounts",
+            Record::Retained { .. } => "retained messages",
+            Record::Group(_) => "groups",
+            Record::Member { .. } => "memberships",
+            Record::Contact { .. } => "contacts",
+        }
+    }
+}

@@ -8,7 +8,7 @@ use imqtt_wire::GroupRole;
 use super::{i64_of, pg_error, u64_of};
 use crate::store::{GroupRecord, GroupWrite, Membership, StoreError};
 
-fn role_code(r: GroupRole) -> i16 {
+pub(super) fn role_code(r: GroupRole) -> i16 {
     match r {
         GroupRole::Owner => 0,
         GroupRole::Admin => 1,

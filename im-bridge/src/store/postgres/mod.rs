@@ -19,6 +19,7 @@
 
 mod accounts;
 mod groups;
+mod import;
 mod messages;
 mod schema;
 
@@ -535,8 +536,30 @@ mod tests {
         });
         // A reopened database has its data, and its schema is not made twice.
         let url = pg.database();
-        conformance::write_sample(&open(url.clone()));
-        conformance::check_sample(&open(url));
+        let now = conformance::write_sample(&open(url.clone()));
+        conformance::check_sample(&open(url), now);
+    }
+
+    #[test]
+    fn a_copy_of_a_sled_store_holds_everything_and_a_second_copy_is_refused() {
+        let Some(pg) = Postgres::start() else { return };
+        let sled = crate::store::SledStore::temporary(conformance::TTL).expect("sled");
+        let now = conformance::write_sample(&sled);
+        let url = pg.database();
+        let to = open(url.clone());
+        let counts = to
+            .import(sled.records(crate::commit::now_ms()))
+            .expect("copy");
+        assert_eq!(counts.get("messages"), Some(&3));
+        assert_eq!(counts.get("accounts"), Some(&1));
+        assert_eq!(counts.get("groups"), Some(&1));
+        assert_eq!(counts.get("idempotency keys"), Some(&1));
+        conformance::check_sample(&to, now);
+        let again = open(url).import(sled.records(crate::commit::now_ms()));
+        assert!(
+            matches!(&again, Err(StoreError::Engine(m)) if m.contains("already holds")),
+            "{again:?}"
+        );
     }
 
     #[test]
