@@ -3,8 +3,9 @@
 //! Modules: `config` loads the typed config, `api` is the HTTP surface
 //! (`api::app(state)`), `auth` the bearer-token extractor, `passwords` the bounded
 //! argon2id hashing of account passwords, `metrics` the Prometheus registry, `store`
-//! the durable sled store, `commit` the group-commit loop every write goes
-//! through, `sending` what a send must be, `delivery` publishing after commit,
+//! the durable store and its engines (sled, PostgreSQL), `commit` the group-commit
+//! loop every write goes through, `cache` the membership and contact answers the
+//! broker asks for, `copy` moving a sled store into PostgreSQL, `sending` what a send must be, `delivery` publishing after commit,
 //! `outbox` sends over MQTT, `groups` who may change a group and how, `access` the
 //! broker's group and presence questions, `presence` retained presence from
 //! connection events, `retained` MQTT retained messages kept in the store,
