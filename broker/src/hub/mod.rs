@@ -414,8 +414,20 @@ impl Hub {
         }
         let p = Arc::new(publication);
         if p.retain {
+            // A payload read off a connection is a slice of its read buffer, which
+            // a retained message kept alive for as long as it stays: the whole
+            // buffer, not the payload. The kept one is a copy of its own size.
+            let kept = Arc::new(Publication {
+                topic: p.topic.clone(),
+                payload: Bytes::copy_from_slice(&p.payload),
+                qos: p.qos,
+                retain: true,
+                props: p.props.clone(),
+                expires_at: p.expires_at,
+                origin: p.origin,
+            });
             let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
-            if !retained.set(p.clone(), self.limits.max_retained) {
+            if !retained.set(kept, self.limits.max_retained) {
                 tracing::warn!(topic = %p.topic, "retained store full; message not retained");
             }
             self.metrics.retained.set(retained.len() as i64);

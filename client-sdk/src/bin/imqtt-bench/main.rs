@@ -187,6 +187,10 @@ struct Args {
     /// fanout: subscribers do not publish their retained presence.
     #[arg(long)]
     no_presence: bool,
+    /// send, batch: every message to a recipient of its own, so each starts a
+    /// conversation (a backend notifying a population), instead of fixed pairs.
+    #[arg(long)]
+    distinct: bool,
     /// relay: the publishes' QoS, 0 or 1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
@@ -352,6 +356,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     senders,
                     messages: args.messages,
                     batch: (args.scenario == Scenario::Batch).then_some(batch_size),
+                    distinct: args.distinct,
                     request_timeout: target.step_timeout,
                     server_pid: args.server_pid,
                     deadline,

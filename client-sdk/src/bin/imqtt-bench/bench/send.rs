@@ -29,6 +29,9 @@ pub(crate) struct SendOptions {
     pub(crate) messages: usize,
     /// `None`: one message per request; `Some(b)`: batches of up to `b`.
     pub(crate) batch: Option<usize>,
+    /// Every message to a recipient of its own (a new conversation each), instead
+    /// of sender `s{i}` always to `r{i}`.
+    pub(crate) distinct: bool,
     /// Longest one request may take.
     pub(crate) request_timeout: Duration,
     /// The server's pid, for its CPU time per message.
@@ -82,6 +85,19 @@ pub(crate) fn direct(to: String, id_prefix: String) -> impl Fn(usize) -> SendReq
     move |j| {
         let mut req =
             SendRequest::to_user(to.clone(), serde_json::json!({ "text": format!("m{j}") }));
+        req.client_msg_id = Some(format!("{id_prefix}-{j}"));
+        req
+    }
+}
+
+/// Like [`direct`], but send `j` goes to its own recipient `{to_prefix}-{j}`: every
+/// message starts a conversation, as a backend's notices to a population do.
+pub(crate) fn distinct(to_prefix: String, id_prefix: String) -> impl Fn(usize) -> SendRequest {
+    move |j| {
+        let mut req = SendRequest::to_user(
+            format!("{to_prefix}-{j}"),
+            serde_json::json!({ "text": format!("m{j}") }),
+        );
         req.client_msg_id = Some(format!("{id_prefix}-{j}"));
         req
     }
@@ -245,13 +261,29 @@ pub(crate) async fn run(opts: SendOptions) -> SendReport {
     let start = Instant::now();
     let mut set = JoinSet::new();
     for (i, api) in apis.into_iter().enumerate() {
-        set.spawn(sender(
-            api,
+        let (count, batch, deadline) = (
             share(opts.messages, opts.senders, i),
             opts.batch,
             opts.deadline,
-            direct(format!("r{i}"), format!("{run:x}-{i}")),
-        ));
+        );
+        let ids = format!("{run:x}-{i}");
+        if opts.distinct {
+            set.spawn(sender(
+                api,
+                count,
+                batch,
+                deadline,
+                distinct(format!("r{run:x}-{i}"), ids),
+            ));
+        } else {
+            set.spawn(sender(
+                api,
+                count,
+                batch,
+                deadline,
+                direct(format!("r{i}"), ids),
+            ));
+        }
     }
     while let Some(joined) = set.join_next().await {
         match joined {
