@@ -11,7 +11,8 @@
 #   send64d batch4d batch8d: as send64 and batch, with --distinct (every message
 #   to a recipient of its own: a new conversation each); batch8: 8 senders
 # BEFORE=path/to/another/imqtt runs that build too, alternating run by run, its
-# lines prefixed "before-", to compare two builds in one pass.
+# lines prefixed "before-", to compare two builds in one pass (BEFORE_CONFIG: the
+# config file that build reads, default config/imqtt.toml).
 # STORE=postgres runs every server on PostgreSQL (fsync and synchronous_commit
 # on): the script starts its own from Debian's postgresql on port 15432 (as the
 # postgres user when run as root) and gives each run a new database.
@@ -40,8 +41,8 @@ if [ "${STORE:-sled}" = postgres ]; then
 fi
 
 run_one() { # name flush bench-args...
-  run_with "$bin/imqtt" "$@"
-  [ -z "${BEFORE:-}" ] || { local name=$1; shift; run_with "$BEFORE" "before-$name" "$@"; }
+  config=config/imqtt.toml run_with "$bin/imqtt" "$@"
+  [ -z "${BEFORE:-}" ] || { local name=$1; shift; config=${BEFORE_CONFIG:-config/imqtt.toml} run_with "$BEFORE" "before-$name" "$@"; }
 }
 
 run_with() { # server-binary name flush bench-args...
@@ -55,7 +56,7 @@ run_with() { # server-binary name flush bench-args...
   env "${store_env[@]}" IMQTT_AUTH__JWT_SECRET=$secret IMQTT_MQTT__TCP=127.0.0.1:18831 IMQTT_MQTT__WS="" \
     IMQTT_HTTP__LISTEN=127.0.0.1:18081 IMQTT_STORE__PATH="$data/db" IMQTT_STORE__FLUSH=$flush \
     IMQTT_LIMITS__RATE_PER_USER=0 RUST_LOG=warn \
-    "$server" --config config/imqtt.toml --print-addrs >"$data/addrs" 2>"$data/log" &
+    "$server" --config "$config" --print-addrs >"$data/addrs" 2>"$data/log" &
   local pid=$!
   for _ in $(seq 100); do grep -q '^http=' "$data/addrs" 2>/dev/null && break; sleep 0.1; done
   $bin/imqtt-bench --port 18831 --http-port 18081 --jwt-secret "$secret" --server-pid $pid \

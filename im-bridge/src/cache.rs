@@ -11,10 +11,13 @@
 //! never holds an answer older than the last change it was told about.
 //!
 //! Bounded: at most [`CAPACITY`] entries; a full shard drops an entry picked
-//! round-robin by position (O(1)), never scans.
+//! round-robin by position (O(1)), never scans. On a store that other processes
+//! write too (PostgreSQL), their changes are not reported here, so answers are
+//! trusted for a few seconds only ([`AccessCache::with_max_age`]).
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 
@@ -60,7 +63,8 @@ pub enum Change {
 #[derive(Debug, Default)]
 struct Shard {
     generation: u64,
-    map: IndexMap<Key, Value>,
+    /// Each answer with when it was loaded.
+    map: IndexMap<Key, (Value, Instant)>,
     /// Where the next eviction takes an entry from.
     evict_at: usize,
 }
@@ -71,6 +75,10 @@ pub struct AccessCache {
     shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
     per_shard: usize,
+    /// How long an answer is trusted, when other processes write the same store
+    /// (PostgreSQL) and their changes are not reported here; `None`: until
+    /// invalidated.
+    max_age: Option<Duration>,
 }
 
 impl Default for AccessCache {
@@ -86,7 +94,14 @@ impl AccessCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
+            max_age: None,
         }
+    }
+
+    /// Answers are trusted for `max_age` at most (a store other processes write).
+    pub fn with_max_age(mut self, max_age: Duration) -> AccessCache {
+        self.max_age = Some(max_age);
+        self
     }
 
     fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
@@ -105,7 +120,9 @@ impl AccessCache {
     ) -> Result<Value, E> {
         let generation = {
             let shard = self.shard(&key);
-            if let Some(v) = shard.map.get(&key) {
+            if let Some((v, at)) = shard.map.get(&key)
+                && self.max_age.is_none_or(|age| at.elapsed() < age)
+            {
                 return Ok(v.clone());
             }
             shard.generation
@@ -119,7 +136,7 @@ impl AccessCache {
                 shard.map.swap_remove_index(at);
                 shard.evict_at = at + 1;
             }
-            shard.map.insert(key, value.clone());
+            shard.map.insert(key, (value.clone(), Instant::now()));
         }
         Ok(value)
     }
@@ -263,6 +280,15 @@ mod tests {
         });
         assert_eq!(answer, Ok(true));
         assert_eq!(c.is_member("g", "ann", ok(false)), Ok(false), "not kept");
+    }
+
+    #[test]
+    fn with_a_max_age_an_answer_is_asked_again_once_it_is_older() {
+        let c = AccessCache::default().with_max_age(Duration::from_millis(30));
+        assert_eq!(c.is_member("g", "ann", ok(true)), Ok(true));
+        assert_eq!(c.is_member("g", "ann", ok(false)), Ok(true), "still fresh");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(c.is_member("g", "ann", ok(false)), Ok(false), "asked again");
     }
 
     #[test]

@@ -27,6 +27,10 @@ use crate::passwords::Passwords;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
+/// How long a cached membership or contact answer is trusted on a store other
+/// processes write.
+const SHARED_STORE_CACHE_AGE: Duration = Duration::from_secs(2);
+
 /// A server whose store is open and whose listeners are bound, not yet serving.
 #[derive(Debug)]
 pub struct Server {
@@ -74,7 +78,13 @@ impl Server {
             broker_metrics.unwrap_or_else(|| Arc::new(BrokerMetrics::unregistered()));
         // Group and presence questions are answered from the store, through a
         // cache the commit loop keeps right.
-        let cache = Arc::new(AccessCache::default());
+        let cache = Arc::new(match config.store.engine {
+            crate::config::Engine::Sled => AccessCache::default(),
+            // Other processes change memberships and contacts there too.
+            crate::config::Engine::Postgres => {
+                AccessCache::default().with_max_age(SHARED_STORE_CACHE_AGE)
+            }
+        });
         let access = Access::new(store.clone(), cache.clone());
         let mqtt = Broker::bind(
             config.mqtt.clone(),

@@ -187,6 +187,10 @@ struct Args {
     /// fanout: subscribers do not publish their retained presence.
     #[arg(long)]
     no_presence: bool,
+    /// fanout: the first topic level of the subscribers' retained message
+    /// (`public` makes one that imqtt keeps in its store).
+    #[arg(long, default_value = "presence")]
+    retained_root: String,
     /// send, batch: every message to a recipient of its own, so each starts a
     /// conversation (a backend notifying a population), instead of fixed pairs.
     #[arg(long)]
@@ -312,6 +316,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     connect_concurrency: args.connect_concurrency,
                     window: args.window.unwrap_or(1000),
                     presence: !args.no_presence,
+                    retained_root: args.retained_root.clone(),
                     client_role: args.client_role,
                     server_pid: args.server_pid,
                     deadline,

@@ -9,15 +9,31 @@ use super::groups::decode_membership;
 use super::keys::{
     ACCOUNT, CONTACT, CURSOR, GROUP, HEAD, IDEM, LIST, MEMBER, MSG, RETAINED, decode_head, u64_at,
 };
+use crate::store::Store;
 use crate::store::{Record, StoreError};
 
 impl SledStore {
     /// Every record; idempotency keys that expired by `now_ms` are left out.
     pub fn records(&self, now_ms: u64) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
-        self.tree.iter().filter_map(move |kv| match kv {
+        let keys = self.tree.iter().filter_map(move |kv| match kv {
             Ok((k, v)) => decode(&k, &v, now_ms).transpose(),
             Err(e) => Some(Err(e.into())),
-        })
+        });
+        // Then the retained messages, from their own file.
+        let retained = std::iter::once(()).flat_map(move |()| match self.retained() {
+            Ok(all) => all
+                .into_iter()
+                .map(|(topic, payload, qos)| {
+                    Ok(Record::Retained {
+                        topic,
+                        qos,
+                        payload: payload.to_vec(),
+                    })
+                })
+                .collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        });
+        keys.chain(retained)
     }
 }
 

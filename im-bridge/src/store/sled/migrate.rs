@@ -71,6 +71,36 @@ pub(super) fn from_tree_per_kind(db: &sled::Db, tree: &sled::Tree) -> sled::Resu
     Ok(moved)
 }
 
+/// Moves retained messages kept as tree keys (`R topic`, the layout before
+/// `retained.log`) into the log; returns how many.
+pub(super) fn retained_out_of_the_tree(
+    tree: &sled::Tree,
+    log: &super::retained::RetainedLog,
+) -> Result<usize, crate::store::StoreError> {
+    let mut changes = Vec::new();
+    let mut batch = sled::Batch::default();
+    for kv in tree.range([keys::RETAINED].as_slice()..[keys::RETAINED + 1].as_slice()) {
+        let (k, v) = kv?;
+        let (Ok(topic), Some((qos, payload))) = (std::str::from_utf8(&k[1..]), v.split_first())
+        else {
+            return Err(crate::store::StoreError::Corrupt("retained"));
+        };
+        changes.push((
+            topic.to_owned(),
+            Some((bytes::Bytes::copy_from_slice(payload), *qos)),
+        ));
+        batch.remove(k);
+    }
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    // In the log and durable before the keys go.
+    log.append(&changes)?;
+    log.sync()?;
+    tree.apply_batch(batch)?;
+    Ok(changes.len())
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use std::path::Path;

@@ -11,6 +11,7 @@ mod export;
 mod groups;
 mod keys;
 mod migrate;
+mod retained;
 mod round;
 
 use std::time::Duration;
@@ -20,8 +21,8 @@ use imqtt_wire::ConvId;
 use sled::IVec;
 
 use self::keys::{
-    ACCOUNT, CURSOR, GROUP, HEAD, LIST, MEMBER, RETAINED, decode_head, end_of, id_after, key1,
-    key2, prefix, u64_at,
+    ACCOUNT, CURSOR, GROUP, HEAD, LIST, MEMBER, decode_head, end_of, id_after, key1, key2, prefix,
+    u64_at,
 };
 use super::{GroupRecord, Head, Membership, Range, Round, Store, StoreError, Summary, Window};
 use crate::config::StoreConfig;
@@ -34,6 +35,8 @@ pub struct SledStore {
     tree: sled::Tree,
     /// How long a `(sender, client_msg_id)` keeps retries idempotent.
     idempotency_ttl: Duration,
+    /// MQTT retained messages, in a file of their own (`retained.rs`).
+    retained: std::sync::Arc<retained::RetainedLog>,
     /// sled's log file, opened again to fsync it: sled 0.34 makes its writes
     /// durable on Linux with `sync_file_range`, which flushes neither the disk's
     /// write cache nor the file's size, so a power loss could lose what it called
@@ -87,7 +90,14 @@ impl SledStore {
         let log =
             std::fs::File::open(cfg.path.join("db")).map_err(|e| open_error(sled::Error::Io(e)))?;
         store.log = Some(std::sync::Arc::new(log));
+        store.retained = std::sync::Arc::new(
+            retained::RetainedLog::open(&cfg.path)
+                .map_err(|e| open_error(sled::Error::Io(std::io::Error::other(e))))?,
+        );
         let moved = migrate::from_tree_per_kind(&store.db, &store.tree).map_err(open_error)?;
+        let moved = moved
+            + migrate::retained_out_of_the_tree(&store.tree, &store.retained)
+                .map_err(|e| open_error(sled::Error::Io(std::io::Error::other(e))))?;
         if moved > 0 {
             store
                 .flush()
@@ -110,6 +120,7 @@ impl SledStore {
             tree: db.open_tree(TREE)?,
             db,
             idempotency_ttl,
+            retained: std::sync::Arc::new(retained::RetainedLog::memory()),
             log: None,
         })
     }
@@ -375,7 +386,7 @@ impl Store for SledStore {
         if let Some(log) = &self.log {
             log.sync_data().map_err(engine)?;
         }
-        Ok(())
+        self.retained.sync()
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
@@ -383,17 +394,7 @@ impl Store for SledStore {
     }
 
     fn retained(&self) -> Result<Vec<(String, Bytes, u8)>, StoreError> {
-        let p = [RETAINED];
-        let mut out = Vec::new();
-        for kv in self.scan(p.to_vec(), end_of(&p), false) {
-            let (k, v) = kv?;
-            let (Ok(topic), Some((qos, payload))) = (std::str::from_utf8(&k[1..]), v.split_first())
-            else {
-                return Err(StoreError::Corrupt("retained"));
-            };
-            out.push((topic.to_owned(), Bytes::copy_from_slice(payload), *qos));
-        }
-        Ok(out)
+        self.retained.read()
     }
 }
 

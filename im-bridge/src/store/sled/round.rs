@@ -13,8 +13,8 @@ use imqtt_wire::{ConvId, ConvKind, Envelope};
 use sled::IVec;
 
 use super::keys::{
-    ACCOUNT, CONTACT, CURSOR, EXPIRY, HEAD, IDEM, LIST, RETAINED, TIME, decode_head, encode_head,
-    key1, key2, u64_at,
+    ACCOUNT, CONTACT, CURSOR, EXPIRY, HEAD, IDEM, LIST, TIME, decode_head, encode_head, key1, key2,
+    u64_at,
 };
 use super::{Entries, SledStore, View, engine, reads_of_view};
 use crate::store::{
@@ -26,6 +26,8 @@ pub(super) struct SledRound<'s> {
     store: &'s SledStore,
     /// Key to its new value, `None` for a removal.
     staged: BTreeMap<Vec<u8>, Option<IVec>>,
+    /// Retained messages' changes, for their own file.
+    retained: Vec<super::retained::Change>,
 }
 
 impl<'s> SledRound<'s> {
@@ -33,6 +35,7 @@ impl<'s> SledRound<'s> {
         SledRound {
             store,
             staged: BTreeMap::new(),
+            retained: Vec::new(),
         }
     }
 
@@ -287,18 +290,7 @@ impl Round for SledRound<'_> {
         &mut self,
         changes: &[(String, Option<(Bytes, u8)>)],
     ) -> Result<(), StoreError> {
-        for (topic, now) in changes {
-            let key = key1(RETAINED, topic);
-            match now {
-                Some((payload, qos)) => {
-                    let mut v = Vec::with_capacity(1 + payload.len());
-                    v.push(*qos);
-                    v.extend_from_slice(payload);
-                    self.put(key, v);
-                }
-                None => self.remove(key),
-            }
-        }
+        self.retained.extend_from_slice(changes);
         Ok(())
     }
 
@@ -355,7 +347,11 @@ impl Round for SledRound<'_> {
     }
 
     fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError> {
-        let SledRound { store, staged } = *self;
+        let SledRound {
+            store,
+            staged,
+            retained,
+        } = *self;
         if !staged.is_empty() {
             let mut batch = sled::Batch::default();
             for (k, v) in staged {
@@ -366,6 +362,7 @@ impl Round for SledRound<'_> {
             }
             store.tree.apply_batch(batch)?;
         }
+        store.retained.append(&retained)?;
         if durable {
             store.flush()?;
         }
@@ -416,6 +413,7 @@ mod tests {
 
     #[test]
     fn end_of_a_kind_is_past_all_its_keys() {
-        assert!(key1(RETAINED, "zzz") < super::super::keys::end_of(&[RETAINED]));
+        let r = super::super::keys::RETAINED;
+        assert!(key1(r, "zzz") < super::super::keys::end_of(&[r]));
     }
 }

@@ -42,6 +42,9 @@ pub(crate) struct FanoutOptions {
     pub(crate) window: usize,
     /// Whether each client publishes its retained `presence/u{i}`.
     pub(crate) presence: bool,
+    /// The first level of that retained topic (`presence`; another one, such as
+    /// `public`, is one a server may keep on disk).
+    pub(crate) retained_root: String,
     /// A `role` claim for the subscribers' tokens (the publisher is always `admin`).
     pub(crate) client_role: Option<String>,
     /// The broker's process, to read its RSS and CPU time.
@@ -164,6 +167,7 @@ struct Shared {
     target: Target,
     role: Option<String>,
     presence: bool,
+    retained_root: String,
     connect_slots: Semaphore,
     deliveries: Deliveries,
     errors: Errors,
@@ -180,6 +184,7 @@ pub(crate) async fn run(target: Target, opts: FanoutOptions) -> FanoutResult {
         target: target.clone(),
         role: opts.client_role.clone(),
         presence: opts.presence,
+        retained_root: opts.retained_root.clone(),
         connect_slots: Semaphore::new(opts.connect_concurrency.max(1)),
         deliveries: Deliveries {
             expected: AtomicUsize::new(usize::MAX),
@@ -341,7 +346,11 @@ async fn setup(index: usize, shared: &Shared) -> Result<Connection, BenchError> 
         .await?;
     if shared.presence {
         let payload = format!(r#"{{"user":"{user}","status":"online"}}"#);
-        let mut presence = Publish::new(format!("presence/{user}"), QoS::AtLeastOnce, payload);
+        let mut presence = Publish::new(
+            format!("{}/{user}", shared.retained_root),
+            QoS::AtLeastOnce,
+            payload,
+        );
         presence.retain = true;
         presence.pkid = PRESENCE_PKID;
         conn.send(&Packet::Publish(presence)).await?;
