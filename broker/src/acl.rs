@@ -3,9 +3,13 @@
 //! The IM namespace (`users/`, `groups/`, `presence/`) has fixed rules that config
 //! cannot loosen; `[[mqtt.acl]]` rules open other topics. A subscription is allowed
 //! only when every topic it can match is allowed, so wildcards that could reach
-//! another user's topics are refused.
+//! another user's topics are refused. A user's outbox (`imqtt_wire`'s outbox rule)
+//! is that user's alone: [`Acl::may_publish`] is the one place that says so, for a
+//! client's PUBLISH, its will and the IM side's own publishes.
 
 use std::sync::Arc;
+
+use imqtt_wire::topic::outbox_owner;
 
 use crate::config::{Access, AclRule};
 use crate::topic;
@@ -38,6 +42,15 @@ pub struct Principal<'a> {
     pub uid: &'a str,
     /// Role `admin`: every topic.
     pub superuser: bool,
+}
+
+/// Who publishes: a client, or the IM side through [`crate::BrokerHandle::publish`].
+#[derive(Debug, Clone, Copy)]
+pub enum Publisher<'a> {
+    /// A connected client, as its token says.
+    Client(Principal<'a>),
+    /// The IM side: every topic but the users' outboxes.
+    Server,
 }
 
 /// The ACL: fixed IM rules, config rules and the bridge's authorizer.
@@ -108,16 +121,22 @@ impl Acl {
             }
     }
 
-    /// Whether `who` may publish to `topic` (already syntactically valid).
-    pub fn may_publish(&self, who: Principal<'_>, topic: &str) -> bool {
-        if who.superuser {
-            return true;
+    /// Whether `who` may publish to `topic` (already syntactically valid). An
+    /// outbox topic allowed here is the publisher's own, to be uplinked, never
+    /// routed.
+    pub fn may_publish(&self, who: Publisher<'_>, topic: &str) -> bool {
+        // The outbox is its owner's uplink alone: not another user's, not a
+        // superuser's, not the IM side's (DESIGN.md §3).
+        if let Some(owner) = outbox_owner(topic) {
+            return matches!(who, Publisher::Client(who) if who.uid == owner);
         }
+        let who = match who {
+            Publisher::Server => return true,
+            Publisher::Client(who) if who.superuser => return true,
+            Publisher::Client(who) => who,
+        };
         let root = topic.split('/').next().unwrap_or_default();
-        if IM_ROOTS.contains(&root) {
-            return is_own_outbox(who.uid, topic);
-        }
-        if root.starts_with('$') {
+        if IM_ROOTS.contains(&root) || root.starts_with('$') {
             return false;
         }
         self.rule_allows(who.uid, topic, Access::Publish)
@@ -130,13 +149,6 @@ impl Acl {
                 && topic::covers(&rule.pattern.replace("{uid}", uid), filter)
         })
     }
-}
-
-fn is_own_outbox(uid: &str, topic: &str) -> bool {
-    topic
-        .strip_prefix("users/")
-        .and_then(|rest| rest.strip_suffix("/outbox"))
-        == Some(uid)
 }
 
 #[cfg(test)]
@@ -212,7 +224,7 @@ mod tests {
     #[test]
     fn publishing_is_limited_to_the_own_outbox() {
         let acl = acl(vec![]);
-        assert!(acl.may_publish(ALICE, "users/alice/outbox"));
+        assert!(acl.may_publish(Publisher::Client(ALICE), "users/alice/outbox"));
         for refused in [
             "users/bob/outbox",
             "users/alice/inbox",
@@ -221,8 +233,32 @@ mod tests {
             "$SYS/x",
             "anything",
         ] {
-            assert!(!acl.may_publish(ALICE, refused), "{refused}");
+            assert!(
+                !acl.may_publish(Publisher::Client(ALICE), refused),
+                "{refused}"
+            );
         }
+    }
+
+    #[test]
+    fn an_outbox_is_its_owners_alone_superusers_and_the_server_included() {
+        let acl = acl(vec![AclRule {
+            pattern: "#".into(),
+            access: Access::All,
+            users: vec![],
+        }]);
+        let admin = Publisher::Client(Principal {
+            uid: "root",
+            superuser: true,
+        });
+        for who in [admin, Publisher::Server, Publisher::Client(ALICE)] {
+            assert!(!acl.may_publish(who, "users/bob/outbox"), "{who:?}");
+            // Not a valid id, but an outbox all the same: nobody's.
+            assert!(!acl.may_publish(who, "users/b b/outbox"), "{who:?}");
+        }
+        assert!(acl.may_publish(admin, "users/root/outbox"));
+        assert!(acl.may_publish(Publisher::Server, "users/bob/inbox"));
+        assert!(acl.may_publish(Publisher::Server, "$SYS/x"));
     }
 
     #[test]
@@ -245,9 +281,9 @@ mod tests {
             },
         ]);
         assert!(acl.may_subscribe(ALICE, "public/+/temp"));
-        assert!(acl.may_publish(ALICE, "public/x"));
-        assert!(acl.may_publish(ALICE, "devices/alice/t"));
-        assert!(!acl.may_publish(ALICE, "devices/bob/t"));
+        assert!(acl.may_publish(Publisher::Client(ALICE), "public/x"));
+        assert!(acl.may_publish(Publisher::Client(ALICE), "devices/alice/t"));
+        assert!(!acl.may_publish(Publisher::Client(ALICE), "devices/bob/t"));
         assert!(!acl.may_subscribe(ALICE, "devices/alice/t"));
         let ops = Principal {
             uid: "ops",
@@ -267,6 +303,6 @@ mod tests {
         };
         let acl = acl(vec![]);
         assert!(acl.may_subscribe(admin, "#"));
-        assert!(acl.may_publish(admin, "users/bob/inbox"));
+        assert!(acl.may_publish(Publisher::Client(admin), "users/bob/inbox"));
     }
 }

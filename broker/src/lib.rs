@@ -8,7 +8,9 @@
 //! (who may subscribe and publish where), `auth` (JWT verification, shared with the
 //! HTTP API), `topic` (filter syntax and matching), `config` (the `[mqtt]`
 //! section), `metrics`, `units` (durations, sizes, listen addresses in config),
-//! `error`.
+//! `error`. The id rule and the outbox rule are `imqtt_wire`'s, the one copy the
+//! IM side and the clients use too; `acl`'s `may_publish` applies the outbox rule
+//! for every publisher.
 
 pub mod acl;
 pub mod auth;
@@ -38,7 +40,7 @@ pub use metrics::{BrokerMetrics, BrokerStats};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use uplink::{Answer, Refusal, Uplink, UplinkMessage};
 
-use crate::acl::Acl;
+use crate::acl::{Acl, Publisher};
 use crate::auth::TokenVerifier;
 use crate::config::MqttConfig;
 use crate::edge::Edge;
@@ -97,6 +99,7 @@ impl Broker {
     pub fn handle(&self) -> BrokerHandle {
         BrokerHandle {
             hub: self.edge.hub.clone(),
+            acl: self.edge.acl.clone(),
             uplink: self.edge.uplink.clone(),
         }
     }
@@ -126,6 +129,7 @@ impl Broker {
 #[derive(Clone, Debug)]
 pub struct BrokerHandle {
     hub: Arc<Hub>,
+    acl: Acl,
     uplink: Arc<UplinkSlot>,
 }
 
@@ -145,7 +149,8 @@ impl BrokerHandle {
         if !topic::valid_topic(topic) {
             return Err(PublishError::InvalidTopic(topic.to_owned()));
         }
-        if topic::outbox_owner(topic).is_some() {
+        // The IM side may publish anywhere but on an outbox.
+        if !self.acl.may_publish(Publisher::Server, topic) {
             return Err(PublishError::Outbox(topic.to_owned()));
         }
         self.hub

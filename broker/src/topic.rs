@@ -21,13 +21,6 @@ pub fn parse_shared(filter: &str) -> Option<(&str, &str)> {
     ok.then_some((group, inner))
 }
 
-/// The user whose uplink `topic` is, when it is `users/{uid}/outbox` (DESIGN.md
-/// §3): the server consumes such publishes and routes them to nobody.
-pub fn outbox_owner(topic: &str) -> Option<&str> {
-    let uid = topic.strip_prefix("users/")?.strip_suffix("/outbox")?;
-    (!uid.is_empty() && !uid.contains('/')).then_some(uid)
-}
-
 /// Whether `filter` has a wildcard level.
 pub fn is_wildcard(filter: &str) -> bool {
     filter.contains(['+', '#'])
@@ -71,16 +64,6 @@ pub fn covers(outer: &str, inner: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outbox_topics_name_their_owner() {
-        assert_eq!(outbox_owner("users/alice/outbox"), Some("alice"));
-        assert_eq!(outbox_owner("users/alice/inbox"), None);
-        assert_eq!(outbox_owner("users//outbox"), None);
-        assert_eq!(outbox_owner("users/a/b/outbox"), None);
-        assert_eq!(outbox_owner("users/alice/outbox/x"), None);
-        assert_eq!(outbox_owner("groups/alice/outbox"), None);
-    }
 
     #[test]
     fn matching_follows_the_spec_examples() {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use broker::auth::Role;
-use broker::{QoS, Refusal, Uplink, UplinkMessage};
+use broker::{PublishError, QoS, Refusal, Uplink, UplinkMessage};
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5::{
@@ -391,6 +391,32 @@ async fn someone_elses_outbox_is_refused_even_to_an_admin() {
         .publish("users/alice/outbox", QoS::AtLeastOnce, "{}")
         .await;
     assert_eq!(admin.puback(pkid).await, PubAckReason::NotAuthorized);
+    assert!(timeout(QUIET, uplink.recv()).await.is_err());
+}
+
+#[tokio::test]
+async fn an_outbox_whose_owner_is_not_a_valid_id_is_still_an_outbox() {
+    // No user has the id "no body", so nobody may publish on its outbox, and
+    // nothing published there is ever routed.
+    let b = start().await;
+    let mut uplink = b.handle.uplink().expect("uplink");
+    let mut watcher = Raw::connect(&b, "ops", "console", Role::Admin, true).await;
+    watcher.subscribe("#").await;
+    let mut admin = Raw::connect(&b, "ops", "tool", Role::Admin, true).await;
+    let pkid = admin
+        .publish("users/no body/outbox", QoS::AtLeastOnce, "{}")
+        .await;
+    assert_eq!(admin.puback(pkid).await, PubAckReason::NotAuthorized);
+    assert_eq!(
+        b.handle.publish(
+            "users/no body/outbox",
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            false
+        ),
+        Err(PublishError::Outbox("users/no body/outbox".into()))
+    );
+    assert!(watcher.quiet().await);
     assert!(timeout(QUIET, uplink.recv()).await.is_err());
 }
 

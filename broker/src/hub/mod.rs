@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use imqtt_wire::topic::outbox_owner;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use tokio::sync::broadcast;
 
@@ -27,7 +28,6 @@ use self::session::{
 use crate::QoS;
 use crate::events::{Device, DisconnectReason, Event, EventKind, PresenceSnapshot};
 use crate::metrics::BrokerMetrics;
-use crate::topic;
 
 /// A message as published, shared by every session it is queued to.
 #[derive(Debug)]
@@ -409,7 +409,7 @@ impl Hub {
     pub(crate) fn publish(&self, publication: Publication) -> Vec<Arc<Session>> {
         // The outbox is the server's uplink (DESIGN.md §3): never routed, never
         // retained, whoever publishes there.
-        if topic::outbox_owner(&publication.topic).is_some() {
+        if outbox_owner(&publication.topic).is_some() {
             return Vec::new();
         }
         let p = Arc::new(publication);

@@ -5,7 +5,8 @@
 //! Inside: ids and conversation ids ([`is_valid_id`], [`ConvId`]), the message
 //! [`Envelope`], the [`Event`]s on `users/{uid}/events`, [`Presence`], the HTTP
 //! request and response bodies (sending, sync and acks, groups, contacts,
-//! accounts) with the error body [`ErrorBody`], and the MQTT [`topic`] builders.
+//! accounts) with the error body [`ErrorBody`], and the MQTT [`topic`]s: their
+//! builders and the outbox rule ([`topic::outbox_owner`]), which the broker applies.
 
 mod accounts;
 mod admin;

@@ -25,11 +25,13 @@ impl<'a> Topic<'a> {
     /// The IM topic `topic` names, or `None` when it is not one (or its id is
     /// invalid).
     pub fn parse(topic: &'a str) -> Option<Topic<'a>> {
+        if let Some(uid) = outbox_owner(topic) {
+            return is_valid_id(uid).then_some(Topic::Outbox(uid));
+        }
         let parts: Vec<&str> = topic.split('/').collect();
         let parsed = match parts.as_slice() {
             ["users", uid, "inbox"] => Topic::Inbox(uid),
             ["users", uid, "events"] => Topic::Events(uid),
-            ["users", uid, "outbox"] => Topic::Outbox(uid),
             ["groups", gid] => Topic::Group(gid),
             ["presence", uid] => Topic::Presence(uid),
             _ => return None,
@@ -59,6 +61,17 @@ impl fmt::Display for Topic<'_> {
             Topic::Presence(uid) => write!(f, "presence/{uid}"),
         }
     }
+}
+
+/// The user whose outbox `topic` is, when it is `users/{uid}/outbox` with `uid` one
+/// non-empty level. This is the outbox rule, written once: the server consumes
+/// every such topic and routes none of them, and only `uid` may publish there. An
+/// owner that is not a valid id still makes an outbox (one nobody may publish on),
+/// so that no spelling of a topic escapes the rule; [`Topic::parse`] finds
+/// [`Topic::Outbox`] where the owner is a valid id.
+pub fn outbox_owner(topic: &str) -> Option<&str> {
+    let uid = topic.strip_prefix("users/")?.strip_suffix("/outbox")?;
+    (!uid.is_empty() && !uid.contains('/')).then_some(uid)
 }
 
 /// `users/{uid}/inbox`.
@@ -108,6 +121,19 @@ mod tests {
             assert!(group(bad).is_err(), "{bad}");
             assert!(presence(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn outbox_topics_name_their_owner() {
+        assert_eq!(outbox_owner("users/alice/outbox"), Some("alice"));
+        assert_eq!(outbox_owner("users/a b/outbox"), Some("a b"));
+        assert_eq!(outbox_owner("users/alice/inbox"), None);
+        assert_eq!(outbox_owner("users//outbox"), None);
+        assert_eq!(outbox_owner("users/a/b/outbox"), None);
+        assert_eq!(outbox_owner("users/alice/outbox/x"), None);
+        assert_eq!(outbox_owner("groups/alice/outbox"), None);
+        assert_eq!(outbox_owner("/users/alice/outbox"), None);
+        assert_eq!(Topic::parse("users/a b/outbox"), None);
     }
 
     #[test]

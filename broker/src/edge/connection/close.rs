@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use imqtt_wire::topic::outbox_owner;
 use rumqttc::v5::mqttbytes::v5::{self, DisconnectReasonCode, PublishProperties};
 use tokio::io::AsyncWriteExt;
 
@@ -14,7 +15,6 @@ use super::Conn;
 use crate::events::DisconnectReason;
 use crate::hub::Publication;
 use crate::hub::session::{CloseRequest, Ended};
-use crate::topic;
 use crate::uplink::{Answer, UplinkMessage};
 
 /// How long a closing connection keeps reading after its DISCONNECT.
@@ -213,9 +213,10 @@ impl<S: Transport> Conn<S> {
 }
 
 /// Publishes a will; one on the user's own outbox goes to the uplink instead,
-/// like any outbox publish (its answer has nobody left to tell).
+/// like any outbox publish (its answer has nobody left to tell). CONNECT allowed
+/// the will's topic, so an outbox is the user's own.
 fn send_will(edge: &super::super::Edge, uid: &str, client_id: &str, will: Will) {
-    if topic::outbox_owner(&will.topic) == Some(uid) {
+    if outbox_owner(&will.topic).is_some() {
         if let Some(tx) = edge.uplink.sender().cloned() {
             let msg = UplinkMessage {
                 uid: uid.to_owned(),

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use imqtt_wire::is_valid_id;
 use rumqttc::v5::mqttbytes::v5::{self, ConnAck, ConnAckProperties, ConnectReturnCode};
 
 use super::super::codec::{self, CodecError, ConnectInfo, Version, reply};
@@ -14,8 +15,8 @@ use super::super::{Edge, Transport};
 use super::Conn;
 use super::close::write_now;
 use super::outbound::{OutAliases, TOPIC_ALIAS_MAX};
-use crate::acl::Principal;
-use crate::auth::{Role, TokenError, is_valid_id};
+use crate::acl::{Principal, Publisher};
+use crate::auth::{Role, TokenError};
 use crate::hub::AttachError;
 use crate::metrics::{ConnectRefusal, PacketKind};
 use crate::topic;
@@ -123,15 +124,11 @@ fn accept<S: Transport>(
         }
     };
     if let Some(will) = &connect.will {
-        let who = Principal {
+        let who = Publisher::Client(Principal {
             uid: &uid,
             superuser,
-        };
-        let own_outbox = topic::outbox_owner(&will.topic) == Some(uid.as_str());
-        let may = own_outbox
-            || (topic::outbox_owner(&will.topic).is_none()
-                && edge.acl.may_publish(who, &will.topic));
-        if !topic::valid_topic(&will.topic) || !may {
+        });
+        if !topic::valid_topic(&will.topic) || !edge.acl.may_publish(who, &will.topic) {
             tracing::info!(topic = %will.topic, "CONNECT refused: will topic not allowed");
             let code = ConnectReturnCode::NotAuthorized;
             return Err((io, Refused::new(code, ConnectRefusal::WillNotAuthorized)));

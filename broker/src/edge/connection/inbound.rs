@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use imqtt_wire::topic::outbox_owner;
 use rumqttc::v5::mqttbytes::v5::{
     self, DisconnectReasonCode, PubAckReason, PubRecReason, Publish, PublishProperties,
     RetainForwardRule, SubscribeReasonCode, UnsubAckReason,
@@ -20,7 +21,7 @@ use super::close::Close;
 use super::outbound::TOPIC_ALIAS_MAX;
 use super::uplink::Ack;
 use crate::QoS;
-use crate::acl::Principal;
+use crate::acl::{Principal, Publisher};
 use crate::hub::Publication;
 use crate::hub::session::{Outgoing, Receipt, Stale, SubOpts};
 use crate::metrics::PacketKind;
@@ -144,13 +145,11 @@ impl<S: Transport> Conn<S> {
         if !topic::valid_topic(&topic) {
             return Err(Close::error(DisconnectReasonCode::TopicNameInvalid));
         }
-        let outbox = topic::outbox_owner(&topic);
-        // The outbox is its owner's uplink alone, superusers included.
-        let allowed = match outbox {
-            Some(owner) => owner == &*self.session.uid,
-            None => self.edge.acl.may_publish(self.principal(), &topic),
-        };
-        if !allowed {
+        if !self
+            .edge
+            .acl
+            .may_publish(Publisher::Client(self.principal()), &topic)
+        {
             tracing::info!(
                 user = %self.session.uid,
                 client_id = self.session.client_id(),
@@ -162,7 +161,8 @@ impl<S: Transport> Conn<S> {
         // A copy: the parsed payload shares the whole read buffer it came in,
         // which a retained, queued or uplinked message would otherwise keep alive.
         let payload = Bytes::copy_from_slice(&p.payload);
-        if outbox.is_some() {
+        // Allowed, so an outbox is the client's own.
+        if outbox_owner(&topic).is_some() {
             return self.uplink(p.pkid, p.qos, payload);
         }
         let expires_at = props
