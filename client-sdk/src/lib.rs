@@ -1,16 +1,16 @@
-//! The Rust client of imqtt. `wire` holds the JSON and topic formats of DESIGN.md
-//! §3-5 (envelope, events, presence, HTTP bodies, conversation ids, topic
-//! builders) as plain serde types, which the server (`im-bridge`) uses too; it is
-//! all there is without the default `client` feature.
+//! The Rust client of imqtt. `wire` is the `imqtt-wire` crate: the JSON and topic
+//! formats of DESIGN.md §3-5 (envelope, events, presence, HTTP bodies,
+//! conversation ids, topic builders) as plain serde types, which the server uses
+//! too.
 //!
-//! With it: [`Client`] (one device: MQTT connection, subscriptions, catch-up and
+//! The library: [`Client`] (one device: MQTT connection, subscriptions, catch-up and
 //! gap fill, [`Events`] in which every conversation's messages come exactly once
 //! and in seq order, batched acks), [`Api`] (the HTTP API as typed calls, with
 //! idempotent retried sends), [`CursorStore`] with [`MemoryCursors`] and
 //! [`FileCursors`], [`RetryPolicy`], [`Credentials`] and [`TokenRefresh`], and one
 //! [`Error`]. Inside: `session` (the MQTT loop and the driver), `order` (dedupe,
 //! ordering, what to fetch), `acks`. The `imqtt-cli` and `imqtt-bench` binaries
-//! live in `src/bin/`.
+//! are crates of their own, in `client-sdk/cli/` and `client-sdk/bench/`.
 //!
 //! ```no_run
 //! use imqtt_client::{Client, ClientConfig, ClientEvent, Credentials};
@@ -37,38 +37,21 @@
 
 pub use imqtt_wire as wire;
 
-#[cfg(feature = "client")]
 mod acks;
-#[cfg(feature = "client")]
 mod api;
-#[cfg(feature = "client")]
 mod client;
-#[cfg(feature = "client")]
 mod cursors;
-#[cfg(feature = "client")]
 mod error;
-#[cfg(feature = "client")]
 mod ids;
-#[cfg(feature = "client")]
 mod order;
-#[cfg(feature = "client")]
 mod retry;
-#[cfg(feature = "client")]
 mod session;
-#[cfg(feature = "client")]
 mod token;
 
-#[cfg(feature = "client")]
 pub use api::{Api, Sent, sign_in_at, sign_up};
-#[cfg(feature = "client")]
 pub use client::{Client, ClientConfig, ClientEvent, Events, GroupEvent};
-#[cfg(feature = "client")]
 pub use cursors::{CursorStore, FileCursors, MemoryCursors};
-#[cfg(feature = "client")]
 pub use error::Error;
-#[cfg(feature = "client")]
 pub use ids::new_client_msg_id;
-#[cfg(feature = "client")]
 pub use retry::RetryPolicy;
-#[cfg(feature = "client")]
 pub use token::{Credentials, TokenFuture, TokenRefresh};

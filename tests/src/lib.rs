@@ -32,24 +32,20 @@ pub fn imqtt_bin() -> PathBuf {
 
 /// The `imqtt-bench` binary under test: `$IMQTT_BENCH_BIN`, or the one cargo built
 /// next to this test executable (`cargo test --workspace` builds it, because
-/// `client-sdk` has integration tests).
+/// `imqtt-bench`, in `client-sdk/bench/`, has integration tests).
 pub fn bench_bin() -> PathBuf {
     built_bin(
         "imqtt-bench",
         "IMQTT_BENCH_BIN",
-        "cargo build -p client-sdk --bin imqtt-bench",
+        "cargo build -p imqtt-bench",
     )
 }
 
 /// The `imqtt-cli` binary under test: `$IMQTT_CLI_BIN`, or the one cargo built
 /// next to this test executable (`cargo test --workspace` builds it, because
-/// `client-sdk` has integration tests).
+/// `imqtt-cli`, in `client-sdk/cli/`, has integration tests).
 pub fn cli_bin() -> PathBuf {
-    built_bin(
-        "imqtt-cli",
-        "IMQTT_CLI_BIN",
-        "cargo build -p client-sdk --bin imqtt-cli",
-    )
+    built_bin("imqtt-cli", "IMQTT_CLI_BIN", "cargo build -p imqtt-cli")
 }
 
 /// `$override_var` if set, else binary `name` of this workspace's target directory.
