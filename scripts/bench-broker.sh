@@ -7,7 +7,7 @@
 # RUMQTTD names its binary (cargo install rumqttd --version 0.20.0 --root DIR), at
 # RUMQTTD_CLIENTS clients (default 5000: its connect cost grows with the clients
 # already connected, DESIGN.md §9, so 19,000 would take most of an hour).
-# BEFORE=path/to/another/imqtt adds that build to each round, to compare two
+# BEFORE=path/to/another/imqtt (BEFORE_CONFIG: the config file it reads) adds that build to each round, to compare two
 # builds in one pass.  scripts/bench-broker.sh [RUNS] [CLIENTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ imqtt_run() { # server-binary name bench-args...
   local data; data=$(mktemp -d)
   IMQTT_AUTH__JWT_SECRET=$secret IMQTT_MQTT__TCP=127.0.0.1:18831 IMQTT_MQTT__WS="" \
     IMQTT_HTTP__LISTEN=127.0.0.1:18081 IMQTT_STORE__PATH="$data/db" RUST_LOG=warn \
-    "$server" --config config/imqtt.toml --print-addrs >"$data/addrs" 2>"$data/log" &
+    "$server" --config "${config:-config/imqtt.toml}" --print-addrs >"$data/addrs" 2>"$data/log" &
   local pid=$!
   for _ in $(seq 100); do grep -q '^http=' "$data/addrs" 2>/dev/null && break; sleep 0.1; done
   $bin/imqtt-bench --port 18831 --jwt-secret "$secret" --client-role admin --server-pid $pid \
@@ -64,14 +64,14 @@ rumqttd_run() { # name bench-args...
 
 for _ in $(seq "$runs"); do
   imqtt_run "$bin/imqtt" fanout --clients "$clients"
-  [ -z "${BEFORE:-}" ] || imqtt_run "$BEFORE" before-fanout --clients "$clients"
+  [ -z "${BEFORE:-}" ] || config=${BEFORE_CONFIG:-config/imqtt.toml} imqtt_run "$BEFORE" before-fanout --clients "$clients"
   mosquitto_run fanout --clients "$clients"
   rumqttd_run fanout --clients "${RUMQTTD_CLIENTS:-5000}" --timeout-secs 1800
 done
 for _ in $(seq "$runs"); do
   for q in 1 0; do
     imqtt_run "$bin/imqtt" relay-qos$q --scenario relay --qos $q --messages 50000
-    [ -z "${BEFORE:-}" ] || imqtt_run "$BEFORE" before-relay-qos$q --scenario relay --qos $q --messages 50000
+    [ -z "${BEFORE:-}" ] || config=${BEFORE_CONFIG:-config/imqtt.toml} imqtt_run "$BEFORE" before-relay-qos$q --scenario relay --qos $q --messages 50000
     mosquitto_run relay-qos$q --scenario relay --qos $q --messages 50000
     rumqttd_run relay-qos$q --scenario relay --qos $q --messages 50000
   done
