@@ -64,6 +64,10 @@ pub enum Event {
         /// Who deleted it.
         by: String,
     },
+    /// The server's node was cut off from the rest of its cluster and is back:
+    /// messages pushed meanwhile may be missing. Read the heads and fetch what is
+    /// missing, as after a reconnection.
+    Resync,
 }
 
 #[cfg(test)]
@@ -77,6 +81,7 @@ mod tests {
 
     #[test]
     fn every_event_has_the_json_of_the_design_table() {
+        round_trip(&Event::Resync, r#"{"type":"resync"}"#);
         let conv: ConvId = "group:g1".parse().expect("conv");
         round_trip(
             &Event::Sync {
