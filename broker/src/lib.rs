@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod edge;
 pub mod error;
@@ -35,9 +36,12 @@ use tokio::sync::broadcast;
 pub use acl::{Authorizer, DenyAll};
 pub use error::{PublishError, StartError};
 pub use events::{Device, DisconnectReason, Event, EventKind, PresenceSnapshot};
+pub use hub::Publication;
 pub use metrics::{BrokerMetrics, BrokerStats};
 /// Quality of service, as on the wire.
 pub use rumqttc::v5::mqttbytes::QoS;
+/// MQTT 5 properties a publication carries to its subscribers.
+pub use rumqttc::v5::mqttbytes::v5::PublishProperties;
 pub use uplink::{Answer, Refusal, Uplink, UplinkMessage};
 
 use crate::acl::{Acl, Publisher};
@@ -45,7 +49,7 @@ use crate::auth::TokenVerifier;
 use crate::config::MqttConfig;
 use crate::edge::Edge;
 use crate::edge::listener::Listeners;
-use crate::hub::{Hub, HubLimits, Publication};
+use crate::hub::{Hub, HubLimits, Scope};
 use crate::uplink::UplinkSlot;
 
 /// The lower of two QoS levels.
@@ -156,6 +160,86 @@ impl BrokerHandle {
         self.hub
             .publish(Publication::new(topic, payload, qos, retain));
         Ok(())
+    }
+
+    /// Like [`BrokerHandle::publish`], to this node's sessions only: for what
+    /// every node of a cluster works out for itself (presence) or tells only its
+    /// own users.
+    pub fn publish_node(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), PublishError> {
+        if !topic::valid_topic(topic) {
+            return Err(PublishError::InvalidTopic(topic.to_owned()));
+        }
+        if !self.acl.may_publish(Publisher::Server, topic) {
+            return Err(PublishError::Outbox(topic.to_owned()));
+        }
+        let mut p = Publication::new(topic, payload, qos, retain);
+        p.scope = Scope::Node;
+        self.hub.publish(p);
+        Ok(())
+    }
+
+    /// Routes a publication another node made (see [`Publication::remote`]) to
+    /// this node's sessions, and keeps it if retained. It is not handed back to
+    /// the cluster link.
+    pub fn publish_remote(&self, publication: Publication) -> Result<(), PublishError> {
+        if !topic::valid_topic(&publication.topic) {
+            return Err(PublishError::InvalidTopic(publication.topic.to_string()));
+        }
+        if !self.acl.may_publish(Publisher::Server, &publication.topic) {
+            return Err(PublishError::Outbox(publication.topic.to_string()));
+        }
+        self.hub.publish(publication);
+        Ok(())
+    }
+
+    /// Joins this node to a cluster: from now on every publication made here is
+    /// handed to `link`, and `link` hears what this node's sessions hold and which
+    /// attach. Call it before serving. Returns false when a link is set already.
+    pub fn set_link(&self, link: Arc<dyn cluster::Link>) -> bool {
+        self.hub.set_link(link)
+    }
+
+    /// Another node attached the session `{uid}:{client_id}` at `at_ms` (Unix
+    /// ms): ends the one here (v5 DISCONNECT 0x8E, connected or persistent)
+    /// unless it attached later, or at the same millisecond and `tie_is_ours`.
+    /// Returns whether one ended.
+    pub fn taken_over_elsewhere(
+        &self,
+        uid: &str,
+        client_id: &str,
+        at_ms: u64,
+        tie_is_ours: bool,
+    ) -> bool {
+        self.hub
+            .taken_over_elsewhere(uid, client_id, at_ms, tie_is_ours)
+    }
+
+    /// Every user with a session on this node. Visits every user: for recovery,
+    /// not for a hot path.
+    pub fn users(&self) -> Vec<String> {
+        self.hub.users().iter().map(|u| u.to_string()).collect()
+    }
+
+    /// The filters of `uid`'s sessions on this node that start with `prefix`.
+    /// Visits only that user's sessions.
+    pub fn filters_of(&self, uid: &str, prefix: &str) -> Vec<String> {
+        self.hub.filters_of(uid, prefix)
+    }
+
+    /// Every (user, filter) subscription of this node whose filter starts with
+    /// one of `prefixes`. Visits every session: for recovery, not a hot path.
+    pub fn subscriptions_under(&self, prefixes: &[&str]) -> Vec<(String, String)> {
+        self.hub
+            .subscriptions_under(prefixes)
+            .into_iter()
+            .map(|(u, f)| (u.to_string(), f))
+            .collect()
     }
 
     /// The users' outbox publishes, from now on; `Some` the first time only. Until

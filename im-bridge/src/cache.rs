@@ -42,7 +42,8 @@ enum Value {
 }
 
 /// A change the commit loop reports once it is durable.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     /// `uid`'s membership of `gid` was set or forgotten.
     Member {
@@ -79,6 +80,16 @@ pub struct AccessCache {
     /// (PostgreSQL) and their changes are not reported here; `None`: until
     /// invalidated.
     max_age: Option<Duration>,
+    observer: std::sync::OnceLock<Observer>,
+}
+
+/// Who hears of committed changes.
+struct Observer(Box<dyn Fn(&Change) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl Default for AccessCache {
@@ -95,6 +106,7 @@ impl AccessCache {
             hasher: Default::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             max_age: None,
+            observer: std::sync::OnceLock::new(),
         }
     }
 
@@ -187,6 +199,31 @@ impl AccessCache {
         match self.get_or_load(key, || load().map(|l| Value::List(l.into())))? {
             Value::List(l) => Ok(l),
             Value::Yes(_) => Ok(Arc::from(Vec::new())),
+        }
+    }
+
+    /// Calls `observer` with every change the commit loop reports from now on
+    /// (the cluster tells the other nodes); false if one is set already.
+    pub fn observe(&self, observer: Box<dyn Fn(&Change) + Send + Sync>) -> bool {
+        self.observer.set(Observer(observer)).is_ok()
+    }
+
+    /// The commit loop's report of a durable change: forgets what it may have
+    /// made wrong, and tells the observer.
+    pub fn committed(&self, change: &Change) {
+        self.invalidate(change);
+        if let Some(observe) = self.observer.get() {
+            (observe.0)(change);
+        }
+    }
+
+    /// Forgets every entry (a node that was cut off from the others cannot
+    /// know what changed meanwhile).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.generation += 1;
+            shard.map.clear();
         }
     }
 

@@ -479,7 +479,7 @@ impl Loop<'_> {
             Ok(()) => {
                 // Before anyone is answered or anything later delivered.
                 for c in &changes {
-                    self.cache.invalidate(c);
+                    self.cache.committed(c);
                 }
                 for d in done {
                     match d {

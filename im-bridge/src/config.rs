@@ -39,6 +39,89 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[log]`: log level and format.
     pub log: LogConfig,
+    /// `[cluster]`: the other nodes, over NATS.
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section: empty `nats` runs a single node.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs, comma-separated (`nats://host:4222`); `""`: no cluster.
+    pub nats: String,
+    /// This node's name, unique in the cluster; `""`: hostname and process id.
+    pub node: String,
+    /// How often a node announces itself; one silent for three is dead.
+    pub heartbeat: Duration,
+    /// The start of every NATS subject this cluster uses.
+    pub subject_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: String::new(),
+            node: String::new(),
+            heartbeat: Duration::secs(2),
+            subject_prefix: "imqtt".to_owned(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.nats.trim().is_empty()
+    }
+
+    /// The NATS server addresses, as written.
+    pub fn servers(&self) -> Vec<String> {
+        self.nats
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Checks that need more than one key; each problem names the key.
+    pub fn validate(&self, store: &StoreConfig) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        if !self.enabled() {
+            return errs;
+        }
+        if store.engine == Engine::Sled {
+            errs.push((
+                "cluster.nats",
+                "needs store.engine = \"postgres\": with store.engine = \"sled\" the store is one process's, and nodes must share one".to_owned(),
+            ));
+        }
+        for url in self.servers() {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                errs.push((
+                    "cluster.nats",
+                    format!("{url:?} is not a NATS address (nats://host:port): {e}"),
+                ));
+            }
+        }
+        if self.heartbeat.get().is_zero() {
+            errs.push(("cluster.heartbeat", "must be more than 0".to_owned()));
+        }
+        if !crate::cluster::subjects::valid_prefix(&self.subject_prefix) {
+            errs.push((
+                "cluster.subject_prefix",
+                "must be NATS subject tokens (letters, digits, - and _, separated by dots)"
+                    .to_owned(),
+            ));
+        }
+        if !self.node.is_empty() && !crate::cluster::subjects::valid_node(&self.node) {
+            errs.push((
+                "cluster.node",
+                "may hold letters, digits, -, _ and . only (at most 64)".to_owned(),
+            ));
+        }
+        errs
+    }
 }
 
 /// The `[http]` section.
@@ -424,6 +507,7 @@ impl Config {
             delivery: loader.section("delivery"),
             limits: loader.section("limits"),
             log: loader.section("log"),
+            cluster: loader.section("cluster"),
         };
         let Loader {
             root, mut errors, ..
@@ -432,7 +516,7 @@ impl Config {
             errors.push(ConfigError {
                 key: key.clone(),
                 env: None,
-                message: "unknown section (expected one of mqtt, http, auth, store, delivery, limits, log)".to_owned(),
+                message: "unknown section (expected one of mqtt, http, auth, store, delivery, limits, log, cluster)".to_owned(),
             });
         }
         // Cross-key checks run on sections whose keys all parsed, so that a value
@@ -452,6 +536,9 @@ impl Config {
         if clean("limits") {
             checks.extend(cfg.limits.validate());
             checks.extend(cfg.store.validate());
+        }
+        if clean("cluster") && clean("store") {
+            checks.extend(cfg.cluster.validate(&cfg.store));
         }
         if clean("http") && clean("limits") && cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
             checks.push((

@@ -143,6 +143,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The cluster link could not start (`cluster.*`).
+    #[error("{0}")]
+    Cluster(String),
     /// A store operation failed.
     #[error("{0}")]
     Storage(StoreError),
@@ -303,6 +306,7 @@ impl Error {
             | Error::StoreInUse { .. }
             | Error::StoreOpen { .. }
             | Error::Database { .. }
+            | Error::Cluster(_)
             | Error::Store(_)
             | Error::Storage(_)
             | Error::PasswordHash(_)

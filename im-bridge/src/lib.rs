@@ -19,6 +19,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod copy;

@@ -9,16 +9,22 @@
 //! (`Lagged`), it republishes every user of the broker's snapshot, and every
 //! retained presence that says online while the user is not connected.
 //! Presence is never restored from the store: a restart starts everyone offline.
+//!
+//! In a cluster every node holds the others' devices per user (announced over
+//! NATS, see `cluster`), and publishes the union here: the retained presence is
+//! the same on every node, and each node's own watchers get it from their node.
 
 use broker::{BrokerHandle, DisconnectReason, EventKind, QoS};
 use bytes::Bytes;
 use imqtt_wire::{self as wire, Presence, PresenceStatus};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::cluster::Cluster;
+
 /// Follows the broker's connection events and publishes presence, until the
 /// broker is gone. Subscribes before returning, so no event after this call is
-/// missed.
-pub fn spawn(broker: BrokerHandle) {
+/// missed. In a cluster, each change is also announced to the other nodes.
+pub fn spawn(broker: BrokerHandle, cluster: Option<Cluster>) {
     let mut events = broker.events();
     tokio::spawn(async move {
         loop {
@@ -30,10 +36,10 @@ pub fn spawn(broker: BrokerHandle) {
                 Ok(e)
                     if e.kind == EventKind::Disconnected(DisconnectReason::TakenOver)
                         && e.connections > 0 => {}
-                Ok(e) => publish(&broker, &e.uid),
+                Ok(e) => changed(&broker, cluster.as_ref(), &e.uid),
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "presence fell behind; rebuilding from a snapshot");
-                    catch_up(&broker);
+                    catch_up(&broker, cluster.as_ref());
                 }
                 Err(RecvError::Closed) => return,
             }
@@ -41,36 +47,63 @@ pub fn spawn(broker: BrokerHandle) {
     });
 }
 
+/// This node's devices of `uid` changed.
+fn changed(broker: &BrokerHandle, cluster: Option<&Cluster>, uid: &str) {
+    let ts = crate::commit::now_ms();
+    publish_here(broker, cluster.map(|c| c.remote_devices(uid)), uid, ts);
+    if let Some(c) = cluster {
+        c.devices_changed(uid, ts);
+    }
+}
+
 /// After a lag: everyone connected now, and everyone whose retained presence
 /// still says online but who is not.
-fn catch_up(broker: &BrokerHandle) {
+fn catch_up(broker: &BrokerHandle, cluster: Option<&Cluster>) {
     let snapshot = broker.presence_snapshot();
     for (uid, _) in &snapshot.users {
-        publish(broker, uid);
+        changed(broker, cluster, uid);
     }
     for (_, payload) in broker.retained("presence/+") {
         if let Ok(p) = serde_json::from_slice::<Presence>(&payload)
             && p.status == PresenceStatus::Online
             && broker.connections(&p.user) == 0
         {
-            publish(broker, &p.user);
+            changed(broker, cluster, &p.user);
         }
     }
 }
 
-/// `uid`'s presence now, as the broker sees it.
-pub fn current(broker: &BrokerHandle, uid: &str) -> Presence {
-    let devices = broker.connected_clients(uid);
+/// `uid`'s devices: this node's, and in a cluster the other nodes' too (sorted,
+/// so that every node writes the same list).
+fn devices(broker: &BrokerHandle, remote: Option<Vec<String>>, uid: &str) -> Vec<String> {
+    let mut devices = broker.connected_clients(uid);
+    if let Some(remote) = remote {
+        devices.extend(remote);
+        devices.sort();
+        devices.dedup();
+    }
+    devices
+}
+
+/// The presence retained here for `uid`, if any.
+fn retained(broker: &BrokerHandle, uid: &str) -> Option<Presence> {
+    wire::topic::presence(uid)
+        .ok()
+        .and_then(|t| broker.retained(&t).pop())
+        .and_then(|(_, p)| serde_json::from_slice::<Presence>(&p).ok())
+}
+
+/// `uid`'s presence now, as this node sees it (in a cluster, every node's
+/// devices).
+pub fn current(broker: &BrokerHandle, cluster: Option<&Cluster>, uid: &str) -> Presence {
+    let devices = devices(broker, cluster.map(|c| c.remote_devices(uid)), uid);
     let status = if devices.is_empty() {
         PresenceStatus::Offline
     } else {
         PresenceStatus::Online
     };
     // The time of the last change is the one published, when it says the same.
-    let ts = wire::topic::presence(uid)
-        .ok()
-        .and_then(|t| broker.retained(&t).pop())
-        .and_then(|(_, p)| serde_json::from_slice::<Presence>(&p).ok())
+    let ts = retained(broker, uid)
         .filter(|p| p.status == status)
         .map_or(0, |p| p.ts);
     Presence {
@@ -81,23 +114,39 @@ pub fn current(broker: &BrokerHandle, uid: &str) -> Presence {
     }
 }
 
-fn publish(broker: &BrokerHandle, uid: &str) {
-    let devices = broker.connected_clients(uid);
+/// Publishes `uid`'s presence, retained, to this node's sessions (each node
+/// works it out for itself), unless it says what the retained one says. `remote`
+/// is the other nodes' devices in a cluster (then the time is the later of `ts`
+/// and the retained one's, so every node writes the same).
+pub fn publish_here(broker: &BrokerHandle, remote: Option<Vec<String>>, uid: &str, ts: u64) {
+    let in_cluster = remote.is_some();
+    let devices = devices(broker, remote, uid);
     let status = if devices.is_empty() {
         PresenceStatus::Offline
     } else {
         PresenceStatus::Online
     };
+    let before = retained(broker, uid);
+    if let Some(b) = &before
+        && b.status == status
+        && b.devices == devices
+    {
+        return;
+    }
+    let ts = match (&before, in_cluster) {
+        (Some(b), true) => ts.max(b.ts),
+        _ => ts,
+    };
     let presence = Presence {
         user: uid.to_owned(),
         status,
         devices,
-        ts: crate::commit::now_ms(),
+        ts,
     };
     let (Ok(topic), Ok(json)) = (wire::topic::presence(uid), serde_json::to_vec(&presence)) else {
         return;
     };
-    if let Err(e) = broker.publish(&topic, Bytes::from(json), QoS::AtLeastOnce, true) {
+    if let Err(e) = broker.publish_node(&topic, Bytes::from(json), QoS::AtLeastOnce, true) {
         tracing::error!(error = %e, uid, "cannot publish presence");
     }
 }

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::access::Access;
 use crate::api::{self, AppState};
 use crate::cache::AccessCache;
+use crate::cluster::Cluster;
 use crate::commit::{Committer, FlushPolicy, WeakCommitter};
 use crate::config::Config;
 use crate::config::{FlushMode, Retention};
@@ -71,8 +72,13 @@ impl Server {
         store: Arc<dyn Store>,
     ) -> Result<(AppState, TcpListener, Broker)> {
         let mut broker_metrics = None;
+        let mut cluster_metrics = None;
+        let clustered = config.cluster.enabled();
         let metrics = Metrics::new(|registry| {
             broker_metrics = Some(Arc::new(BrokerMetrics::register(registry)));
+            if clustered {
+                cluster_metrics = Some(crate::cluster::ClusterMetrics::register(registry));
+            }
         });
         let broker_metrics =
             broker_metrics.unwrap_or_else(|| Arc::new(BrokerMetrics::unregistered()));
@@ -93,6 +99,17 @@ impl Server {
             broker_metrics,
         )
         .await?;
+        // The cluster link joins the hub before anything is served, so it hears
+        // of every session and subscription.
+        let cluster = match cluster_metrics {
+            Some(m) => {
+                let c = Cluster::start(&config.cluster, mqtt.handle(), access.clone(), m).await?;
+                let tell = c.clone();
+                cache.observe(Box::new(move |change| tell.invalidate(change)));
+                Some(c)
+            }
+            None => None,
+        };
         let addr = config.http.listen;
         let http = TcpListener::bind(addr).await.map_err(|cause| Error::Bind {
             key: "http.listen",
@@ -116,6 +133,7 @@ impl Server {
                 ),
             ),
             broker: mqtt.handle(),
+            cluster,
             send_limit: Arc::new(RateLimiter::from_config(&config.limits)),
             config: Arc::new(config),
             verifier,
@@ -129,7 +147,7 @@ impl Server {
             mqtt_addrs: mqtt.local_addrs().into(),
         };
         // Presence follows connections from the first one on.
-        crate::presence::spawn(state.broker.clone());
+        crate::presence::spawn(state.broker.clone(), state.cluster.clone());
         // Publishes on the users' outboxes are sends, from now on.
         if let Some(uplink) = state.broker.uplink() {
             crate::outbox::spawn(uplink, state.clone());

@@ -260,6 +260,23 @@ impl Index {
         hit
     }
 
+    /// Whether any session subscribes to `filter` (a shared subscription's
+    /// filter counts as its inner filter), in O(filter levels).
+    pub(crate) fn holds(&self, filter: &str) -> bool {
+        let (_, filter) = split_shared(filter);
+        if !crate::topic::is_wildcard(filter) {
+            return self.exact.contains_key(filter);
+        }
+        let mut node = &self.wild;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        !node.entry.is_empty()
+    }
+
     /// Calls `f` for every subscription whose filter matches `topic` (one member
     /// per shared group).
     pub(crate) fn for_each_match(&self, topic: &str, mut f: impl FnMut(&Subscriber)) {
@@ -330,6 +347,30 @@ mod tests {
         index.for_each_match(topic, |s| ids.push(s.session.id));
         ids.sort_unstable();
         ids
+    }
+
+    #[test]
+    fn holds_follows_the_first_and_last_subscriber_of_a_filter() {
+        let mut index = Index::default();
+        for f in ["a/b", "a/+", "a/#", "$share/g/a/+"] {
+            assert!(!index.holds(f) || f.starts_with("$share"), "{f}");
+        }
+        index.insert("a/b", sub(1));
+        index.insert("a/b", sub(2));
+        index.insert("$share/g/a/+", sub(3));
+        assert!(index.holds("a/b"));
+        assert!(
+            index.holds("a/+"),
+            "a shared subscription holds its inner filter"
+        );
+        assert!(!index.holds("a/#"));
+        assert!(!index.holds("a"));
+        index.remove("a/b", 1);
+        assert!(index.holds("a/b"));
+        index.remove("a/b", 2);
+        assert!(!index.holds("a/b"));
+        index.remove("$share/g/a/+", 3);
+        assert!(!index.holds("a/+"));
     }
 
     #[test]

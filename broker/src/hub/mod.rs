@@ -12,7 +12,7 @@ pub(crate) mod session;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,12 +26,13 @@ use self::session::{
     CloseRequest, Dropped, Generation, Outgoing, QuotaExceeded, Session, SessionId, Stale, SubOpts,
 };
 use crate::QoS;
+use crate::cluster::{Interest, Link, Settled};
 use crate::events::{Device, DisconnectReason, Event, EventKind, PresenceSnapshot};
 use crate::metrics::BrokerMetrics;
 
 /// A message as published, shared by every session it is queued to.
 #[derive(Debug)]
-pub(crate) struct Publication {
+pub struct Publication {
     pub(crate) topic: Arc<str>,
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
@@ -42,6 +43,21 @@ pub(crate) struct Publication {
     pub(crate) expires_at: Option<Instant>,
     /// The publishing session, for No Local.
     pub(crate) origin: Option<SessionId>,
+    /// How far it goes.
+    pub(crate) scope: Scope,
+}
+
+/// How far a publication goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every node: routed here and handed to the cluster link.
+    Cluster,
+    /// This node's sessions only (what each node works out for itself, such as
+    /// presence).
+    Node,
+    /// It came from another node: routed here only, and a retained one is that
+    /// node's to persist.
+    Remote,
 }
 
 impl Publication {
@@ -55,7 +71,62 @@ impl Publication {
             props: None,
             expires_at: None,
             origin: None,
+            scope: Scope::Cluster,
         }
+    }
+
+    /// A publication another node made, to route to this node's sessions.
+    /// `expires_in` is what is left of its MQTT 5 Message Expiry Interval.
+    pub fn remote(
+        topic: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        props: Option<PublishProperties>,
+        expires_in: Option<Duration>,
+    ) -> Publication {
+        Publication {
+            topic: topic.into(),
+            payload,
+            qos,
+            retain,
+            props: props.map(Box::new),
+            expires_at: expires_in.map(|d| Instant::now() + d),
+            origin: None,
+            scope: Scope::Remote,
+        }
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The QoS it was published at.
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    /// Whether it is retained.
+    pub fn retain(&self) -> bool {
+        self.retain
+    }
+
+    /// The MQTT 5 properties subscribers get (no alias, expiry or
+    /// subscription ids).
+    pub fn properties(&self) -> Option<&PublishProperties> {
+        self.props.as_deref()
+    }
+
+    /// What is left of its lifetime, if it has one (zero: expired).
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
     }
 
     pub(crate) fn expired(&self, now: Instant) -> bool {
@@ -122,12 +193,19 @@ pub(crate) struct Hub {
     /// Topics whose retained message changed since the last
     /// [`Hub::take_retained_changes`]; `None` until someone asks (no cost before).
     retained_dirty: Mutex<Option<HashSet<Arc<str>>>>,
+    /// The rest of the cluster, when this node is part of one.
+    link: OnceLock<Arc<dyn Link>>,
     me: Weak<Hub>,
 }
 
 /// Events buffered for a slow consumer before it starts missing them (it is told
 /// how many it missed and rebuilds from [`Hub::presence_snapshot`]).
 const EVENT_BUFFER: usize = 16_384;
+
+/// A shared subscription's filter without its `$share/{group}/`.
+fn inner_filter(filter: &str) -> &str {
+    crate::topic::parse_shared(filter).map_or(filter, |(_, inner)| inner)
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -145,6 +223,7 @@ impl Hub {
             metrics,
             events,
             retained_dirty: Mutex::new(None),
+            link: OnceLock::new(),
             me: me.clone(),
         })
     }
@@ -157,6 +236,22 @@ impl Hub {
 
     pub(crate) fn subscribe_events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Joins this hub to a cluster; returns false when it has a link already.
+    /// Set before any connection is served, so the link hears of every interest.
+    pub(crate) fn set_link(&self, link: Arc<dyn Link>) -> bool {
+        self.link.set(link).is_ok()
+    }
+
+    fn link(&self) -> Option<&Arc<dyn Link>> {
+        self.link.get()
+    }
+
+    /// Resolves once what this node's sessions hold is in effect cluster-wide
+    /// (at once without a cluster).
+    pub(crate) fn settled(&self) -> Option<Settled> {
+        self.link().map(|l| l.settled())
     }
 
     /// Applies a connection change to the user's count and sends its event; under
@@ -199,6 +294,22 @@ impl Hub {
     /// (taking it over from an older connection) or starts it anew. A `device`
     /// connection makes its user online; an admin's tool does not.
     pub(crate) fn attach(
+        &self,
+        uid: &str,
+        client_id: &str,
+        clean_start: bool,
+        expiry: Duration,
+        window: u16,
+        device: bool,
+    ) -> Result<Attached, AttachError> {
+        let attached = self.attach_here(uid, client_id, clean_start, expiry, window, device)?;
+        if let Some(link) = self.link() {
+            link.attached(uid, client_id, attached.session.attached_ms());
+        }
+        Ok(attached)
+    }
+
+    fn attach_here(
         &self,
         uid: &str,
         client_id: &str,
@@ -276,12 +387,13 @@ impl Hub {
         let session = Arc::new(Session::new(generation, uid.clone(), key.clone()));
         session.attach(generation, expiry, window, device);
         sessions.by_key.insert(key, session.clone());
-        sessions
-            .by_user
-            .entry(uid)
-            .or_default()
-            .sessions
-            .push(session.clone());
+        let user = sessions.by_user.entry(uid.clone()).or_default();
+        user.sessions.push(session.clone());
+        if user.sessions.len() == 1
+            && let Some(link) = self.link()
+        {
+            link.interest(Interest::User(&uid), true);
+        }
         self.metrics.sessions.set(sessions.by_key.len() as i64);
         self.emit_locked(sessions, &session, generation, EventKind::Connected, device);
         session
@@ -341,7 +453,14 @@ impl Hub {
             sessions.by_key.remove(&session.key);
         }
         if let Some(user) = sessions.by_user.get_mut(&session.uid) {
+            let before = user.sessions.len();
             user.sessions.retain(|s| !Arc::ptr_eq(s, session));
+            if before > 0
+                && user.sessions.is_empty()
+                && let Some(link) = self.link()
+            {
+                link.interest(Interest::User(&session.uid), false);
+            }
             // Kept while a taken-over connection of it is still counted.
             if user.is_gone() {
                 sessions.by_user.remove(&session.uid);
@@ -351,7 +470,9 @@ impl Hub {
         // (and is removed here) or sees its generation gone (and changes nothing).
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         for filter in session.end().keys() {
-            index.remove(filter, session.id);
+            if index.remove(filter, session.id) {
+                self.filter_released(&index, filter);
+            }
         }
         self.metrics.subscriptions.set(index.len() as i64);
         drop(index);
@@ -375,6 +496,11 @@ impl Hub {
         if let Err(quota) = session.add_subscription(generation, filter, opts, max)? {
             return Ok(Err(quota));
         }
+        if let Some(link) = self.link()
+            && !index.holds(filter)
+        {
+            link.interest(Interest::Filter(inner_filter(filter)), true);
+        }
         let new = index.insert(
             filter,
             Subscriber {
@@ -397,8 +523,20 @@ impl Hub {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
         let had = session.remove_subscription(generation, filter)?;
         let hit = index.remove(filter, session.id);
+        if hit {
+            self.filter_released(&index, filter);
+        }
         self.metrics.subscriptions.set(index.len() as i64);
         Ok(had || hit)
+    }
+
+    /// Tells the link that nobody here subscribes to `filter` any more, if so.
+    fn filter_released(&self, index: &Index, filter: &str) {
+        if let Some(link) = self.link()
+            && !index.holds(filter)
+        {
+            link.interest(Interest::Filter(inner_filter(filter)), false);
+        }
     }
 
     /// Routes a publication to every matching session (one copy per session, at
@@ -413,6 +551,11 @@ impl Hub {
             return Vec::new();
         }
         let p = Arc::new(publication);
+        if p.scope == Scope::Cluster
+            && let Some(link) = self.link()
+        {
+            link.relay(&p);
+        }
         if p.retain {
             // A payload read off a connection is a slice of its read buffer, which
             // a retained message kept alive for as long as it stays: the whole
@@ -425,6 +568,7 @@ impl Hub {
                 props: p.props.clone(),
                 expires_at: p.expires_at,
                 origin: p.origin,
+                scope: p.scope,
             });
             let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
             if !retained.set(kept, self.limits.max_retained) {
@@ -432,7 +576,10 @@ impl Hub {
             }
             self.metrics.retained.set(retained.len() as i64);
             drop(retained);
-            if let Some(dirty) = lock(&self.retained_dirty).as_mut() {
+            // Another node's retained message is that node's to persist.
+            if p.scope != Scope::Remote
+                && let Some(dirty) = lock(&self.retained_dirty).as_mut()
+            {
                 dirty.insert(p.topic.clone());
             }
         }
@@ -584,6 +731,78 @@ impl Hub {
                 (topic, now)
             })
             .collect()
+    }
+
+    /// Another node attached the session `{uid}:{client_id}` at `at_ms`: the one
+    /// here ends (its connection gets DISCONNECT 0x8E), unless it attached later
+    /// (or at the same millisecond, when `tie_is_ours`), in which case the other
+    /// node ends its own on hearing of ours. Returns whether one ended.
+    pub(crate) fn taken_over_elsewhere(
+        &self,
+        uid: &str,
+        client_id: &str,
+        at_ms: u64,
+        tie_is_ours: bool,
+    ) -> bool {
+        let key = format!("{uid}:{client_id}");
+        let mut sessions = lock(&self.sessions);
+        let Some(old) = sessions.by_key.get(key.as_str()).cloned() else {
+            return false;
+        };
+        let ours = old.attached_ms();
+        if ours > at_ms || (ours == at_ms && tie_is_ours) {
+            return false;
+        }
+        let before = old.evict(self.unique_id());
+        self.end_locked(&mut sessions, &old);
+        if let Some(before) = before {
+            let taken = EventKind::Disconnected(DisconnectReason::TakenOver);
+            self.emit_locked(&mut sessions, &old, before.generation, taken, before.device);
+        }
+        true
+    }
+
+    /// The filters of `uid`'s sessions starting with `prefix`.
+    pub(crate) fn filters_of(&self, uid: &str, prefix: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .sessions_of(uid)
+            .iter()
+            .flat_map(|s| s.filters())
+            .filter(|f| f.starts_with(prefix))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every user with a session here. Visits every user: for recovery (a
+    /// cluster link that came back), not for a hot path.
+    pub(crate) fn users(&self) -> Vec<Arc<str>> {
+        lock(&self.sessions)
+            .by_user
+            .iter()
+            .filter(|(_, u)| !u.sessions.is_empty())
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+
+    /// Every (user, filter) subscription here whose filter starts with one of
+    /// `prefixes`. Visits every session: for recovery, not for a hot path.
+    pub(crate) fn subscriptions_under(&self, prefixes: &[&str]) -> Vec<(Arc<str>, String)> {
+        let sessions: Vec<Arc<Session>> = lock(&self.sessions).by_key.values().cloned().collect();
+        let mut out = Vec::new();
+        for s in sessions {
+            // An admin's tool may subscribe anywhere.
+            if s.is_tool() {
+                continue;
+            }
+            for filter in s.filters() {
+                if prefixes.iter().any(|p| filter.starts_with(p)) {
+                    out.push((s.uid.clone(), filter));
+                }
+            }
+        }
+        out
     }
 
     /// How many connections `uid` holds now.

@@ -151,6 +151,11 @@ struct SessionState {
     expiry: Duration,
     /// The in-flight window: the client's Receive Maximum capped by config.
     window: u16,
+    /// When the last connection attached, Unix milliseconds: of two nodes holding
+    /// the same session, the later one keeps it.
+    attached_ms: u64,
+    /// The last connection attached was an admin's tool, not a device.
+    tool: bool,
     /// When the connection last took messages off the queue or freed window
     /// slots, or got work it could take at once: a subscriber that has not for a
     /// while is stalled, and publishers do not wait for it (`Session::backlog`).
@@ -275,6 +280,25 @@ impl Session {
         self.state().last_conn == generation
     }
 
+    /// When the last connection attached, Unix milliseconds.
+    pub(crate) fn attached_ms(&self) -> u64 {
+        self.state().attached_ms
+    }
+
+    /// Whether the last connection attached was an admin's tool.
+    pub(crate) fn is_tool(&self) -> bool {
+        self.state().tool
+    }
+
+    /// The session's filters.
+    pub(crate) fn filters(&self) -> Vec<String> {
+        self.state()
+            .subscriptions
+            .keys()
+            .map(|f| f.to_string())
+            .collect()
+    }
+
     /// How long the session outlives its connection.
     pub(crate) fn expiry(&self) -> Duration {
         self.state().expiry
@@ -298,6 +322,10 @@ impl Session {
         });
         st.conn = generation;
         st.device = device;
+        st.tool = !device;
+        st.attached_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         st.last_conn = generation;
         st.close = None;
         st.expiry = expiry;

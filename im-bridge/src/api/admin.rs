@@ -58,7 +58,7 @@ pub(super) async fn user(
 ) -> Result<Json<AdminUser>, Error> {
     require_admin(&caller)?;
     let uid = path_id(path, "user")?;
-    let presence = crate::presence::current(&state.broker, &uid);
+    let presence = crate::presence::current(&state.broker, state.cluster.as_ref(), &uid);
     let looked_up = uid.clone();
     let (account, groups, conversations) = state
         .read(move |store| {
@@ -91,12 +91,37 @@ pub(super) async fn disconnect(
 ) -> Result<Json<Disconnected>, Error> {
     require_admin(&caller)?;
     let uid = path_id(path, "user")?;
-    let n = state.broker.disconnect_user(&uid);
+    let mut n = state.broker.disconnect_user(&uid) as u64;
+    if let Some(cluster) = &state.cluster {
+        n += cluster.disconnect_user(&uid).await;
+    }
     tracing::info!(user = %uid, connections = n, by = %caller.uid(), "disconnected by an admin");
     Ok(Json(Disconnected {
         user: uid,
-        disconnected: n as u64,
+        disconnected: n,
     }))
+}
+
+/// `GET /v1/admin/cluster`: the live nodes (this one alone without a cluster).
+pub(super) async fn cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, Error> {
+    require_admin(&caller)?;
+    let nodes = match &state.cluster {
+        Some(c) => c.nodes(),
+        None => {
+            let stats = state.broker.stats();
+            vec![crate::cluster::NodeInfo {
+                node: crate::cluster::node_name(&state.config.cluster),
+                connections: stats.connections,
+                sessions: stats.sessions,
+                uptime_s: state.started.elapsed().as_secs(),
+                last_seen_ms: crate::commit::now_ms(),
+            }]
+        }
+    };
+    Ok(Json(serde_json::json!({ "nodes": nodes })))
 }
 
 /// `GET /v1/server`: the version, whether built-in accounts are on, and where MQTT

@@ -15,6 +15,7 @@ use imqtt_wire::{
 
 use super::{AppState, Json};
 use crate::auth::Caller;
+use crate::cache::Change;
 use crate::error::Error;
 use crate::groups;
 
@@ -23,15 +24,28 @@ fn parsed<T>(extracted: Result<T, PathRejection>) -> Result<T, Error> {
 }
 
 /// Ends the presence subscriptions the ended co-memberships allowed, before the
-/// answer.
-async fn prune(state: &AppState, ended: groups::Ended) -> Result<(), Error> {
+/// answer; in a cluster, on every live node, as well as the group's own
+/// subscriptions there.
+async fn prune(state: &AppState, gid: &str, ended: groups::Ended) -> Result<(), Error> {
     let broker = state.broker.clone();
+    let changes: Vec<Change> = ended
+        .left
+        .iter()
+        .map(|uid| Change::Member {
+            gid: gid.to_owned(),
+            uid: uid.clone(),
+        })
+        .collect();
     state
         .read(move |store| {
             groups::prune_presence(store, &broker, &ended);
             Ok(())
         })
-        .await
+        .await?;
+    if let Some(cluster) = &state.cluster {
+        cluster.revoke(changes).await;
+    }
+    Ok(())
 }
 
 /// `POST /v1/groups`: 201 with the new group; 409 `group_exists` for a taken id.
@@ -84,7 +98,7 @@ pub(super) async fn delete(
         .committer
         .write(move |store| groups::delete(store, &broker, &caller, &gid))
         .await?;
-    prune(&state, ended).await?;
+    prune(&state, &deleted, ended).await?;
     groups::publish(&state.broker, &notices);
     groups::purge(state.committer.clone(), &deleted, head);
     Ok(StatusCode::NO_CONTENT)
@@ -117,11 +131,12 @@ pub(super) async fn remove(
 ) -> Result<StatusCode, Error> {
     let Path((gid, uid)) = parsed(path)?;
     let broker = state.broker.clone();
+    let group = gid.clone();
     let (notices, ended) = state
         .committer
         .write(move |store| groups::remove(store, &broker, &caller, &gid, &uid))
         .await?;
-    prune(&state, ended).await?;
+    prune(&state, &group, ended).await?;
     groups::publish(&state.broker, &notices);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub committer: Committer,
     /// The broker, for delivery after commit.
     pub broker: BrokerHandle,
+    /// This node's part of a cluster (`cluster.nats`), if it is in one.
+    pub cluster: Option<crate::cluster::Cluster>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Hashes and verifies account passwords, a bounded number at a time.
@@ -126,6 +128,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/presence", get(presence::presence))
         .route("/v1/server", get(admin::server))
         .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/cluster", get(admin::cluster))
         .route("/v1/admin/users/{uid}", get(admin::user))
         .route("/v1/admin/users/{uid}/disconnect", post(admin::disconnect))
         .route("/", get(web::chat))

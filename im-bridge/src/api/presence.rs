@@ -50,6 +50,10 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, Error> {
     let contact = path_id(path, "contact")?;
     let owner = caller.uid().to_owned();
+    let change = crate::cache::Change::Contact {
+        owner: owner.clone(),
+        contact: contact.clone(),
+    };
     let broker = state.broker.clone();
     state
         .committer
@@ -66,6 +70,9 @@ pub(super) async fn delete(
             Ok(((), Some(after)))
         })
         .await?;
+    if let Some(cluster) = &state.cluster {
+        cluster.revoke(vec![change]).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -115,7 +122,7 @@ pub(super) async fn presence(
     Ok(Json(PresenceList {
         presence: visible
             .iter()
-            .map(|uid| crate::presence::current(&state.broker, uid))
+            .map(|uid| crate::presence::current(&state.broker, state.cluster.as_ref(), uid))
             .collect(),
     }))
 }

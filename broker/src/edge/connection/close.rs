@@ -262,5 +262,6 @@ fn will_publication(will: Will) -> Publication {
             .map(Box::new),
         expires_at,
         origin: None,
+        scope: crate::hub::Scope::Cluster,
     }
 }

@@ -54,7 +54,14 @@ pub(super) async fn handshake<S: Transport>(edge: Arc<Edge>, mut io: S) -> Optio
     metrics.received(PacketKind::Connect);
     let version = connect.version;
     match accept(&edge, connect, io, rbuf) {
-        Ok(conn) => Some(conn),
+        Ok(conn) => {
+            // In a cluster, what other nodes publish to this user from now on
+            // must come here before the CONNACK (queued, not yet written) says so.
+            if let Some(settled) = edge.hub.settled() {
+                settled.await;
+            }
+            Some(conn)
+        }
         Err((mut io, refused)) => {
             metrics.refused(refused.why);
             write_now(&mut io, &reply::refuse(refused.code), version).await;
@@ -199,6 +206,7 @@ fn accept<S: Transport>(
         counted: None,
         congested: None,
         owing: None,
+        settle: false,
     };
     conn.io.logged_in();
     conn.push(&connack);

@@ -180,6 +180,7 @@ impl<S: Transport> Conn<S> {
             props: props.filter(|pr| !is_empty_props(pr)).map(Box::new),
             expires_at,
             origin: Some(self.session.id),
+            scope: crate::hub::Scope::Cluster,
         };
         match p.qos {
             QoS::AtMostOnce => {
@@ -324,6 +325,7 @@ impl<S: Transport> Conn<S> {
             }
         }
         self.push(&reply::suback(s.pkid, codes));
+        self.settle = true;
         // After the SUBACK, in the session's own order.
         for out in retained {
             let _ = self.edge.hub.deliver(&self.session, out);

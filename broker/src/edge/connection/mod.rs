@@ -102,6 +102,8 @@ struct Conn<S> {
     /// Acks owed to the client in publish order, and an outbox publish waiting for
     /// room in the uplink; `None` while nothing is owed.
     owing: Option<Box<Owing>>,
+    /// A SUBACK waits in `wbuf` for the cluster to hear of its filters.
+    settle: bool,
 }
 
 enum Wake {
@@ -175,6 +177,11 @@ impl<S: Transport> Conn<S> {
     /// (which may hold or congest again).
     async fn write_and_relieve(&mut self) -> Result<(), Close> {
         loop {
+            if std::mem::take(&mut self.settle)
+                && let Some(settled) = self.edge.hub.settled()
+            {
+                settled.await;
+            }
             self.drain()?;
             self.flush().await?;
             if self.holds_uplink() {
