@@ -6,6 +6,8 @@
 //! server for the tests of the PostgreSQL engine.
 
 pub mod client;
+pub mod cluster;
+pub mod nats;
 pub mod postgres;
 
 use std::collections::HashMap;
