@@ -50,7 +50,13 @@ pub fn spawn(broker: BrokerHandle, cluster: Option<Cluster>) {
 /// This node's devices of `uid` changed.
 fn changed(broker: &BrokerHandle, cluster: Option<&Cluster>, uid: &str) {
     let ts = crate::commit::now_ms();
-    publish_here(broker, cluster.map(|c| c.remote_devices(uid)), uid, ts);
+    publish_here(
+        broker,
+        cluster.map(|c| c.remote_devices(uid)),
+        uid,
+        ts,
+        true,
+    );
     if let Some(c) = cluster {
         c.devices_changed(uid, ts);
     }
@@ -115,10 +121,17 @@ pub fn current(broker: &BrokerHandle, cluster: Option<&Cluster>, uid: &str) -> P
 }
 
 /// Publishes `uid`'s presence, retained, to this node's sessions (each node
-/// works it out for itself), unless it says what the retained one says. `remote`
-/// is the other nodes' devices in a cluster (then the time is the later of `ts`
-/// and the retained one's, so every node writes the same).
-pub fn publish_here(broker: &BrokerHandle, remote: Option<Vec<String>>, uid: &str, ts: u64) {
+/// works it out for itself). A change another node announced (`always` false)
+/// is not published when it says what the retained one says. `remote` is the
+/// other nodes' devices in a cluster (then the time is the later of `ts` and the
+/// retained one's, so every node writes the same).
+pub fn publish_here(
+    broker: &BrokerHandle,
+    remote: Option<Vec<String>>,
+    uid: &str,
+    ts: u64,
+    always: bool,
+) {
     let in_cluster = remote.is_some();
     let devices = devices(broker, remote, uid);
     let status = if devices.is_empty() {
@@ -127,7 +140,8 @@ pub fn publish_here(broker: &BrokerHandle, remote: Option<Vec<String>>, uid: &st
         PresenceStatus::Online
     };
     let before = retained(broker, uid);
-    if let Some(b) = &before
+    if !always
+        && let Some(b) = &before
         && b.status == status
         && b.devices == devices
     {

@@ -72,6 +72,7 @@ async fn state() -> AppState {
             Box::new(|_| {}),
         ),
         broker: broker.handle(),
+        cluster: None,
         store,
         metrics: Arc::new(Metrics::new(|_| {})),
         passwords: Passwords::default(),

@@ -1,5 +1,6 @@
 // The operator's page: polls GET /v1/admin/stats every second (rates are the
-// difference of two answers), looks users up and disconnects them. Needs a token
+// difference of two answers) and GET /v1/admin/cluster (the live nodes), looks
+// users up and disconnects them. Needs a token
 // with the admin role; the server answers 403 to any other.
 "use strict";
 
@@ -55,6 +56,18 @@
       $("#s-delivered-rate").textContent = rate(s, last, "deliveries");
       $("#s-version").textContent = `imqtt ${s.version}`;
       last = s;
+      const c = await api("GET", "/v1/admin/cluster", { token });
+      $("#nodes").replaceChildren(
+        ...c.nodes.map((n) =>
+          el("tr", {},
+            el("td", { text: n.node }),
+            el("td", { text: n.connections.toLocaleString() }),
+            el("td", { text: n.sessions.toLocaleString() }),
+            el("td", { text: uptime(n.uptime_s) }),
+            el("td", { text: `${Math.max(0, Math.round((Date.now() - n.last_seen_ms) / 1000))} s ago` }),
+          ),
+        ),
+      );
     } catch (e) {
       fail(e);
       if (e.status === 401 || e.status === 403) {

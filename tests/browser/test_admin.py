@@ -24,6 +24,7 @@ def test_admin_refuses_a_user_token(browser, server):
         ("GET", "/v1/admin/stats"),
         ("GET", "/v1/admin/users/alice"),
         ("POST", "/v1/admin/users/alice/disconnect"),
+        ("GET", "/v1/admin/cluster"),
     ]:
         status, body = server.api(method, path, server.token("mallory"))
         assert status == 403 and body["error"]["code"] == "forbidden", (path, status, body)
@@ -38,12 +39,15 @@ def test_admin_shows_live_counts_looks_up_and_disconnects(browser, server, scree
     ctx, page = admin_page(browser, server, server.token("root", role="admin"))
     expect(page.locator("#dashboard")).to_be_visible()
     expect(page.locator("#s-connections")).to_have_text("0")
+    # One node, alone: the nodes table lists it.
+    expect(page.locator("#nodes tr")).to_have_count(1)
     alice = Chat(browser, server)
     alice.sign_up("alice")
     expect(page.locator("#s-connections")).to_have_text("1", timeout=5000)
     bob = Chat(browser, server)
     bob.sign_up("bob")
     expect(page.locator("#s-connections")).to_have_text("2", timeout=5000)
+    expect(page.locator("#nodes tr td").nth(1)).to_have_text("2", timeout=5000)
     alice.open_dm("bob")
     for i in range(20):
         alice.send(f"n{i}")

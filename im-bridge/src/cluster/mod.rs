@@ -569,7 +569,7 @@ impl Inner {
         let uids = lock(&self.remote).drop_node(node);
         for uid in uids {
             let remote = lock(&self.remote).devices(&uid);
-            crate::presence::publish_here(&self.broker, Some(remote), &uid, now_ms());
+            crate::presence::publish_here(&self.broker, Some(remote), &uid, now_ms(), false);
         }
     }
 
@@ -599,7 +599,7 @@ impl Inner {
                 }
                 for (uid, ts) in touched {
                     let remote = lock(&self.remote).devices(&uid);
-                    crate::presence::publish_here(&self.broker, Some(remote), &uid, ts);
+                    crate::presence::publish_here(&self.broker, Some(remote), &uid, ts, false);
                 }
             }
         }

@@ -112,6 +112,12 @@ impl Subjects {
     fn filter(&self, filter: &str) -> Vec<String> {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
+        // Presence never crosses: every node publishes it for itself.
+        if let ["presence", uid] = levels.as_slice()
+            && !matches!(*uid, "+" | "#")
+        {
+            return out;
+        }
         // Topics `users/{uid}/...` (two levels or more) are on `P.u.{uid}.m`.
         let (first, second) = (levels[0], levels.get(1).copied());
         if matches!(first, "users" | "+" | "#") {
@@ -220,6 +226,8 @@ mod tests {
             s.interest(Interest::Filter("users/alice/inbox")),
             vec!["imqtt.u.alice.>"]
         );
+        // Each node publishes presence for itself: watching needs no subject.
+        assert!(s.interest(Interest::Filter("presence/alice")).is_empty());
     }
 
     #[test]
