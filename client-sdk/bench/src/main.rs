@@ -81,6 +81,10 @@ struct Args {
     /// presence).
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// More MQTT ports on the same host (the other nodes of a local cluster):
+    /// MQTT clients are spread over `--port` and these, by client id.
+    #[arg(long, value_delimiter = ',')]
+    spread_ports: Vec<u16>,
     /// fanout: number of subscribing users.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -281,6 +285,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let http_base = format!("http://{}", SocketAddr::new(server.ip(), args.http_port));
     let target = Target {
         server,
+        spread: args
+            .spread_ports
+            .iter()
+            .map(|p| SocketAddr::new(server.ip(), *p))
+            .collect(),
         jwt_secret: args.jwt_secret.map(JwtSecret::new),
         keep_alive: args.keep_alive,
         step_timeout: Duration::from_secs(args.step_timeout_secs),
@@ -292,6 +301,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .build()
         .context("starting the runtime")?;
     println!("broker={server}");
+    if !args.spread_ports.is_empty() {
+        println!("spread_ports={:?}", args.spread_ports);
+    }
     println!("nofile_limit={fds}");
     println!("bench_threads={}", args.threads.max(1));
     if args.scenario.is_http() {

@@ -67,6 +67,9 @@ struct Claims<'a> {
 pub(crate) struct Target {
     /// The broker's MQTT listener; always a loopback address.
     pub(crate) server: SocketAddr,
+    /// More MQTT listeners of the same cluster (other nodes, other ports of the
+    /// same host): clients are spread over `server` and these by client id.
+    pub(crate) spread: Vec<SocketAddr>,
     /// When set, every client sends username = uid and password = a JWT signed with
     /// it; when not, clients send no credentials (anonymous brokers).
     pub(crate) jwt_secret: Option<JwtSecret>,
@@ -94,6 +97,26 @@ impl Target {
         }
     }
 
+    /// The listener `client_id` connects to: `server`, or with `spread` one of
+    /// all, picked by a hash of the id (FNV-1a), so a client always goes to the
+    /// same one.
+    pub(crate) fn server_for(&self, client_id: &str) -> SocketAddr {
+        if self.spread.is_empty() {
+            return self.server;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in client_id.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let i = (h % (self.spread.len() as u64 + 1)) as usize;
+        if i == 0 {
+            self.server
+        } else {
+            self.spread[i - 1]
+        }
+    }
+
     /// Username and password for `user`: `None` without a JWT secret.
     fn login(
         &self,
@@ -117,10 +140,11 @@ impl Target {
         read_chunk: usize,
     ) -> Result<Connection, BenchError> {
         let login = self.login(user, role)?;
+        let server = self.server_for(client_id);
         let mut conn = self
             .step(
                 "TCP connect",
-                Connection::open(self.server, source, read_chunk, self.recv_buffer),
+                Connection::open(server, source, read_chunk, self.recv_buffer),
             )
             .await?;
         let mut connect = rumqttc::mqttbytes::v4::Connect::new(client_id);
@@ -204,6 +228,7 @@ mod tests {
     fn target(server: &str) -> Target {
         Target {
             server: server.parse().expect("address"),
+            spread: Vec::new(),
             jwt_secret: None,
             keep_alive: 0,
             step_timeout: Duration::from_secs(1),
