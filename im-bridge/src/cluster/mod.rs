@@ -214,6 +214,9 @@ struct Inner {
     pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
     next_request: AtomicU64,
     announce: Mutex<Announce>,
+    /// Send a heartbeat at the next check, not at the next beat (a node just
+    /// connected, or one that just heard of a new node, says it is there).
+    beat_now: AtomicBool,
     metrics: ClusterMetrics,
 }
 
@@ -313,6 +316,7 @@ impl Cluster {
             pending: Mutex::default(),
             next_request: AtomicU64::new(1),
             announce: Mutex::default(),
+            beat_now: AtomicBool::new(false),
             metrics,
         });
         inner.metrics.nodes.set(1);
@@ -578,6 +582,7 @@ impl Inner {
             PresenceMsg::Hello { node, .. } => {
                 if node != self.node {
                     lock(&self.announce).full = true;
+                    self.beat_now.store(true, Ordering::Release);
                 }
             }
             PresenceMsg::Devices {
@@ -880,7 +885,7 @@ async fn heartbeats(inner: Weak<Inner>) {
     let mut next_beat = Instant::now();
     loop {
         let Some(i) = inner.upgrade() else { return };
-        if Instant::now() >= next_beat {
+        if Instant::now() >= next_beat || i.beat_now.swap(false, Ordering::AcqRel) {
             next_beat = Instant::now() + every;
             let stats = i.broker.stats();
             let hb = Heartbeat {
@@ -987,6 +992,7 @@ async fn link_events(inner: Weak<Inner>, mut events: mpsc::Receiver<async_nats::
                 ever = true;
                 up = true;
                 i.send_hello();
+                i.beat_now.store(true, Ordering::Release);
                 // Interests made while down are in effect now.
                 i.link.wake.notify_one();
             }
