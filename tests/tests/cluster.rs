@@ -516,3 +516,79 @@ async fn a_cluster_on_the_embedded_store_refuses_to_start() {
         "{log}"
     );
 }
+
+/// An MQTT connection with an admin token (admins may publish and subscribe
+/// anywhere but on outboxes).
+fn admin_client(server: &Server, id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let addr = server.addr("mqtt.tcp");
+    let mut o = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_credentials("root", admin());
+    rumqttc::AsyncClient::new(o, 10)
+}
+
+/// Polls until `pick` returns something.
+async fn until<T>(
+    events: &mut rumqttc::EventLoop,
+    mut pick: impl FnMut(&rumqttc::Incoming) -> Option<T>,
+) -> T {
+    timeout(WAIT, async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(i)) = events.poll().await
+                && let Some(t) = pick(&i)
+            {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("in time")
+}
+
+#[tokio::test]
+async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
+    let Some(c) = Cluster::start(3).await else {
+        return;
+    };
+    let (publisher, mut publisher_loop) = admin_client(&c.nodes[0], "pub");
+    publisher
+        .publish("public/news", rumqttc::QoS::AtLeastOnce, true, "v1")
+        .await
+        .expect("publish");
+    until(&mut publisher_loop, |i| matches!(i, rumqttc::Incoming::PubAck(_)).then_some(())).await;
+    // A subscriber that comes later, on every other node, gets it retained.
+    for (i, node) in c.nodes.iter().enumerate().skip(1) {
+        let (sub, mut sub_loop) = admin_client(node, &format!("late-{i}"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            sub.subscribe("public/news", rumqttc::QoS::AtLeastOnce).await.expect("sub");
+            let got = until(&mut sub_loop, |i| match i {
+                rumqttc::Incoming::Publish(p) => Some(Some((p.retain, p.payload.clone()))),
+                rumqttc::Incoming::SubAck(_) => None,
+                _ => None,
+            });
+            // The retained copy crosses NATS right after the PUBACK: allow it
+            // that moment before asking again.
+            match tokio::time::timeout(Duration::from_millis(500), got).await {
+                Ok(Some((retain, payload))) => {
+                    assert!(retain, "node {i}: not flagged retained");
+                    assert_eq!(&payload[..], b"v1", "node {i}");
+                    break;
+                }
+                _ => {
+                    assert!(Instant::now() < deadline, "node {i} never retained it");
+                    sub.unsubscribe("public/news").await.expect("unsub");
+                }
+            }
+        }
+    }
+    // Clearing it clears it everywhere.
+    publisher
+        .publish("public/news", rumqttc::QoS::AtLeastOnce, true, "")
+        .await
+        .expect("clear");
+    until(&mut publisher_loop, |i| matches!(i, rumqttc::Incoming::PubAck(_)).then_some(())).await;
+    eventually("node 2 forgets the retained message", || async {
+        metric(&c.nodes[2], "imqtt_mqtt_retained_messages").await == 0.0
+    })
+    .await;
+}
