@@ -103,6 +103,15 @@ pub enum ClientEvent {
     /// The result of one of the user's sends over the MQTT outbox (`sent` or
     /// `error`), from whichever of its devices sent it.
     Outbox(Event),
+    /// The server said it may have missed pushes to this device (its node was
+    /// cut off from the rest of the cluster and is back; the connection itself
+    /// stayed up). The client catches up by itself, as after a reconnection:
+    /// it reads the heads and the groups again and fetches what is missing,
+    /// which then comes as [`ClientEvent::Message`]s, once and in order like
+    /// any other. Nothing to do for the messages; an application showing other
+    /// server state (group lists, presence) may want to read it again, since
+    /// membership events and presence changes sent meanwhile may be lost too.
+    Resync,
 }
 
 /// A group membership change, as announced on `users/{uid}/events`.

@@ -418,6 +418,17 @@ impl Driver {
                 }
                 out.push(ClientEvent::Group(GroupEvent::GroupDeleted { group, by }));
             }
+            Event::Resync => {
+                // The connection stayed up, but the server's node may have lost
+                // pushes and membership events while cut off from its cluster:
+                // the catch-up of a new connection, on this one. The heads show
+                // every stored message; the group list, groups joined meanwhile
+                // (subscribed on its answer, whose SUBACK reads the heads again,
+                // so nothing sent before the subscription falls between).
+                self.ask_groups(self.generation);
+                self.ask_heads();
+                out.push(ClientEvent::Resync);
+            }
         }
     }
 

@@ -2,7 +2,8 @@
 //! the device's connection over and kills the server with SIGKILL mid-stream, the
 //! application sees every accepted message exactly once and in seq order; a
 //! restarted app resumes from its cursor file; group membership, large-message
-//! hints, live messages, presence and token refresh work through the client.
+//! hints, live messages, presence and token refresh work through the client; a
+//! `resync` event makes it fetch what lost pushes left out.
 //!
 //! `IMQTT_SDK_ROUNDS` sets how many disruptions (a takeover, then a SIGKILL, in
 //! turn) the first test makes: 4 by default, more for a soak.
@@ -10,9 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use broker::auth::Role;
 use imqtt_client::wire::{ConvId, Envelope, PresenceStatus};
 use imqtt_client::{
     Api, Client, ClientConfig, ClientEvent, Credentials, Events, FileCursors, GroupEvent,
@@ -612,4 +614,172 @@ async fn a_built_in_account_signs_in_with_its_password() {
     cfg.credentials = Credentials::Password("wrong password".into());
     let err = Client::connect(cfg).await.expect_err("refused");
     assert!(matches!(err, imqtt_client::Error::Unauthorized(_)), "{err}");
+}
+
+/// A TCP proxy in front of the MQTT listener that can lose the server's PUBLISH
+/// packets, as a node cut off from its cluster loses pushes: the connection stays
+/// up, and neither end is told. Everything else passes through unchanged.
+struct LossyProxy {
+    addr: SocketAddr,
+    lose: Arc<AtomicBool>,
+    lost: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: SocketAddr) -> LossyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (lose, lost) = (Arc::new(AtomicBool::new(false)), Arc::default());
+        let (l, n) = (lose.clone(), Arc::clone(&lost));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (l, n) = (l.clone(), Arc::clone(&n));
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut client_rx, client_tx) = client.into_split();
+                    let (server_rx, mut server_tx) = server.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = Self::down(server_rx, client_tx, l, n) => {}
+                    }
+                });
+            }
+        });
+        LossyProxy {
+            addr,
+            lose,
+            lost,
+            task,
+        }
+    }
+
+    /// Server to client, packet by packet (MQTT's fixed header: a type byte and
+    /// a variable-length remaining length), leaving out the PUBLISHes while
+    /// `lose` is set.
+    async fn down(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        lose: Arc<AtomicBool>,
+        lost: Arc<AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            while let Some(len) = packet_len(&buf) {
+                let packet: Vec<u8> = buf.drain(..len).collect();
+                if packet[0] >> 4 == 3 && lose.load(Ordering::SeqCst) {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                } else if to.write_all(&packet).await.is_err() {
+                    return;
+                }
+            }
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The length of the whole MQTT packet at the start of `buf`, once all of it is
+/// there.
+fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let len = 1 + (i + 1) + remaining;
+            return (buf.len() >= len).then_some(len);
+        }
+    }
+    None
+}
+
+/// Publishes `{"type":"resync"}` on `users/{uid}/events` as the server's node
+/// does when its cluster link comes back, from an admin connection (admins may
+/// publish on every topic but the outboxes).
+async fn publish_resync(server: &Server, uid: &str) {
+    let addr = server.addr("mqtt.tcp");
+    let mut o = rumqttc::MqttOptions::new("ops-resync", addr.ip().to_string(), addr.port());
+    o.set_credentials("ops", imqtt_tests::token("ops", Role::Admin, tc::TTL));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+    client
+        .publish(
+            format!("users/{uid}/events"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"type":"resync"}"#,
+        )
+        .await
+        .expect("queue the resync");
+    timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("admin connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the resync is acknowledged");
+    let _ = client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_event_fetches_the_messages_whose_pushes_were_lost() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let proxy = LossyProxy::start(ports.tcp).await;
+    let mut cfg = config(ports, "bob", "phone");
+    cfg.mqtt_url = proxy.url();
+    let (bob, mut events) = Client::connect(cfg).await.expect("connect");
+    let http = tc::Api::new(&server);
+    http.send("alice", "bob", json!(1)).await;
+    assert_eq!(next_message(&mut events).await.seq, 1);
+
+    // #2's push is lost on the way: the connection stays up, the client is
+    // not told, and nothing else would make it look.
+    proxy.lose.store(true, Ordering::SeqCst);
+    let lost = http.send("alice", "bob", json!(2)).await;
+    timeout(WAIT, async {
+        while proxy.lost.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the push of #2 reaches the proxy");
+    proxy.lose.store(false, Ordering::SeqCst);
+    no_message(&mut events).await;
+
+    publish_resync(&server, "bob").await;
+    expect_event(&mut events, |e| (e == ClientEvent::Resync).then_some(())).await;
+    let m = next_message(&mut events).await;
+    assert_eq!(
+        (m.seq, m.id.as_str()),
+        (2, lost["id"].as_str().expect("id"))
+    );
+
+    // Pushes flow on as before, and nothing comes twice.
+    http.send("alice", "bob", json!(3)).await;
+    assert_eq!(next_message(&mut events).await.seq, 3);
+    no_message(&mut events).await;
+    bob.close().await;
 }
