@@ -1,5 +1,6 @@
 //! [`Client`]: one user's device on an imqtt server. It holds an MQTT connection
-//! (re-established on its own), subscribes the user's inbox, events and groups, and
+//! (re-established on its own, on the next of the server's addresses when the one
+//! in use fails), subscribes the user's inbox, events and groups, and
 //! turns pushes, hints and HTTP pages into [`Events`] in which each conversation's
 //! messages come exactly once and in seq order; it acks what the application took,
 //! and sends over HTTP with idempotent retries.
@@ -7,13 +8,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions};
+use rumqttc::AsyncClient;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::acks::Acks;
-use crate::session::{self, Input};
+use crate::servers::MqttServers;
+use crate::session::{self, Dialer, Input};
 use crate::wire::{self, BatchResponse, Envelope, Event, LiveMessage, Presence, SendResult};
 use crate::{Api, CursorStore, Error, MemoryCursors, RetryPolicy, Sent, TokenRefresh};
 use crate::{Credentials, wire::SendRequest};
@@ -25,12 +27,26 @@ const EVENTS_CAPACITY: usize = 1024;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything [`Client::connect`] needs.
+///
+/// A server may be given several addresses (the nodes of a cluster, a standby),
+/// for MQTT and for HTTP each: [`ClientConfig::with_servers`], or commas in the
+/// strings given to [`ClientConfig::new`] (`"mqtt://a:1883,mqtt://b:1883"`).
+/// The MQTT connection goes to the first address; when a connection cannot be
+/// made or breaks, the next one is tried at once, round robin, and the
+/// reconnection backoff comes after a whole round has failed. Each connection
+/// subscribes afresh and catches up (heads, gaps, duplicates dropped by seq),
+/// so a move to another address loses and repeats nothing. HTTP requests move
+/// on likewise ([`Api::with_servers`] says when).
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The MQTT listener: `mqtt://host:port` (or `tcp://`; port 1883 when absent).
-    pub mqtt_url: String,
-    /// The HTTP API: `http://host:port`.
-    pub http_url: String,
+    /// The MQTT listeners, in the order they are tried: each
+    /// `mqtt://host:port` (or `tcp://`; port 1883 when absent), and an item may
+    /// hold several separated by commas. At least one.
+    pub mqtt_urls: Vec<String>,
+    /// The HTTP API's roots, in the order they are tried: each
+    /// `http://host:port`, and an item may hold several separated by commas.
+    /// At least one.
+    pub http_urls: Vec<String>,
     /// The user id.
     pub user: String,
     /// This device's name: the MQTT client id, and the device in presence. A
@@ -56,6 +72,8 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// A config with the defaults: memory cursors, auto-ack, 30 s keepalive.
+    /// `mqtt_url` and `http_url` are one address each, or several separated
+    /// by commas.
     pub fn new(
         mqtt_url: impl Into<String>,
         http_url: impl Into<String>,
@@ -63,9 +81,25 @@ impl ClientConfig {
         device: impl Into<String>,
         credentials: Credentials,
     ) -> ClientConfig {
+        ClientConfig::with_servers([mqtt_url], [http_url], user, device, credentials)
+    }
+
+    /// A config with the defaults, for a server with several MQTT and HTTP
+    /// addresses, tried in the order given (see [`ClientConfig`]).
+    pub fn with_servers<M, H>(
+        mqtt_urls: impl IntoIterator<Item = M>,
+        http_urls: impl IntoIterator<Item = H>,
+        user: impl Into<String>,
+        device: impl Into<String>,
+        credentials: Credentials,
+    ) -> ClientConfig
+    where
+        M: Into<String>,
+        H: Into<String>,
+    {
         ClientConfig {
-            mqtt_url: mqtt_url.into(),
-            http_url: http_url.into(),
+            mqtt_urls: mqtt_urls.into_iter().map(Into::into).collect(),
+            http_urls: http_urls.into_iter().map(Into::into).collect(),
             user: user.into(),
             device: device.into(),
             credentials,
@@ -82,9 +116,11 @@ impl ClientConfig {
 /// What the application hears from the client.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientEvent {
-    /// The MQTT connection is up (again); a catch-up follows on its own.
+    /// The MQTT connection is up (again), to whichever of the server's MQTT
+    /// addresses answered; a catch-up follows on its own.
     Connected,
-    /// The MQTT connection broke; the client reconnects by itself.
+    /// The MQTT connection broke (or a reconnection failed on every address);
+    /// the client reconnects by itself, trying the next address first.
     Disconnected {
         /// Why, as the MQTT library put it.
         reason: String,
@@ -103,6 +139,15 @@ pub enum ClientEvent {
     /// The result of one of the user's sends over the MQTT outbox (`sent` or
     /// `error`), from whichever of its devices sent it.
     Outbox(Event),
+    /// The server said it may have missed pushes to this device (its node was
+    /// cut off from the rest of the cluster and is back; the connection itself
+    /// stayed up). The client catches up by itself, as after a reconnection:
+    /// it reads the heads and the groups again and fetches what is missing,
+    /// which then comes as [`ClientEvent::Message`]s, once and in order like
+    /// any other. Nothing to do for the messages; an application showing other
+    /// server state (group lists, presence) may want to read it again, since
+    /// membership events and presence changes sent meanwhile may be lost too.
+    Resync,
 }
 
 /// A group membership change, as announced on `users/{uid}/events`.
@@ -180,13 +225,14 @@ struct Inner {
 impl Client {
     /// Connects `config.device` of `config.user`: signs in when the credentials
     /// are a password, opens the MQTT connection and waits (up to
-    /// `connect_timeout`) for the server to accept it. From then on the client
+    /// `connect_timeout`) for the server to accept it, trying its addresses in
+    /// turn; the error of each, when all failed. From then on the client
     /// reconnects by itself, and each (re)connection is followed by a catch-up.
     pub async fn connect(config: ClientConfig) -> Result<(Client, Events), Error> {
         wire::check_id(&config.device).map_err(|e| Error::Config(format!("device: {e}")))?;
-        let (host, port) = mqtt_address(&config.mqtt_url)?;
-        let api = Api::new(
-            &config.http_url,
+        let servers = MqttServers::parse(&config.mqtt_urls)?;
+        let api = Api::with_servers(
+            &config.http_urls,
             &config.user,
             config.credentials.clone(),
             config.token_refresh.clone(),
@@ -195,16 +241,8 @@ impl Client {
         let token = api.token().await?;
         let cursors = config.cursors.load()?;
 
-        let mut options = MqttOptions::new(config.device.clone(), host, port);
-        options
-            .set_credentials(config.user.clone(), token)
-            .set_keep_alive(config.keep_alive)
-            .set_clean_session(true)
-            // An envelope can carry a 64 KiB body (limits.max_body_bytes), and
-            // a big one comes as a hint anyway: 1 MiB covers every push.
-            .set_max_packet_size(1 << 20, 1 << 20)
-            .set_request_channel_capacity(256);
-        let (mqtt, eventloop) = AsyncClient::new(options, 256);
+        let dialer = Dialer::new(servers, config.device.clone(), config.keep_alive);
+        let (mqtt, eventloop) = AsyncClient::new(dialer.options(&config.user, token), 256);
 
         let (shutdown, _) = watch::channel(false);
         let (input_tx, input_rx) = mpsc::channel(session::INPUT_CAPACITY);
@@ -223,6 +261,7 @@ impl Client {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(session::mqtt_loop(
             eventloop,
+            dialer,
             api.clone(),
             driver.clone(),
             shutdown.subscribe(),
@@ -364,53 +403,5 @@ impl Client {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-    }
-}
-
-/// Host and port of `mqtt://host:port`, `tcp://host:port` or `host:port`.
-fn mqtt_address(url: &str) -> Result<(String, u16), Error> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    if rest.contains("://") || rest.contains('/') || rest.is_empty() {
-        return Err(Error::Config(format!(
-            "mqtt url {url:?}: expected mqtt://host:port"
-        )));
-    }
-    // [v6]:port, host:port, or a bare host.
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| Error::Config(format!("mqtt url {url:?}: bad port {p:?}")))?;
-            (h.trim_start_matches('[').trim_end_matches(']'), port)
-        }
-        _ => (rest, 1883),
-    };
-    Ok((host.to_owned(), port))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mqtt_urls_parse() {
-        let ok = |u: &str| mqtt_address(u).expect(u);
-        assert_eq!(ok("mqtt://127.0.0.1:1884"), ("127.0.0.1".into(), 1884));
-        assert_eq!(ok("tcp://localhost"), ("localhost".into(), 1883));
-        assert_eq!(ok("example.org:8883"), ("example.org".into(), 8883));
-        assert_eq!(ok("mqtt://[::1]:1999"), ("::1".into(), 1999));
-        for bad in [
-            "",
-            "mqtt://",
-            "ws://h:1/mqtt",
-            "mqtt://h:port",
-            "mqtt://h:99999",
-        ] {
-            assert!(mqtt_address(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -9,7 +9,8 @@
 //! idempotent retried sends), [`CursorStore`] with [`MemoryCursors`] and
 //! [`FileCursors`], [`RetryPolicy`], [`Credentials`] and [`TokenRefresh`], and one
 //! [`Error`]. Inside: `session` (the MQTT loop and the driver), `order` (dedupe,
-//! ordering, what to fetch), `acks`. The `imqtt-cli` and `imqtt-bench` binaries
+//! ordering, what to fetch), `acks`, `servers` (the lists of server addresses
+//! and failover between them). The `imqtt-cli` and `imqtt-bench` binaries
 //! are crates of their own, in `client-sdk/cli/` and `client-sdk/bench/`.
 //!
 //! ```no_run
@@ -45,6 +46,7 @@ mod error;
 mod ids;
 mod order;
 mod retry;
+mod servers;
 mod session;
 mod token;
 

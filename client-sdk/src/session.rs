@@ -1,6 +1,7 @@
 //! The client's two tasks. [`mqtt_loop`] polls the MQTT connection, reconnects
-//! with backoff (with a new token when the old one is refused) and has the
-//! [`Driver`] react to what arrives; the driver's own task reacts to the answers
+//! (to the next of the server's addresses, with backoff once each has failed; with
+//! a new token when the old one is refused) and has the [`Driver`] react to what
+//! arrives; the driver's own task reacts to the answers
 //! of its HTTP requests and to the client's calls. The driver owns everything
 //! else: subscriptions (inbox, events, the
 //! user's groups, watched presences, made again on every connection), the catch-up
@@ -17,11 +18,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Publish};
-use rumqttc::{AsyncClient, ConnectionError, EventLoop, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, MqttOptions, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client::{ClientEvent, GroupEvent};
 use crate::order::{Fetch, Order};
+use crate::servers::MqttServers;
 use crate::wire::{
     self, ConversationList, Envelope, Event, GroupList, LiveMessage, MessagesPage, MessagesQuery,
     Presence, Topic,
@@ -60,10 +62,56 @@ pub(crate) enum Input {
     OwnSent(wire::ConvId, u64),
 }
 
+/// The MQTT servers, and the options of a connection to the one in use. rumqttc's
+/// options name one broker, so moving to another is new options for the same
+/// event loop (whose request queue the driver's [`AsyncClient`] feeds).
+#[derive(Debug)]
+pub(crate) struct Dialer {
+    servers: MqttServers,
+    device: String,
+    keep_alive: Duration,
+}
+
+impl Dialer {
+    pub(crate) fn new(servers: MqttServers, device: String, keep_alive: Duration) -> Dialer {
+        Dialer {
+            servers,
+            device,
+            keep_alive,
+        }
+    }
+
+    /// The options of a connection to the server in use, as `user` with `token`.
+    pub(crate) fn options(&self, user: &str, token: String) -> MqttOptions {
+        let (host, port) = self.servers.current();
+        let mut options = MqttOptions::new(self.device.clone(), host, port);
+        options
+            .set_credentials(user, token)
+            .set_keep_alive(self.keep_alive)
+            .set_clean_session(true)
+            // An envelope can carry a 64 KiB body (limits.max_body_bytes), and
+            // a big one comes as a hint anyway: 1 MiB covers every push.
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_request_channel_capacity(256);
+        options
+    }
+
+    /// `host:port` of the server in use, for errors and logs.
+    fn server(&self) -> String {
+        let (host, port) = self.servers.current();
+        format!("{host}:{port}")
+    }
+}
+
 /// Polls the MQTT connection until `shutdown`. The first connection's outcome
-/// goes to `first`; after that, failures are reported and retried forever.
+/// goes to `first` (an error once every server has failed once); after that,
+/// failures are reported and retried forever. A connection that cannot be made
+/// or breaks moves to the next server at once; the backoff comes after a whole
+/// round of failures, and after a refused token (asked of the same server again,
+/// with a new one).
 pub(crate) async fn mqtt_loop(
     mut eventloop: EventLoop,
+    mut dialer: Dialer,
     api: Api,
     driver: SharedDriver,
     mut shutdown: watch::Receiver<bool>,
@@ -72,6 +120,9 @@ pub(crate) async fn mqtt_loop(
     let mut first = Some(first);
     let mut connected = false;
     let mut backoff = MIN_BACKOFF;
+    // Servers failed since the last CONNACK, and (before the first) what each said.
+    let mut failures = 0usize;
+    let mut first_errors = Vec::new();
     loop {
         let polled = tokio::select! {
             p = eventloop.poll() => p,
@@ -81,6 +132,7 @@ pub(crate) async fn mqtt_loop(
             Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
                 connected = true;
                 backoff = MIN_BACKOFF;
+                failures = 0;
                 if let Some(f) = first.take() {
                     let _ = f.send(Ok(()));
                 }
@@ -98,10 +150,7 @@ pub(crate) async fn mqtt_loop(
                         ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword
                     )
                 );
-                if !refused && let Some(f) = first.take() {
-                    let _ = f.send(Err(Error::Mqtt(e.to_string())));
-                    return;
-                }
+                let server = dialer.server();
                 if std::mem::take(&mut connected)
                     && !driver
                         .lock()
@@ -111,24 +160,37 @@ pub(crate) async fn mqtt_loop(
                 {
                     return;
                 }
-                tracing::debug!(error = %e, ?backoff, "mqtt connection failed");
+                tracing::debug!(error = %e, server, ?backoff, "mqtt connection failed");
+                if !refused {
+                    // The server is away (a refused token is no reason to
+                    // think so): the next one.
+                    failures += 1;
+                    dialer.servers.advance();
+                    if first.is_some() {
+                        first_errors.push(format!("{server}: {e}"));
+                    }
+                    if failures >= dialer.servers.len()
+                        && let Some(f) = first.take()
+                    {
+                        let _ = f.send(Err(Error::Mqtt(first_errors.join("; "))));
+                        return;
+                    }
+                }
+                let stale = eventloop
+                    .mqtt_options
+                    .credentials()
+                    .map(|login| login.password);
                 let token = if refused {
                     // Refused credentials get one new token per refusal, the
                     // first connection's included (an app may start with a
                     // stale one).
-                    let stale = eventloop
-                        .mqtt_options
-                        .credentials()
-                        .map(|login| login.password);
                     api.refresh_token(stale.as_deref()).await
                 } else {
                     // The HTTP side may have refreshed it meanwhile.
                     api.token().await
                 };
-                match token {
-                    Ok(t) => {
-                        eventloop.mqtt_options.set_credentials(api.user(), t);
-                    }
+                let token = match token {
+                    Ok(t) => t,
                     Err(refresh) => {
                         if let Some(f) = first.take() {
                             // The broker's refusal says why (the token was
@@ -143,16 +205,20 @@ pub(crate) async fn mqtt_loop(
                         }
                         let e = refresh;
                         tracing::warn!(error = %e, "no token for the reconnection");
+                        stale.unwrap_or_default()
                     }
-                }
+                };
+                eventloop.mqtt_options = dialer.options(api.user(), token);
                 // Each connection subscribes afresh (clean session): requests
                 // left from the broken one would only duplicate that.
                 eventloop.pending.clear();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
+                if refused || failures.is_multiple_of(dialer.servers.len()) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -419,6 +485,17 @@ impl Driver {
                     self.unsubscribe(topic(wire::topic::group(&group)));
                 }
                 out.push(ClientEvent::Group(GroupEvent::GroupDeleted { group, by }));
+            }
+            Event::Resync => {
+                // The connection stayed up, but the server's node may have lost
+                // pushes and membership events while cut off from its cluster:
+                // the catch-up of a new connection, on this one. The heads show
+                // every stored message; the group list, groups joined meanwhile
+                // (subscribed on its answer, whose SUBACK reads the heads again,
+                // so nothing sent before the subscription falls between).
+                self.ask_groups(self.generation);
+                self.ask_heads();
+                out.push(ClientEvent::Resync);
             }
         }
     }

@@ -2,7 +2,8 @@
 // HTTP API for everything else. The rules are the client library's: a
 // conversation's messages are shown once each, in seq order; a push that skips a
 // seq makes the page fetch the gap over HTTP before showing it; every
-// (re)connection is followed by a sync of the heads; sends carry a client_msg_id
+// (re)connection, and every resync event (the server may have missed pushes), is
+// followed by a sync of the heads; sends carry a client_msg_id
 // and are retried with it, so a retry never makes a second message.
 "use strict";
 
@@ -421,6 +422,12 @@
       case "sync": // a message too large to push was stored: pull it
         announce(e.conv, e.seq, 0);
         break;
+      case "resync":
+        // The server's node was cut off from its cluster and may have lost
+        // pushes (and membership events) meanwhile; the connection is up and
+        // subscribed, so the catch-up of a reconnection covers what is missing.
+        syncAll();
+        break;
       case "member_added":
       case "member_removed":
       case "group_deleted":
@@ -474,7 +481,8 @@
     renderConversations();
   }
 
-  // After every (re)connection: heads, groups, and the open chat's gap.
+  // After every (re)connection and on a resync event: heads, groups, and the
+  // open chat's gap.
   async function syncAll() {
     try {
       await loadGroups();

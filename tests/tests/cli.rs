@@ -2,7 +2,8 @@
 //! listening CLI (and is acked when it exits); `login --signup` saves a profile
 //! that later commands use alone; Ctrl-C closes a listen cleanly; refusals are
 //! one line on stderr and exit 1, bad usage exits 2, and the token is never
-//! printed. Each CLI runs with a clean environment (no `IMQTT_*` of the shell
+//! printed; `--http` and `--mqtt` lists pass a dead address over (and the
+//! profile keeps them), and listen shows a resync. Each CLI runs with a clean environment (no `IMQTT_*` of the shell
 //! running the tests, `HOME` in a temporary directory) and under a timeout.
 
 use std::path::{Path, PathBuf};
@@ -421,4 +422,103 @@ async fn refusals_are_one_line_on_stderr_and_exit_1() {
         assert_eq!(ran.status.code(), Some(2), "imqtt-cli {usage:?}: {ran:#?}");
         assert!(ran.stdout.is_empty(), "{ran:#?}");
     }
+}
+
+/// A loopback address nothing listens on: bound to port 0, noted and let go.
+fn refusing_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// Publishes `{"type":"resync"}` on `users/{uid}/events`, as a server's node
+/// does when its cluster link comes back, from an admin connection (admins may
+/// publish on every topic but the outboxes).
+async fn publish_resync(server: &Server, uid: &str) {
+    use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+    let addr = server.addr("mqtt.tcp");
+    let mut o = MqttOptions::new("ops-resync", addr.ip().to_string(), addr.port());
+    let admin = imqtt_tests::token("ops", broker::auth::Role::Admin, Duration::from_secs(600));
+    o.set_credentials("ops", admin);
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    client
+        .publish(
+            format!("users/{uid}/events"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"type":"resync"}"#,
+        )
+        .await
+        .expect("queue the resync");
+    timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("admin connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the resync is acknowledged");
+}
+
+#[tokio::test]
+async fn server_lists_pass_a_dead_address_over_and_listen_shows_a_resync() {
+    let server = Server::start().await;
+    let cli = Cli::new(&server);
+    let dead = refusing_addr();
+    let http = format!("http://{dead},{}", cli.http);
+    let mqtt = format!("mqtt://{dead},{}", cli.mqtt);
+
+    // The profile keeps the lists as given.
+    let profile = cli.home.path().join("carol.json");
+    let profile_arg = profile.to_str().expect("utf-8 path");
+    let mut login = cli.bare(&[
+        "login",
+        "--signup",
+        "--user",
+        "carol",
+        "--http",
+        &http,
+        "--mqtt",
+        &mqtt,
+        "--profile",
+        profile_arg,
+    ]);
+    login.env("IMQTT_PASSWORD", "correct horse battery");
+    run(login).await.ok();
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&profile).expect("profile written"))
+            .expect("profile is JSON");
+    assert_eq!(saved["http"], http.as_str());
+    assert_eq!(saved["mqtt"], mqtt.as_str());
+
+    let mut listen = cli.bare(&["listen", "--json", "--count", "2"]);
+    listen
+        .env("IMQTT_HTTP", &http)
+        .env("IMQTT_MQTT", &mqtt)
+        .env("IMQTT_USER", "bob")
+        .env("IMQTT_TOKEN", user("bob"));
+    let mut bob = Running::spawn(listen);
+    assert_eq!(bob.json().await["type"], "connected");
+
+    let sent = run(cli.with_profile(&profile, &["send", "bob", "one", "--json"]))
+        .await
+        .json();
+    let m = bob.json().await;
+    assert_eq!((&m["seq"], &m["id"]), (&Value::from(1), &sent["id"]), "{m}");
+    // #1 came, so bob's events are subscribed (one SUBSCRIBE with the inbox).
+    publish_resync(&server, "bob").await;
+    assert_eq!(bob.json().await, serde_json::json!({"type": "resync"}));
+    run(cli.with_profile(&profile, &["send", "bob", "two"]))
+        .await
+        .ok();
+    let m = bob.json().await;
+    assert_eq!(
+        (&m["seq"], &m["body"]["text"]),
+        (&Value::from(2), &Value::from("two")),
+        "{m}"
+    );
+    assert!(bob.exit().await.success());
 }

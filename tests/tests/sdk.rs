@@ -2,7 +2,8 @@
 //! the device's connection over and kills the server with SIGKILL mid-stream, the
 //! application sees every accepted message exactly once and in seq order; a
 //! restarted app resumes from its cursor file; group membership, large-message
-//! hints, live messages, presence and token refresh work through the client.
+//! hints, live messages, presence and token refresh work through the client; a
+//! `resync` event makes it fetch what lost pushes left out.
 //!
 //! `IMQTT_SDK_ROUNDS` sets how many disruptions (a takeover, then a SIGKILL, in
 //! turn) the first test makes: 4 by default, more for a soak.
@@ -10,9 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use broker::auth::Role;
 use imqtt_client::wire::{ConvId, Envelope, PresenceStatus};
 use imqtt_client::{
     Api, Client, ClientConfig, ClientEvent, Credentials, Events, FileCursors, GroupEvent,
@@ -258,8 +260,30 @@ async fn every_accepted_message_reaches_the_app_once_in_order_across_takeovers_a
         3 * each
     );
 
-    // The heads now on the server: the application must reach every one.
-    let heads: BTreeMap<ConvId, u64> = api(ports, "bob")
+    assert_every_message_once_in_order(&seen, &api(ports, "bob"), &acked, 3).await;
+    let s = seen.lock().await;
+    assert!(
+        s.disconnected >= rounds && s.connected > rounds,
+        "connection changes seen: {} disconnected, {} connected",
+        s.disconnected,
+        s.connected
+    );
+    drop(s);
+    bob.close().await;
+    let _ = timeout(WAIT, collector).await;
+}
+
+/// Waits until the application has taken every message up to the heads that
+/// `reader` (its user) sees on the server now, in `convs` conversations; then
+/// checks that each came once, in seq order, the accepted sends at their seqs,
+/// and that no send (sender, `n` of its body) was stored twice.
+async fn assert_every_message_once_in_order(
+    seen: &Mutex<Seen>,
+    reader: &Api,
+    acked: &[(ConvId, u64, String)],
+    convs: usize,
+) {
+    let heads: BTreeMap<ConvId, u64> = reader
         .conversations()
         .await
         .expect("conversations")
@@ -267,7 +291,7 @@ async fn every_accepted_message_reaches_the_app_once_in_order_across_takeovers_a
         .into_iter()
         .map(|c| (c.conv, c.head))
         .collect();
-    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert_eq!(heads.len(), convs, "{heads:?}");
     let caught_up = timeout(Duration::from_secs(60), async {
         loop {
             {
@@ -299,11 +323,11 @@ async fn every_accepted_message_reaches_the_app_once_in_order_across_takeovers_a
             "{conv}: every seq once, in order"
         );
     }
-    for (conv, seq, id) in &acked {
+    for (conv, seq, id) in acked {
         let m = &s.messages[conv][(*seq - 1) as usize];
         assert_eq!(&m.id, id, "{conv} #{seq} is the accepted message");
     }
-    // Retries across the crashes stored nothing twice: each send (sender,
+    // Retries across the failures stored nothing twice: each send (sender,
     // number) is in its conversation once.
     for (conv, messages) in &s.messages {
         let mut sends: Vec<(String, u64)> = messages
@@ -315,15 +339,6 @@ async fn every_accepted_message_reaches_the_app_once_in_order_across_takeovers_a
         sends.dedup();
         assert_eq!(sends.len(), total, "{conv}: a send stored twice");
     }
-    assert!(
-        s.disconnected >= rounds && s.connected > rounds,
-        "connection changes seen: {} disconnected, {} connected",
-        s.disconnected,
-        s.connected
-    );
-    drop(s);
-    bob.close().await;
-    let _ = timeout(WAIT, collector).await;
 }
 
 /// The next message event, skipping others.
@@ -612,4 +627,310 @@ async fn a_built_in_account_signs_in_with_its_password() {
     cfg.credentials = Credentials::Password("wrong password".into());
     let err = Client::connect(cfg).await.expect_err("refused");
     assert!(matches!(err, imqtt_client::Error::Unauthorized(_)), "{err}");
+}
+
+/// A TCP proxy in front of the MQTT listener that can lose the server's PUBLISH
+/// packets, as a node cut off from its cluster loses pushes: the connection stays
+/// up, and neither end is told. Everything else passes through unchanged.
+struct LossyProxy {
+    addr: SocketAddr,
+    lose: Arc<AtomicBool>,
+    lost: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyProxy {
+    async fn start(upstream: SocketAddr) -> LossyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (lose, lost) = (Arc::new(AtomicBool::new(false)), Arc::default());
+        let (l, n) = (lose.clone(), Arc::clone(&lost));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (l, n) = (l.clone(), Arc::clone(&n));
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut client_rx, client_tx) = client.into_split();
+                    let (server_rx, mut server_tx) = server.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = Self::down(server_rx, client_tx, l, n) => {}
+                    }
+                });
+            }
+        });
+        LossyProxy {
+            addr,
+            lose,
+            lost,
+            task,
+        }
+    }
+
+    /// Server to client, packet by packet (MQTT's fixed header: a type byte and
+    /// a variable-length remaining length), leaving out the PUBLISHes while
+    /// `lose` is set.
+    async fn down(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        lose: Arc<AtomicBool>,
+        lost: Arc<AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            while let Some(len) = packet_len(&buf) {
+                let packet: Vec<u8> = buf.drain(..len).collect();
+                if packet[0] >> 4 == 3 && lose.load(Ordering::SeqCst) {
+                    lost.fetch_add(1, Ordering::SeqCst);
+                } else if to.write_all(&packet).await.is_err() {
+                    return;
+                }
+            }
+            match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The length of the whole MQTT packet at the start of `buf`, once all of it is
+/// there.
+fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for (i, byte) in buf.iter().skip(1).take(4).enumerate() {
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let len = 1 + (i + 1) + remaining;
+            return (buf.len() >= len).then_some(len);
+        }
+    }
+    None
+}
+
+/// Publishes `{"type":"resync"}` on `users/{uid}/events` as the server's node
+/// does when its cluster link comes back, from an admin connection (admins may
+/// publish on every topic but the outboxes).
+async fn publish_resync(server: &Server, uid: &str) {
+    let addr = server.addr("mqtt.tcp");
+    let mut o = rumqttc::MqttOptions::new("ops-resync", addr.ip().to_string(), addr.port());
+    o.set_credentials("ops", imqtt_tests::token("ops", Role::Admin, tc::TTL));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 10);
+    client
+        .publish(
+            format!("users/{uid}/events"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            r#"{"type":"resync"}"#,
+        )
+        .await
+        .expect("queue the resync");
+    timeout(WAIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("admin connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the resync is acknowledged");
+    let _ = client.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_event_fetches_the_messages_whose_pushes_were_lost() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let proxy = LossyProxy::start(ports.tcp).await;
+    let mut cfg = config(ports, "bob", "phone");
+    cfg.mqtt_urls = vec![proxy.url()];
+    let (bob, mut events) = Client::connect(cfg).await.expect("connect");
+    let http = tc::Api::new(&server);
+    http.send("alice", "bob", json!(1)).await;
+    assert_eq!(next_message(&mut events).await.seq, 1);
+
+    // #2's push is lost on the way: the connection stays up, the client is
+    // not told, and nothing else would make it look.
+    proxy.lose.store(true, Ordering::SeqCst);
+    let lost = http.send("alice", "bob", json!(2)).await;
+    timeout(WAIT, async {
+        while proxy.lost.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the push of #2 reaches the proxy");
+    proxy.lose.store(false, Ordering::SeqCst);
+    no_message(&mut events).await;
+
+    publish_resync(&server, "bob").await;
+    expect_event(&mut events, |e| (e == ClientEvent::Resync).then_some(())).await;
+    let m = next_message(&mut events).await;
+    assert_eq!(
+        (m.seq, m.id.as_str()),
+        (2, lost["id"].as_str().expect("id"))
+    );
+
+    // Pushes flow on as before, and nothing comes twice.
+    http.send("alice", "bob", json!(3)).await;
+    assert_eq!(next_message(&mut events).await.seq, 3);
+    no_message(&mut events).await;
+    bob.close().await;
+}
+
+/// A loopback address nothing listens on: bound to port 0, noted and let go
+/// (the kernel does not hand the same ephemeral port out again at once).
+fn refusing_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// An API as `uid` over the `http` roots, in that order, with retries that
+/// outlast a server restart.
+fn api_over(http: &[String], uid: &str) -> Api {
+    Api::with_servers(http, uid, Credentials::Token(user(uid)), None, patient()).expect("api")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_refuses_is_passed_over_for_the_next_on_mqtt_and_http() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let dead = refusing_addr();
+    let mqtt = vec![format!("mqtt://{dead}"), ports.mqtt_url()];
+    let http = vec![format!("http://{dead}"), ports.http_url()];
+    let mut cfg = config(ports, "bob", "phone");
+    (cfg.mqtt_urls, cfg.http_urls) = (mqtt, http.clone());
+    let (bob, mut events) = Client::connect(cfg)
+        .await
+        .expect("connects past the dead address");
+    let alice = api_over(&http, "alice");
+
+    // Both sides send, each through its own list; every send is stored once.
+    let mut sent = Vec::new();
+    for n in 0..30 {
+        let r = if n % 3 == 2 {
+            bob.send("alice", json!({"n": n})).await
+        } else {
+            alice.send_to("bob", json!({"n": n})).await
+        };
+        let r = r.expect("send");
+        sent.push((r.seq, r.id));
+    }
+    assert_eq!(
+        sent.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>()
+    );
+    for (seq, id) in &sent {
+        let m = next_message(&mut events).await;
+        assert_eq!((m.seq, &m.id), (*seq, id), "every message once, in order");
+    }
+    no_message(&mut events).await;
+    assert_eq!(
+        alice.base_url(),
+        ports.http_url(),
+        "the API stays on the one that works"
+    );
+    assert_eq!(bob.api().base_url(), ports.http_url());
+    bob.close().await;
+
+    // Every address refusing: the first connection fails, naming each.
+    let mut cfg = config(ports, "bob", "phone");
+    let other = refusing_addr();
+    cfg.mqtt_urls = vec![format!("mqtt://{dead},mqtt://{other}")];
+    let err = Client::connect(cfg).await.expect_err("nobody answers");
+    let text = err.to_string();
+    assert!(
+        text.contains(&dead.to_string()) && text.contains(&other.to_string()),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_its_server_dies_the_client_moves_to_the_next_address_and_loses_nothing() {
+    let server = Server::start_env("", &[("IMQTT_LIMITS__RATE_PER_USER", "0")]).await;
+    let a = Ports::of(&server);
+    // The second address: nothing there until the store's next server starts
+    // on it, after the first dies.
+    let (b_tcp, b_http) = (refusing_addr(), refusing_addr());
+    let mqtt = vec![a.mqtt_url(), format!("mqtt://{b_tcp}")];
+    let http = vec![a.http_url(), format!("http://{b_http}")];
+    let mut cfg = config(a, "bob", "phone");
+    (cfg.mqtt_urls, cfg.http_urls) = (mqtt, http.clone());
+    let (bob, events) = Client::connect(cfg).await.expect("bob connects");
+    let (seen, collector) = collect(events);
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let senders = [
+        tokio::spawn(send_all(
+            api_over(&http, "alice"),
+            "bob",
+            false,
+            200,
+            accepted.clone(),
+        )),
+        tokio::spawn(send_all(
+            api_over(&http, "carol"),
+            "bob",
+            false,
+            200,
+            accepted.clone(),
+        )),
+    ];
+    wait_accepted(&accepted, 100).await;
+
+    let mut server = server;
+    server.kill().await;
+    let (_, dir) = server.stopped().await;
+    let (tcp, http_addr) = (b_tcp.to_string(), b_http.to_string());
+    let env = [
+        ("IMQTT_MQTT__TCP", tcp.as_str()),
+        ("IMQTT_MQTT__WS", "127.0.0.1:0"),
+        ("IMQTT_HTTP__LISTEN", http_addr.as_str()),
+        ("IMQTT_LIMITS__RATE_PER_USER", "0"),
+    ];
+    let next = Launch::spawn_in(dir, "", &env).into_server().await;
+    timeout(Duration::from_secs(60), async {
+        while seen.lock().await.connected < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("bob's client reconnects, to the second address");
+
+    // Bounded: senders stuck on the dead address would retry for minutes.
+    let mut acked = Vec::new();
+    for s in senders {
+        let sent = timeout(Duration::from_secs(120), s).await;
+        acked.extend(sent.expect("the senders finish").expect("sender"));
+    }
+    assert_eq!(
+        acked.len(),
+        400,
+        "every send is accepted, on one server or the other"
+    );
+    let reader = api_over(&[next.http_url()], "bob");
+    assert_every_message_once_in_order(&seen, &reader, &acked, 2).await;
+    assert_eq!(bob.api().base_url(), next.http_url());
+    bob.close().await;
+    let _ = timeout(WAIT, collector).await;
 }

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 /// One signed-in user of one server.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Profile {
-    /// The HTTP API, `http://host:port`.
+    /// The HTTP API, `http://host:port`, or several separated by commas.
     pub(crate) http: String,
-    /// The MQTT listener, `mqtt://host:port`.
+    /// The MQTT listener, `mqtt://host:port`, or several separated by commas.
     pub(crate) mqtt: String,
     /// The user id.
     pub(crate) user: String,

@@ -22,12 +22,15 @@ pub(crate) const DEFAULT_MQTT: &str = "mqtt://127.0.0.1:1883";
 /// The options every command takes.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Flags {
-    /// The HTTP API [default: the profile's, else http://127.0.0.1:8080]
-    #[arg(long, env = "IMQTT_HTTP", global = true, value_name = "URL")]
+    /// The HTTP API; several URLs separated by commas (the nodes of one
+    /// server) are tried in turn, the next when one is away [default: the
+    /// profile's, else http://127.0.0.1:8080]
+    #[arg(long, env = "IMQTT_HTTP", global = true, value_name = "URL[,URL..]")]
     pub(crate) http: Option<String>,
-    /// The MQTT listener, for listen [default: the profile's, else
-    /// mqtt://127.0.0.1:1883]
-    #[arg(long, env = "IMQTT_MQTT", global = true, value_name = "URL")]
+    /// The MQTT listener, for listen; several URLs separated by commas are
+    /// tried in turn, the next when a connection fails or breaks [default: the
+    /// profile's, else mqtt://127.0.0.1:1883]
+    #[arg(long, env = "IMQTT_MQTT", global = true, value_name = "URL[,URL..]")]
     pub(crate) mqtt: Option<String>,
     /// Act as this user [default: --token's subject, else the profile's]
     #[arg(long, env = "IMQTT_USER", global = true, value_name = "U")]
@@ -80,7 +83,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where a server lives.
+/// Where a server lives: each an address or several, separated by commas, as
+/// given (the client library splits them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Server {
     pub(crate) http: String,
@@ -313,6 +317,22 @@ mod tests {
             s.user, "alice",
             "an unreadable token keeps the profile's user"
         );
+    }
+
+    #[test]
+    fn server_lists_pass_through_and_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = save(&dir, "alice");
+        let s = flags(&["--profile", &path, "--http", "http://h:1, http://h:2"])
+            .session()
+            .expect("session");
+        assert_eq!(s.server.http, "http://h:1, http://h:2");
+        assert_eq!(s.api().expect("api").base_url(), "http://h:1");
+        let s = flags(&["--profile", &path, "--http", "http://h:1,,http://h:2"])
+            .session()
+            .expect("session");
+        let err = s.api().expect_err("an empty address");
+        assert!(format!("{err:#}").contains("empty address"), "{err:#}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::settings::Session;
 Prints one line per event, as it arrives:
   -- connected as bob (device cli-1a2b3c4d)
   -- disconnected: REASON                 (it reconnects by itself)
+  -- resync: catching up on pushes the server may have missed
+                                          (what it finds follows, once and in order)
   dm:alice:bob #3 alice: hello            a stored message
   dm:alice:bob (live) alice: {...}        a qos 0 message: not stored, no seq
   presence alice online (phone)           of a user given to --watch
@@ -34,7 +36,8 @@ With --json, one JSON object per line, told apart by \"type\":
   {\"type\":\"live\", and the same fields but \"seq\"}
   {\"type\":\"presence\",\"user\",\"status\",\"devices\",\"ts\"}
   the server's events as they are: {\"type\":\"member_added\"|\"member_removed\",\"group\",
-   \"user\",\"by\"}, {\"type\":\"group_deleted\",\"group\",\"by\"}, {\"type\":\"sent\"|\"error\",...}
+   \"user\",\"by\"}, {\"type\":\"group_deleted\",\"group\",\"by\"}, {\"type\":\"sent\"|\"error\",...},
+   {\"type\":\"resync\"} (the messages the server had missed follow)
 
 The connected line comes first. Then the messages not yet acked (with --cursors:
 not yet printed) and every new one, each conversation's exactly once and in seq
@@ -185,6 +188,9 @@ fn event_line(event: &ClientEvent, me: &str, device: &str) -> String {
             format!("group {}: deleted by {}", clean(group), clean(by))
         }
         ClientEvent::Outbox(e) => outbox_line(e),
+        ClientEvent::Resync => {
+            "-- resync: catching up on pushes the server may have missed".to_owned()
+        }
     }
 }
 
@@ -233,8 +239,8 @@ enum JsonLine<'a> {
     Presence(&'a Presence),
 }
 
-/// The JSON line for scripts. Group and outbox events are the server's own
-/// events (DESIGN.md §4); messages, live messages and presence are the wire
+/// The JSON line for scripts. Group, outbox and resync events are the server's
+/// own events (DESIGN.md §4); messages, live messages and presence are the wire
 /// objects with a `type` added.
 fn event_json(event: &ClientEvent, me: &str, device: &str) -> serde_json::Result<String> {
     match event {
@@ -247,6 +253,7 @@ fn event_json(event: &ClientEvent, me: &str, device: &str) -> serde_json::Result
         ClientEvent::Presence(p) => serde_json::to_string(&JsonLine::Presence(p)),
         ClientEvent::Group(g) => serde_json::to_string(&group_event(g)),
         ClientEvent::Outbox(e) => serde_json::to_string(e),
+        ClientEvent::Resync => serde_json::to_string(&Event::Resync),
     }
 }
 
@@ -332,6 +339,8 @@ mod tests {
             line,
             r#"{"type":"member_removed","group":"team","user":"bob","by":"alice"}"#
         );
+        let line = event_json(&ClientEvent::Resync, "bob", "d").expect("json");
+        assert_eq!(line, r#"{"type":"resync"}"#);
     }
 
     #[test]
