@@ -446,8 +446,6 @@ impl Driver {
     fn event(&mut self, e: Event, out: &mut Vec<ClientEvent>) {
         match e {
             Event::Sync { conv, seq } => self.order.hint(&conv, seq),
-            // Pushes may be missing: read the heads, as after a reconnection.
-            Event::Resync => self.ask_heads(),
             Event::Sent { .. } | Event::Error { .. } => out.push(ClientEvent::Outbox(e)),
             Event::MemberAdded { group, user, by } => {
                 if user == self.me && self.groups.insert(group.clone()) {
