@@ -58,6 +58,8 @@ impl Cluster {
                 ("IMQTT_CLUSTER__NATS", &self.nats.url()),
                 ("IMQTT_CLUSTER__NODE", &name),
                 ("IMQTT_CLUSTER__HEARTBEAT", &heartbeat),
+                // The tests send in bursts; the per-user limit is not theirs.
+                ("IMQTT_LIMITS__RATE_PER_USER", "0"),
             ],
         )
         .await

@@ -554,13 +554,18 @@ async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
         .publish("public/news", rumqttc::QoS::AtLeastOnce, true, "v1")
         .await
         .expect("publish");
-    until(&mut publisher_loop, |i| matches!(i, rumqttc::Incoming::PubAck(_)).then_some(())).await;
+    until(&mut publisher_loop, |i| {
+        matches!(i, rumqttc::Incoming::PubAck(_)).then_some(())
+    })
+    .await;
     // A subscriber that comes later, on every other node, gets it retained.
     for (i, node) in c.nodes.iter().enumerate().skip(1) {
         let (sub, mut sub_loop) = admin_client(node, &format!("late-{i}"));
         let deadline = Instant::now() + WAIT;
         loop {
-            sub.subscribe("public/news", rumqttc::QoS::AtLeastOnce).await.expect("sub");
+            sub.subscribe("public/news", rumqttc::QoS::AtLeastOnce)
+                .await
+                .expect("sub");
             let got = until(&mut sub_loop, |i| match i {
                 rumqttc::Incoming::Publish(p) => Some(Some((p.retain, p.payload.clone()))),
                 rumqttc::Incoming::SubAck(_) => None,
@@ -586,7 +591,10 @@ async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
         .publish("public/news", rumqttc::QoS::AtLeastOnce, true, "")
         .await
         .expect("clear");
-    until(&mut publisher_loop, |i| matches!(i, rumqttc::Incoming::PubAck(_)).then_some(())).await;
+    until(&mut publisher_loop, |i| {
+        matches!(i, rumqttc::Incoming::PubAck(_)).then_some(())
+    })
+    .await;
     eventually("node 2 forgets the retained message", || async {
         metric(&c.nodes[2], "imqtt_mqtt_retained_messages").await == 0.0
     })

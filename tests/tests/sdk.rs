@@ -934,3 +934,64 @@ async fn when_its_server_dies_the_client_moves_to_the_next_address_and_loses_not
     bob.close().await;
     let _ = timeout(WAIT, collector).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_cluster_the_client_moves_from_a_killed_node_to_another_and_loses_nothing() {
+    let Some(mut cluster) = imqtt_tests::cluster::Cluster::start(3).await else {
+        return;
+    };
+    let ports: Vec<Ports> = cluster.nodes.iter().map(Ports::of).collect();
+    // bob's client starts on node 1; the senders go through every node.
+    let order = [1, 2, 0];
+    let mqtt: Vec<String> = order.iter().map(|&i| ports[i].mqtt_url()).collect();
+    let http: Vec<String> = order.iter().map(|&i| ports[i].http_url()).collect();
+    let mut cfg = config(ports[1], "bob", "phone");
+    (cfg.mqtt_urls, cfg.http_urls) = (mqtt, http.clone());
+    let (bob, events) = Client::connect(cfg).await.expect("bob connects");
+    let (seen, collector) = collect(events);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let via = |first: usize| -> Vec<String> {
+        (0..3).map(|k| ports[(first + k) % 3].http_url()).collect()
+    };
+    let senders = [
+        tokio::spawn(send_all(
+            api_over(&via(0), "alice"),
+            "bob",
+            false,
+            200,
+            accepted.clone(),
+        )),
+        tokio::spawn(send_all(
+            api_over(&via(1), "carol"),
+            "bob",
+            false,
+            200,
+            accepted.clone(),
+        )),
+    ];
+    wait_accepted(&accepted, 100).await;
+    // The node bob's client is on dies, in the middle of the sends.
+    cluster.nodes[1].kill().await;
+    timeout(Duration::from_secs(60), async {
+        while seen.lock().await.connected < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("bob's client reconnects, to another node");
+    let mut acked = Vec::new();
+    for s in senders {
+        let sent = timeout(Duration::from_secs(120), s).await;
+        acked.extend(sent.expect("the senders finish").expect("sender"));
+    }
+    assert_eq!(acked.len(), 400, "every send is accepted by some node");
+    let reader = api_over(&[ports[0].http_url()], "bob");
+    assert_every_message_once_in_order(&seen, &reader, &acked, 2).await;
+    assert_ne!(
+        bob.api().base_url(),
+        ports[1].http_url(),
+        "still on the dead node"
+    );
+    bob.close().await;
+    let _ = timeout(WAIT, collector).await;
+}
