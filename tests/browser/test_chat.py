@@ -307,3 +307,63 @@ def test_notices_and_live_messages(browser, server):
     assert bob.stored() == []
     assert not bob.errors, bob.errors
     bob.close()
+
+
+def mqtt_publish_qos0(topic, payload):
+    """An MQTT 5.0 PUBLISH at qos 0 (no packet id, no properties)."""
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + b"\x00" + payload
+    n, length = len(body), b""
+    while True:
+        byte, n = n % 128, n // 128
+        length += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            break
+    return b"\x30" + length + body
+
+
+def test_a_resync_event_fetches_what_lost_pushes_left_out(browser, server):
+    # Between the page and the server, a WebSocket route that can lose the
+    # server's PUBLISH packets (the broker writes whole packets per message),
+    # as a node cut off from its cluster loses pushes while the connection
+    # stays up; and the route can hand the page the server's resync event.
+    lose, lost, page_side = [False], [], []
+
+    def route(ws):
+        server_side = ws.connect_to_server()
+        page_side.append(ws)
+        ws.on_message(server_side.send)
+
+        def down(message):
+            if lose[0] and isinstance(message, bytes) and message[:1] and message[0] >> 4 == 3:
+                lost.append(message)
+            else:
+                ws.send(message)
+
+        server_side.on_message(down)
+
+    bob = Chat(browser, server)
+    bob.page.route_web_socket("**/mqtt", route)
+    bob.sign_up("bob")
+    alice = server.token("alice")
+    assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": "first"}})[0] == 201
+    expect(bob.page.locator('#conversations li.conv[data-conv="dm:alice:bob"]')).to_have_count(1)
+    bob.open_conv("dm:alice:bob")
+    assert bob.wait_count(1) == [[1, "first"]]
+
+    lose[0] = True
+    assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": "lost"}})[0] == 201
+    deadline = time.monotonic() + 10
+    while not lost and time.monotonic() < deadline:
+        bob.page.wait_for_timeout(20)  # the route's handlers run while Playwright waits
+    assert lost, "the push of the second message never came"
+    lose[0] = False
+    bob.page.wait_for_timeout(400)
+    assert bob.stored() == [[1, "first"]], "nothing else brings the lost message"
+
+    page_side[-1].send(mqtt_publish_qos0("users/bob/events", b'{"type":"resync"}'))
+    assert bob.wait_count(2, timeout=10000) == [[1, "first"], [2, "lost"]]
+    assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": "after"}})[0] == 201
+    assert bob.wait_count(3) == [[1, "first"], [2, "lost"], [3, "after"]]
+    assert not bob.errors, bob.errors
+    bob.close()
