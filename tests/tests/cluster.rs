@@ -593,3 +593,33 @@ async fn a_retained_message_published_on_one_node_is_retained_on_every_node() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_dropped_contact_stops_watching_on_every_node_before_the_204() {
+    let Some(c) = Cluster::start(3).await else {
+        return;
+    };
+    let api0 = Api::new(&c.nodes[0]);
+    api0.put("alice", "/v1/contacts/bob", &json!({}))
+        .await
+        .expect(204);
+    // bob watches alice from node 1.
+    let mut bob = Device::connect(&c.nodes[1], "bob", "phone", &["presence/alice"]).await;
+    let _first = Device::connect(&c.nodes[2], "alice", "phone", &["users/alice/inbox"]).await;
+    loop {
+        if devices(&bob.message_on("presence/alice").await.json) == ["phone"] {
+            break;
+        }
+    }
+    // alice drops bob on node 0; from the 204 on, nothing of hers reaches him.
+    api0.delete("alice", "/v1/contacts/bob").await.expect(204);
+    let _second = Device::connect(&c.nodes[2], "alice", "laptop", &["users/alice/inbox"]).await;
+    let until = Instant::now() + Duration::from_millis(800);
+    while let Ok(d) = tokio::time::timeout_at(until, bob.message()).await {
+        assert_ne!(
+            d.topic, "presence/alice",
+            "a dropped contact got {}",
+            d.json
+        );
+    }
+}
