@@ -633,14 +633,21 @@ async fn a_node_starts_while_nats_is_down_and_joins_when_it_comes() {
     // A second node started now cannot reach NATS; it starts and serves anyway.
     let lonely = c.node(1).await;
     let mut bob = Device::connect(&lonely, "bob", "phone", &["users/bob/inbox"]).await;
-    let sent = Api::new(&lonely).send("alice", "bob", json!({"k": 1})).await;
-    assert_eq!(bob.message_on("users/bob/inbox").await.json["id"], sent["id"]);
+    let sent = Api::new(&lonely)
+        .send("alice", "bob", json!({"k": 1}))
+        .await;
+    assert_eq!(
+        bob.message_on("users/bob/inbox").await.json["id"],
+        sent["id"]
+    );
     assert_eq!(metric(&lonely, "imqtt_cluster_nats_connected").await, 0.0);
     c.nats.restart();
     c.nodes.push(lonely);
     c.wait_for_nodes_alive(&[0, 1]).await;
     // Now node 0's sends reach bob on node 1.
-    let sent = Api::new(&c.nodes[0]).send("carol", "bob", json!({"k": 2})).await;
+    let sent = Api::new(&c.nodes[0])
+        .send("carol", "bob", json!({"k": 2}))
+        .await;
     loop {
         if bob.message_on("users/bob/inbox").await.json["id"] == sent["id"] {
             break;

@@ -20,6 +20,10 @@ use super::subjects::Subjects;
 /// counted): the store is the source of truth, and a slow NATS must not stall
 /// a publisher.
 pub(super) const RELAY_QUEUE: usize = 65_536;
+/// Control messages (heartbeats, presence, takeovers, requests) waiting: their
+/// own queue, served first, so a backlog of publications never delays or
+/// drops a heartbeat and gets a live node counted dead.
+pub(super) const CONTROL_QUEUE: usize = 4_096;
 /// Longest a CONNACK or SUBACK waits for this node's NATS subscriptions.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -62,6 +66,7 @@ impl Interests {
 pub(super) struct NatsLink {
     subjects: Subjects,
     queue: mpsc::Sender<Outgoing>,
+    control: mpsc::Sender<Outgoing>,
     pub(super) interests: Mutex<Interests>,
     /// Wakes the interest worker.
     pub(super) wake: Notify,
@@ -73,10 +78,11 @@ pub(super) struct NatsLink {
 }
 
 impl NatsLink {
-    /// A link whose relay queue is `queue`.
+    /// A link whose relay queues are `queue` (publications) and `control`.
     pub(super) fn new(
         subjects: Subjects,
         queue: mpsc::Sender<Outgoing>,
+        control: mpsc::Sender<Outgoing>,
         connected: Arc<AtomicBool>,
         node: String,
         metrics: ClusterMetrics,
@@ -84,6 +90,7 @@ impl NatsLink {
         NatsLink {
             subjects,
             queue,
+            control,
             interests: Mutex::default(),
             wake: Notify::new(),
             done: watch::channel(0).0,
@@ -101,7 +108,13 @@ impl NatsLink {
 
     /// Queues a control message.
     pub(super) fn send_raw(&self, subject: String, payload: Bytes) {
-        self.send(Outgoing::Raw(subject, payload));
+        if self
+            .control
+            .try_send(Outgoing::Raw(subject, payload))
+            .is_err()
+        {
+            self.metrics.relay_dropped.inc();
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use crate::cache::Change;
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 
-use self::link::{NatsLink, Outgoing, RELAY_QUEUE};
+use self::link::{CONTROL_QUEUE, NatsLink, Outgoing, RELAY_QUEUE};
 pub use self::metrics::ClusterMetrics;
 use self::presence::RemoteDevices;
 use self::subjects::Subjects;
@@ -292,9 +292,11 @@ impl Cluster {
             .map_err(|e| Error::Cluster(format!("cluster.nats: {e}")))?;
         let connected = Arc::new(AtomicBool::new(false));
         let (queue_tx, queue_rx) = mpsc::channel(RELAY_QUEUE);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let link = Arc::new(NatsLink::new(
             subjects.clone(),
             queue_tx,
+            control_tx,
             connected.clone(),
             node.clone(),
             metrics.clone(),
@@ -326,7 +328,7 @@ impl Cluster {
         let cluster = Cluster { inner };
         cluster.subscribe_base().await?;
         let weak = Arc::downgrade(&cluster.inner);
-        tokio::spawn(relay(weak.clone(), queue_rx));
+        tokio::spawn(relay(weak.clone(), queue_rx, control_rx));
         tokio::spawn(interests(weak.clone()));
         tokio::spawn(heartbeats(weak.clone()));
         tokio::spawn(announcer(weak.clone()));
@@ -802,10 +804,21 @@ impl Inner {
     }
 }
 
-/// Publishes what the hub hands the link, in order.
-async fn relay(inner: Weak<Inner>, mut queue: mpsc::Receiver<Outgoing>) {
+/// Publishes what the hub hands the link, each queue in order, control
+/// messages first.
+async fn relay(
+    inner: Weak<Inner>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut control: mpsc::Receiver<Outgoing>,
+) {
     let mut seq: u64 = 0;
-    while let Some(out) = queue.recv().await {
+    loop {
+        let out = tokio::select! {
+            biased;
+            Some(c) = control.recv() => c,
+            Some(p) = queue.recv() => p,
+            else => return,
+        };
         let Some(i) = inner.upgrade() else { return };
         if !i.connected.load(Ordering::Acquire) {
             i.metrics.publish_failures.inc();
