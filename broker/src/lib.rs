@@ -150,15 +150,21 @@ impl BrokerHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<(), PublishError> {
+        self.check(topic)?;
+        self.hub
+            .publish(Publication::new(topic, payload, qos, retain));
+        Ok(())
+    }
+
+    /// Whether the IM side may publish on `topic`: a valid topic, and anywhere
+    /// but on an outbox.
+    fn check(&self, topic: &str) -> Result<(), PublishError> {
         if !topic::valid_topic(topic) {
             return Err(PublishError::InvalidTopic(topic.to_owned()));
         }
-        // The IM side may publish anywhere but on an outbox.
         if !self.acl.may_publish(Publisher::Server, topic) {
             return Err(PublishError::Outbox(topic.to_owned()));
         }
-        self.hub
-            .publish(Publication::new(topic, payload, qos, retain));
         Ok(())
     }
 
@@ -172,12 +178,7 @@ impl BrokerHandle {
         qos: QoS,
         retain: bool,
     ) -> Result<(), PublishError> {
-        if !topic::valid_topic(topic) {
-            return Err(PublishError::InvalidTopic(topic.to_owned()));
-        }
-        if !self.acl.may_publish(Publisher::Server, topic) {
-            return Err(PublishError::Outbox(topic.to_owned()));
-        }
+        self.check(topic)?;
         let mut p = Publication::new(topic, payload, qos, retain);
         p.scope = Scope::Node;
         self.hub.publish(p);
@@ -188,12 +189,7 @@ impl BrokerHandle {
     /// this node's sessions, and keeps it if retained. It is not handed back to
     /// the cluster link.
     pub fn publish_remote(&self, publication: Publication) -> Result<(), PublishError> {
-        if !topic::valid_topic(&publication.topic) {
-            return Err(PublishError::InvalidTopic(publication.topic.to_string()));
-        }
-        if !self.acl.may_publish(Publisher::Server, &publication.topic) {
-            return Err(PublishError::Outbox(publication.topic.to_string()));
-        }
+        self.check(&publication.topic)?;
         self.hub.publish(publication);
         Ok(())
     }

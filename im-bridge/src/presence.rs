@@ -139,7 +139,11 @@ pub fn publish_here(
     } else {
         PresenceStatus::Online
     };
-    let before = retained(broker, uid);
+    // Read only when it decides something: a single node's own changes are
+    // published as they come.
+    let before = (!always || in_cluster)
+        .then(|| retained(broker, uid))
+        .flatten();
     if !always
         && let Some(b) = &before
         && b.status == status
