@@ -86,6 +86,42 @@ fn free_port() -> u16 {
 
 static DATABASES: AtomicU32 = AtomicU32::new(0);
 
+/// The temporary directories' prefix, and the file in each naming the test
+/// process that made it.
+const PREFIX: &str = "imqtt-pg";
+const OWNER: &str = "owner";
+
+/// "pid start-time" of a running process (the start time tells a reused pid
+/// from the original).
+fn owner_of(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (start time) is the 20th after the ')' that closes comm.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// Removes the directories of test processes that are gone. A test binary's
+/// shared server lives in a static, which is never dropped: its server dies
+/// with the process, and its 100+ MB directory would stay behind for good.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(PREFIX) {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(entry.path().join(OWNER)) else {
+            continue;
+        };
+        let pid = owner.split_whitespace().next().and_then(|p| p.parse().ok());
+        let gone = pid.is_some_and(|pid| owner_of(pid).as_deref() != Some(owner.trim()));
+        if gone && !backends_alive(&entry.path().join("data")) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Postgres {
     /// Makes a cluster and starts it; `None` (with the reason printed) where
     /// PostgreSQL is not installed.
@@ -99,10 +135,16 @@ impl Postgres {
             missing("running as root needs the postgres user and setpriv");
             return None;
         }
+        sweep_stale();
         let dir = tempfile::Builder::new()
-            .prefix("imqtt-pg")
+            .prefix(PREFIX)
             .tempdir()
             .expect("temp dir");
+        std::fs::write(
+            dir.path().join(OWNER),
+            owner_of(std::process::id()).unwrap_or_default(),
+        )
+        .expect("write the owner file");
         if let (true, Some((uid, gid))) = (root, postgres_ids()) {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
         }
@@ -338,6 +380,7 @@ fn backends_alive(data: &Path) -> bool {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.signal(rustix::process::Signal::KILL);
+        // The backends must be gone before the directory can be removed.
+        self.kill();
     }
 }
