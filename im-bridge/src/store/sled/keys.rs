@@ -10,14 +10,21 @@
 //! | `c` cursor | uid `0` conv | seq |
 //! | `l` list | uid `0` conv | nothing: the user's direct and notice conversations |
 //! | `i` idempotency | sender `0` key | conv `0` seq, then the expiry |
-//! | `x` expiry | expiry sender `0` key | nothing: which idempotency keys to forget when |
-//! | `t` time | ts conv `0` seq | nothing: what `store.retention` deletes when |
+//! | `x` expiry | expiry, round | the round's idempotency keys ([`list`]): which to forget when |
+//! | `t` time | ts, round | the round's message keys ([`list`]): what `store.retention` deletes when |
 //! | `u` account | uid | the argon2 hash |
 //! | `R` retained | MQTT topic | QoS, then the payload |
 //! | `g` group | gid | the group's settings (JSON) |
 //! | `M` member | gid `0` uid | role, first visible seq, last visible seq (MAX: a member now) |
 //! | `G` user's group | uid `0` gid | nothing: the user's current groups |
 //! | `C` contact | owner `0` uid | nothing: who may see owner's presence |
+//!
+//! The two time indexes hold one key per round, not one per message: a new key
+//! costs sled a leaf copy and, every few keys, a split, so a round of a thousand
+//! sends writes two index keys instead of two thousand. "round" is a number
+//! unique to the round (`SledStore::next_round`). Stores written before that
+//! hold one key per message (`t ts conv 0 seq`, `x expiry sender 0 key`, empty
+//! values), which the expiry code still reads: no migration needed.
 
 use super::super::{Head, StoreError};
 
@@ -67,13 +74,45 @@ pub(super) fn msg(conv: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// `t ts conv 0 seq`, from a message's key.
+/// `t ts conv 0 seq`, from a message's key: the per-message time index of
+/// stores written before the per-round one.
+#[cfg(test)]
 pub(super) fn time(ts: u64, msg_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + msg_key.len());
     k.push(TIME);
     k.extend_from_slice(&ts.to_be_bytes());
     k.extend_from_slice(msg_key.get(1..).unwrap_or_default());
     k
+}
+
+/// `kind ts round`: one round's entry in a time index.
+pub(super) fn bucket(kind: u8, ts: u64, round: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(kind);
+    k.extend_from_slice(&ts.to_be_bytes());
+    k.extend_from_slice(&round.to_be_bytes());
+    k
+}
+
+/// Appends `key` to a list value: its length (u16), then its bytes.
+pub(super) fn push_listed(list: &mut Vec<u8>, key: &[u8]) {
+    // Keys are ids of at most a few hundred bytes; a longer one cannot be listed.
+    let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+    list.extend_from_slice(&len.to_be_bytes());
+    list.extend_from_slice(key.get(..usize::from(len)).unwrap_or(key));
+}
+
+/// The keys of a list value, in the order they were pushed.
+pub(super) fn listed(mut list: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
+    let mut keys = Vec::new();
+    while !list.is_empty() {
+        let (len, rest) = list.split_at_checked(2).ok_or(StoreError::Corrupt("index"))?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let (key, rest) = rest.split_at_checked(len).ok_or(StoreError::Corrupt("index"))?;
+        keys.push(key);
+        list = rest;
+    }
+    Ok(keys)
 }
 
 /// The first key after every key that starts with `prefix`.
@@ -136,5 +175,26 @@ mod tests {
         let longer = msg("dm:a:bc", 1);
         assert!(longer >= end || longer < p);
         assert!(after(&msg("dm:a:b", 7)) < msg("dm:a:b", 8));
+    }
+
+    #[test]
+    fn a_list_gives_back_its_keys_and_a_torn_one_is_corrupt() {
+        let mut list = Vec::new();
+        for k in [&b"m1"[..], b"", b"i-sender\0key"] {
+            push_listed(&mut list, k);
+        }
+        let keys = listed(&list).expect("list");
+        assert_eq!(keys, vec![&b"m1"[..], b"", b"i-sender\0key"]);
+        assert!(listed(&list[..list.len() - 1]).is_err());
+        assert!(listed(&[0]).is_err());
+    }
+
+    #[test]
+    fn a_rounds_time_key_never_meets_a_per_message_one() {
+        // Per-message keys have a conversation id, a 0 and a seq after the ts.
+        let old = time(7, &msg("c", 1));
+        let new = bucket(TIME, 7, u64::MAX);
+        assert!(old.len() > new.len());
+        assert_eq!(new.len(), 17);
     }
 }

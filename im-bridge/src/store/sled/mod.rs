@@ -43,6 +43,9 @@ pub struct SledStore {
     /// flushed. An fsync of the same file (fsync is per file, not per descriptor)
     /// after sled's flush closes that gap. `None` for a temporary store.
     log: Option<std::sync::Arc<std::fs::File>>,
+    /// Numbers the rounds' time index entries (`keys.rs`); it starts at the
+    /// clock's nanoseconds, so that a restart never reuses one.
+    rounds: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -122,7 +125,20 @@ impl SledStore {
             idempotency_ttl,
             retained: std::sync::Arc::new(retained::RetainedLog::memory()),
             log: None,
+            rounds: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            )),
         })
+    }
+}
+
+impl SledStore {
+    /// A number no other round of this store has had.
+    fn next_round(&self) -> u64 {
+        self.rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -13,8 +13,8 @@ use imqtt_wire::{ConvId, ConvKind, Envelope};
 use sled::IVec;
 
 use super::keys::{
-    ACCOUNT, CONTACT, CURSOR, EXPIRY, HEAD, IDEM, LIST, TIME, decode_head, encode_head, key1, key2,
-    u64_at,
+    ACCOUNT, CONTACT, CURSOR, EXPIRY, HEAD, IDEM, LIST, MSG, TIME, bucket, decode_head,
+    encode_head, key1, key2, listed, push_listed, u64_at,
 };
 use super::{Entries, SledStore, View, engine, reads_of_view};
 use crate::store::{
@@ -28,6 +28,10 @@ pub(super) struct SledRound<'s> {
     staged: BTreeMap<Vec<u8>, Option<IVec>>,
     /// Retained messages' changes, for their own file.
     retained: Vec<super::retained::Change>,
+    /// The round's entries in the time indexes, by time: the message keys
+    /// appended at a ts, the idempotency keys expiring at a time (`keys.rs`).
+    times: BTreeMap<u64, Vec<u8>>,
+    expiries: BTreeMap<u64, Vec<u8>>,
 }
 
 impl<'s> SledRound<'s> {
@@ -36,6 +40,8 @@ impl<'s> SledRound<'s> {
             store,
             staged: BTreeMap::new(),
             retained: Vec::new(),
+            times: BTreeMap::new(),
+            expiries: BTreeMap::new(),
         }
     }
 
@@ -187,7 +193,7 @@ impl SledRound<'_> {
         };
         let json = serde_json::to_vec(&envelope).map_err(engine)?;
         let msg_key = super::keys::msg(conv, seq);
-        self.put(super::keys::time(now_ms, &msg_key), IVec::default());
+        push_listed(self.times.entry(now_ms).or_default(), &msg_key);
         self.put(msg_key, json.as_slice());
         self.put(
             head_key,
@@ -217,10 +223,7 @@ impl SledRound<'_> {
             let mut v = super::keys::prefix(0, conv)[1..].to_vec();
             v.extend_from_slice(&seq.to_be_bytes());
             v.extend_from_slice(&expires.to_be_bytes());
-            let mut e = vec![EXPIRY];
-            e.extend_from_slice(&expires.to_be_bytes());
-            e.extend_from_slice(&k[1..]);
-            self.put(e, IVec::default());
+            push_listed(self.expiries.entry(expires).or_default(), &k);
             self.put(k, v);
         }
         Ok(Appended {
@@ -228,6 +231,48 @@ impl SledRound<'_> {
             json: Bytes::from(json),
             duplicate: false,
         })
+    }
+}
+
+impl SledRound<'_> {
+    /// Takes up to `limit` keys from the time index `kind` below `end`, oldest
+    /// first, handing each to `forget` with its index time; returns how many
+    /// `forget` found still there. A round's entry lists many keys (`keys.rs`):
+    /// one taken in part is written back with the rest. An entry of the older
+    /// per-message index is its key.
+    fn expire_listed(
+        &mut self,
+        kind: u8,
+        end: Vec<u8>,
+        limit: usize,
+        mut forget: impl FnMut(&mut Self, u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<usize, StoreError> {
+        let due = self.collect(vec![kind], end, limit)?;
+        let (mut taken, mut forgotten) = (0, 0);
+        for (index_key, list) in &due {
+            let at = u64_at(index_key, 1).ok_or(StoreError::Corrupt("index"))?;
+            let keys: Vec<Vec<u8>> = if list.is_empty() {
+                let rest = index_key.get(9..).ok_or(StoreError::Corrupt("index"))?;
+                vec![[&[if kind == TIME { MSG } else { IDEM }][..], rest].concat()]
+            } else {
+                listed(list)?.into_iter().map(<[u8]>::to_vec).collect()
+            };
+            let room = limit - taken;
+            for key in keys.iter().take(room) {
+                forgotten += usize::from(forget(self, at, key)?);
+            }
+            if keys.len() > room {
+                let mut rest = Vec::new();
+                for key in &keys[room..] {
+                    push_listed(&mut rest, key);
+                }
+                self.put(index_key.to_vec(), rest);
+                break;
+            }
+            self.remove(index_key.to_vec());
+            taken += keys.len();
+        }
+        Ok(forgotten)
     }
 }
 
@@ -297,38 +342,31 @@ impl Round for SledRound<'_> {
     fn expire_idempotency(&mut self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let mut end = vec![EXPIRY];
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
-        let due = self.collect(vec![EXPIRY], end, limit)?;
-        for (k, _) in &due {
-            let (Some(expiry), Some(idem)) = (k.get(1..9), k.get(9..)) else {
-                return Err(StoreError::Corrupt("expiry"));
-            };
-            let mut idem_key = vec![IDEM];
-            idem_key.extend_from_slice(idem);
+        self.expire_listed(EXPIRY, end, limit, |round, expiry, idem_key| {
             // Only if it still holds this expiry: a later send may have reused it.
-            if let Some(v) = self.get(&idem_key)?
-                && v.len() >= 8
-                && &v[v.len() - 8..] == expiry
-            {
-                self.remove(idem_key);
+            let holds = round
+                .get(idem_key)?
+                .is_some_and(|v| v.len() >= 8 && v[v.len() - 8..] == expiry.to_be_bytes());
+            if holds {
+                round.remove(idem_key.to_vec());
             }
-            self.remove(k.to_vec());
-        }
-        Ok(due.len())
+            Ok(holds)
+        })
     }
 
     fn expire_messages(&mut self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
         let mut end = vec![TIME];
         end.extend_from_slice(&before_ms.to_be_bytes());
-        let due = self.collect(vec![TIME], end, limit)?;
-        for (k, _) in &due {
-            // Heads, cursors and lists stay: seqs are never reused, and a
-            // conversation's history simply starts later.
-            let mut msg_key = vec![super::keys::MSG];
-            msg_key.extend_from_slice(k.get(9..).ok_or(StoreError::Corrupt("time"))?);
-            self.remove(msg_key);
-            self.remove(k.to_vec());
-        }
-        Ok(due.len())
+        // Heads, cursors and lists stay: seqs are never reused, and a
+        // conversation's history simply starts later.
+        // A purge may have taken the message already.
+        self.expire_listed(TIME, end, limit, |round, _, msg_key| {
+            let there = round.get(msg_key)?.is_some();
+            if there {
+                round.remove(msg_key.to_vec());
+            }
+            Ok(there)
+        })
     }
 
     fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
@@ -336,11 +374,10 @@ impl Round for SledRound<'_> {
         let lo = super::keys::msg(c, 1);
         let hi = super::keys::after(&super::keys::msg(c, through));
         let doomed = self.collect(lo, hi, limit)?;
-        for (k, v) in &doomed {
-            // Its retention entry goes with it (keyed by commit time).
-            if let Ok(e) = serde_json::from_slice::<Envelope>(v) {
-                self.remove(super::keys::time(e.ts, k));
-            }
+        // Their time index entries stay until retention reaches them and removes
+        // keys that are gone: harmless, as the head stays and seqs are never
+        // reused.
+        for (k, _) in &doomed {
             self.remove(k.to_vec());
         }
         Ok(doomed.len())
@@ -349,9 +386,19 @@ impl Round for SledRound<'_> {
     fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError> {
         let SledRound {
             store,
-            staged,
+            mut staged,
             retained,
+            times,
+            expiries,
         } = *self;
+        if !(times.is_empty() && expiries.is_empty()) {
+            let round = store.next_round();
+            for (kind, index) in [(TIME, times), (EXPIRY, expiries)] {
+                for (at, list) in index {
+                    staged.insert(bucket(kind, at, round), Some(list.into()));
+                }
+            }
+        }
         if !staged.is_empty() {
             let mut batch = sled::Batch::default();
             for (k, v) in staged {
@@ -409,6 +456,57 @@ mod tests {
         assert_eq!(seen(true), backward);
         assert_eq!(r.get(b"a5").expect("get"), None);
         assert_eq!(r.get(b"a1").expect("get").as_deref(), Some(&b"a1"[..]));
+    }
+
+    #[test]
+    fn entries_of_the_per_message_indexes_still_expire() {
+        let s = SledStore::temporary(std::time::Duration::from_secs(60)).expect("store");
+        let msg = super::super::keys::msg("dm:a:b", 1);
+        s.tree.insert(&msg, &b"{}"[..]).expect("message");
+        s.tree
+            .insert(super::super::keys::time(1_000, &msg), &b""[..])
+            .expect("time");
+        let idem = key2(IDEM, "a", "k1");
+        let mut held = b"dm:a:b\0".to_vec();
+        held.extend_from_slice(&1u64.to_be_bytes());
+        held.extend_from_slice(&5_000u64.to_be_bytes());
+        s.tree.insert(&idem, held).expect("idem");
+        let mut x = vec![EXPIRY];
+        x.extend_from_slice(&5_000u64.to_be_bytes());
+        x.extend_from_slice(&idem[1..]);
+        s.tree.insert(x, &b""[..]).expect("expiry");
+
+        let mut r = Box::new(SledRound::new(&s));
+        assert_eq!(r.expire_messages(1_000, 10).expect("none yet"), 0);
+        assert_eq!(r.expire_messages(1_001, 10).expect("expire"), 1);
+        assert_eq!(r.expire_idempotency(4_999, 10).expect("none yet"), 0);
+        assert_eq!(r.expire_idempotency(5_000, 10).expect("expire"), 1);
+        r.commit(false).expect("commit");
+        assert_eq!(s.tree.get(&msg).expect("get"), None);
+        assert_eq!(s.tree.get(&idem).expect("get"), None);
+        assert_eq!(s.tree.len(), 0, "the index entries went too");
+    }
+
+    #[test]
+    fn a_round_writes_one_entry_per_index_whatever_its_size() {
+        let s = SledStore::temporary(std::time::Duration::from_secs(60)).expect("store");
+        let sends: Vec<NewMessage> = (0..50)
+            .map(|i| NewMessage {
+                conv: ConvId::dm("a", &format!("r{i}")).expect("conv"),
+                from: "a".into(),
+                to: format!("r{i}"),
+                client_msg_id: Some(format!("k{i}")),
+                idempotency_key: Some(format!("k{i}")),
+                qos: imqtt_wire::Qos::AtLeastOnce,
+                body: serde_json::json!({"text": "x"}),
+            })
+            .collect();
+        let mut r = Box::new(SledRound::new(&s));
+        r.append(&sends, 1_000).expect("append");
+        r.commit(false).expect("commit");
+        let count = |kind: u8| s.tree.scan_prefix([kind]).count();
+        assert_eq!((count(TIME), count(EXPIRY)), (1, 1));
+        assert_eq!(count(MSG), 50);
     }
 
     #[test]
