@@ -7,7 +7,7 @@ use sled::IVec;
 use super::SledStore;
 use super::groups::decode_membership;
 use super::keys::{
-    ACCOUNT, CONTACT, CURSOR, GROUP, HEAD, IDEM, LIST, MEMBER, MSG, RETAINED, decode_head, u64_at,
+    ACCOUNT, CONTACT, CURSOR, GROUP, HEAD, IDEM, MEMBER, MSG, RETAINED, decode_head, u64_at,
 };
 use crate::store::Store;
 use crate::store::{Record, StoreError};
@@ -15,9 +15,26 @@ use crate::store::{Record, StoreError};
 impl SledStore {
     /// Every record; idempotency keys that expired by `now_ms` are left out.
     pub fn records(&self, now_ms: u64) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
-        let keys = self.tree.iter().filter_map(move |kv| match kv {
-            Ok((k, v)) => decode(&k, &v, now_ms).transpose(),
-            Err(e) => Some(Err(e.into())),
+        let keys = self.tree.iter().flat_map(move |kv| {
+            let record = match kv {
+                Ok((k, v)) => decode(&k, &v, now_ms),
+                Err(e) => Err(e.into()),
+            };
+            // A cursor in a direct or notice conversation is also its list entry.
+            let listed = match &record {
+                Ok(Some(Record::Cursor { uid, conv, .. }))
+                    if conv
+                        .parse::<imqtt_wire::ConvId>()
+                        .is_ok_and(|c| !matches!(c.kind(), imqtt_wire::ConvKind::Group { .. })) =>
+                {
+                    Some(Ok(Record::Listed {
+                        uid: uid.clone(),
+                        conv: conv.clone(),
+                    }))
+                }
+                _ => None,
+            };
+            record.transpose().into_iter().chain(listed)
         });
         // Then the retained messages, from their own file.
         let retained = std::iter::once(()).flat_map(move |()| match self.retained() {
@@ -90,10 +107,6 @@ fn decode(k: &IVec, v: &IVec, now_ms: u64) -> Result<Option<Record>, StoreError>
             let (uid, conv) = pair(k, "cursors")?;
             let seq = u64_at(v, 0).ok_or(StoreError::Corrupt("cursors"))?;
             Record::Cursor { uid, conv, seq }
-        }
-        LIST => {
-            let (uid, conv) = pair(k, "lists")?;
-            Record::Listed { uid, conv }
         }
         IDEM => {
             let (sender, key) = pair(k, "idem")?;

@@ -7,8 +7,8 @@
 //! |---|---|---|
 //! | `m` message | conv `0` seq | the envelope's JSON |
 //! | `h` head | conv | head seq, last ts |
-//! | `c` cursor | uid `0` conv | seq |
-//! | `l` list | uid `0` conv | nothing: the user's direct and notice conversations |
+//! | `c` cursor | uid `0` conv | seq; a user's direct and notice ones are its conversation list |
+//! | `l` list | uid `0` conv | nothing: the list of stores before it came from the cursors (`migrate.rs`) |
 //! | `i` idempotency | sender `0` key | conv `0` seq, then the expiry |
 //! | `x` expiry | expiry, round | the round's idempotency keys ([`list`]): which to forget when |
 //! | `t` time | ts, round | the round's message keys ([`list`]): what `store.retention` deletes when |
@@ -106,9 +106,13 @@ pub(super) fn push_listed(list: &mut Vec<u8>, key: &[u8]) {
 pub(super) fn listed(mut list: &[u8]) -> Result<Vec<&[u8]>, StoreError> {
     let mut keys = Vec::new();
     while !list.is_empty() {
-        let (len, rest) = list.split_at_checked(2).ok_or(StoreError::Corrupt("index"))?;
+        let (len, rest) = list
+            .split_at_checked(2)
+            .ok_or(StoreError::Corrupt("index"))?;
         let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-        let (key, rest) = rest.split_at_checked(len).ok_or(StoreError::Corrupt("index"))?;
+        let (key, rest) = rest
+            .split_at_checked(len)
+            .ok_or(StoreError::Corrupt("index"))?;
         keys.push(key);
         list = rest;
     }

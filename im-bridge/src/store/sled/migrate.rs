@@ -101,6 +101,35 @@ pub(super) fn retained_out_of_the_tree(
     Ok(changes.len())
 }
 
+/// Turns list entries (`l uid conv`, the list before it came from the cursors)
+/// into cursors at 0 where the user has none, a batch at a time; returns how
+/// many. Each batch removes what it turned, so a crash halfway resumes.
+pub(super) fn lists_into_cursors(tree: &sled::Tree) -> sled::Result<usize> {
+    let mut moved = 0;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for kv in tree
+            .range([keys::LIST].as_slice()..[keys::LIST + 1].as_slice())
+            .take(CHUNK)
+        {
+            let (k, _) = kv?;
+            let mut cursor = k.to_vec();
+            cursor[0] = keys::CURSOR;
+            if !tree.contains_key(&cursor)? {
+                batch.insert(cursor, &0u64.to_be_bytes());
+            }
+            batch.remove(k);
+            in_batch += 1;
+        }
+        if in_batch == 0 {
+            return Ok(moved);
+        }
+        tree.apply_batch(batch)?;
+        moved += in_batch;
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use std::path::Path;
@@ -192,5 +221,31 @@ pub(super) mod tests {
                 .any(|n| n.as_ref() == b"msgs" || n.as_ref() == b"recent"),
             "old trees dropped"
         );
+    }
+}
+
+#[cfg(test)]
+mod lists {
+    use super::super::keys::{CURSOR, LIST, key2, u64_at};
+
+    #[test]
+    fn list_entries_become_cursors_and_a_cursor_already_there_stays() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let tree = db.open_tree("t").expect("tree");
+        for uid in ["ann", "ben"] {
+            tree.insert(key2(LIST, uid, "dm:ann:ben"), &[])
+                .expect("list");
+        }
+        tree.insert(key2(CURSOR, "ann", "dm:ann:ben"), &3u64.to_be_bytes())
+            .expect("cursor");
+        assert_eq!(super::lists_into_cursors(&tree).expect("move"), 2);
+        let cursor = |uid| {
+            tree.get(key2(CURSOR, uid, "dm:ann:ben"))
+                .expect("get")
+                .and_then(|v| u64_at(&v, 0))
+        };
+        assert_eq!((cursor("ann"), cursor("ben")), (Some(3), Some(0)));
+        assert_eq!(tree.scan_prefix([LIST]).count(), 0);
+        assert_eq!(super::lists_into_cursors(&tree).expect("again"), 0);
     }
 }

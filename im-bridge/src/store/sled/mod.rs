@@ -21,8 +21,7 @@ use imqtt_wire::ConvId;
 use sled::IVec;
 
 use self::keys::{
-    ACCOUNT, CURSOR, GROUP, HEAD, LIST, MEMBER, decode_head, end_of, id_after, key1, key2, prefix,
-    u64_at,
+    ACCOUNT, CURSOR, GROUP, HEAD, MEMBER, decode_head, end_of, id_after, key1, key2, prefix, u64_at,
 };
 use super::{GroupRecord, Head, Membership, Range, Round, Store, StoreError, Summary, Window};
 use crate::config::StoreConfig;
@@ -100,7 +99,8 @@ impl SledStore {
         let moved = migrate::from_tree_per_kind(&store.db, &store.tree).map_err(open_error)?;
         let moved = moved
             + migrate::retained_out_of_the_tree(&store.tree, &store.retained)
-                .map_err(|e| open_error(sled::Error::Io(std::io::Error::other(e))))?;
+                .map_err(|e| open_error(sled::Error::Io(std::io::Error::other(e))))?
+            + migrate::lists_into_cursors(&store.tree).map_err(open_error)?;
         if moved > 0 {
             store
                 .flush()
@@ -240,17 +240,21 @@ fn cursor(v: &impl View, uid: &str, conv: &ConvId) -> Result<u64, StoreError> {
 }
 
 fn conversations(v: &impl View, uid: &str, limit: usize) -> Result<Vec<Summary>, StoreError> {
-    let p = prefix(LIST, uid);
+    let p = prefix(CURSOR, uid);
     let mut out = Vec::new();
-    // The user's list is a set; its order by activity comes from the heads.
+    // The user's list is its cursors in direct and notice conversations (groups
+    // are found through memberships); its order by activity comes from the heads.
     for kv in v.scan(p.clone(), end_of(&p), false) {
-        let (k, _) = kv?;
+        let (k, c) = kv?;
         let conv = id_after(&k, &p)?
             .parse::<ConvId>()
-            .map_err(|_| StoreError::Corrupt("list"))?;
+            .map_err(|_| StoreError::Corrupt("cursors"))?;
+        if matches!(conv.kind(), imqtt_wire::ConvKind::Group { .. }) {
+            continue;
+        }
         out.push(Summary {
             head: head(v, &conv)?,
-            cursor: cursor(v, uid, &conv)?,
+            cursor: u64_at(&c, 0).ok_or(StoreError::Corrupt("cursors"))?,
             conv,
         });
     }

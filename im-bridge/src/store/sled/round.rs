@@ -13,8 +13,8 @@ use imqtt_wire::{ConvId, ConvKind, Envelope};
 use sled::IVec;
 
 use super::keys::{
-    ACCOUNT, CONTACT, CURSOR, EXPIRY, HEAD, IDEM, LIST, MSG, TIME, bucket, decode_head,
-    encode_head, key1, key2, listed, push_listed, u64_at,
+    ACCOUNT, CONTACT, CURSOR, EXPIRY, HEAD, IDEM, MSG, TIME, bucket, decode_head, encode_head,
+    key1, key2, listed, push_listed, u64_at,
 };
 use super::{Entries, SledStore, View, engine, reads_of_view};
 use crate::store::{
@@ -202,12 +202,13 @@ impl SledRound<'_> {
                 last_ts: now_ms,
             }),
         );
-        // A conversation joins its participants' lists once; its activity is its
-        // head's, so nothing else changes per message.
+        // A conversation joins its participants' lists once, as their cursors in
+        // it (`keys.rs`); its activity is its head's, so nothing else changes
+        // per message.
         for uid in participants(&send.conv) {
-            let key = key2(LIST, uid, conv);
+            let key = key2(CURSOR, uid, conv);
             if self.get(&key)?.is_none() {
-                self.put(key, IVec::default());
+                self.put(key, &0u64.to_be_bytes());
             }
         }
         if matches!(
