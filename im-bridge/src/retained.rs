@@ -16,6 +16,8 @@ use crate::store::Store;
 
 /// How often changed retained messages are written.
 const EVERY: Duration = Duration::from_secs(1);
+/// Changes written per commit job.
+const CHUNK: usize = 1024;
 
 fn kept(topic: &str) -> bool {
     !topic.starts_with("presence/")
@@ -61,29 +63,47 @@ pub type Pending = std::collections::HashMap<String, Option<(bytes::Bytes, u8)>>
 
 /// Writes the retained messages that changed since the last call (and what an
 /// earlier call could not write), durably, through the commit loop. What fails
-/// stays in `pending` for the next call.
+/// stays in `pending` for the next call; otherwise `pending` holds nothing, not
+/// even its allocation (a burst of 19,000 changes would keep a map of that size
+/// for good).
 pub async fn persist(
     broker: &BrokerHandle,
     committer: &Committer,
     pending: &mut Pending,
 ) -> Result<()> {
-    for (topic, now) in broker.retained_changes() {
-        if kept(&topic) {
-            pending.insert(topic, now.map(|(payload, qos)| (payload, qos_byte(qos))));
+    // The broker's changes are one per topic already; only what an earlier call
+    // left needs merging under them.
+    let fresh = broker
+        .retained_changes()
+        .into_iter()
+        .filter(|(topic, _)| kept(topic))
+        .map(|(topic, now)| (topic, now.map(|(payload, qos)| (payload, qos_byte(qos)))));
+    let changes: Vec<_> = if pending.is_empty() {
+        fresh.collect()
+    } else {
+        let mut merged = std::mem::take(pending);
+        merged.extend(fresh);
+        merged.into_iter().collect()
+    };
+    // A chunk at a time, so that what a burst costs in copies on the way to the
+    // store stays bounded.
+    let mut changes = changes.into_iter();
+    loop {
+        let chunk: Vec<_> = changes.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let written = Arc::new(chunk);
+        let job = written.clone();
+        let result = committer
+            .write(move |r| Ok((r.put_retained(&job)?, None)))
+            .await;
+        if let Err(e) = result {
+            pending.extend(Arc::unwrap_or_clone(written));
+            pending.extend(changes);
+            return Err(e);
         }
     }
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let changes: Vec<_> = pending
-        .iter()
-        .map(|(t, v)| (t.clone(), v.clone()))
-        .collect();
-    committer
-        .write(move |r| Ok((r.put_retained(&changes)?, None)))
-        .await?;
-    pending.clear();
-    Ok(())
 }
 
 /// What [`spawn`]'s task has not yet written, shared with the server's last
