@@ -175,7 +175,13 @@ impl SledRound<'_> {
         }
         let conv = send.conv.as_str();
         let head_key = key1(HEAD, conv);
-        let head = match self.get(&head_key)? {
+        let stored_head = self.get(&head_key)?;
+        // A conversation without a head has never had a message, so none of its
+        // direct or notice cursors exist, and a group cursor there is at 0: its
+        // cursors are written without reading them first (a lookup of an absent
+        // key costs sled a descent of the tree).
+        let new_conv = stored_head.is_none();
+        let head = match stored_head {
             Some(v) => decode_head(&v)?,
             None => Head::default(),
         };
@@ -207,7 +213,7 @@ impl SledRound<'_> {
         // per message.
         for uid in participants(&send.conv) {
             let key = key2(CURSOR, uid, conv);
-            if self.get(&key)?.is_none() {
+            if new_conv || self.get(&key)?.is_none() {
                 self.put(key, &0u64.to_be_bytes());
             }
         }
@@ -216,7 +222,11 @@ impl SledRound<'_> {
             ConvKind::Dm { .. } | ConvKind::Group { .. }
         ) {
             // One's own message is read.
-            self.raise_cursor(&send.from, conv, seq)?;
+            if new_conv {
+                self.put(key2(CURSOR, &send.from, conv), &seq.to_be_bytes());
+            } else {
+                self.raise_cursor(&send.from, conv, seq)?;
+            }
         }
         if let Some(k) = idem_key {
             let ttl = u64::try_from(self.store.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
