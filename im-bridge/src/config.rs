@@ -136,6 +136,9 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Web origins (`https://app.example`) whose pages may call `/v1` from a
+    /// browser (CORS); `["*"]`: any origin. Empty: the same origin only.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -145,8 +148,56 @@ impl Default for HttpConfig {
             max_body: ByteSize(4 << 20),
             request_timeout: Duration::secs(30),
             shutdown_grace: Duration::secs(10),
+            cors_origins: Vec::new(),
         }
     }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut errs = Vec::new();
+        let any = self.cors_origins.iter().any(|o| o == "*");
+        if any && self.cors_origins.len() > 1 {
+            errs.push((
+                "http.cors_origins",
+                "\"*\" allows every origin and stands alone".to_owned(),
+            ));
+        }
+        for origin in self.cors_origins.iter().filter(|o| *o != "*") {
+            if !is_origin(origin) {
+                errs.push((
+                    "http.cors_origins",
+                    format!(
+                        "{origin:?} is not an origin: scheme://host[:port], http or https, \
+                         without a path (https://app.example)"
+                    ),
+                ));
+            }
+        }
+        errs
+    }
+}
+
+/// Whether `s` is a web origin as browsers send it: `http(s)://host[:port]`,
+/// lower case, nothing after the authority.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal's colons are inside brackets.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.[]:".contains(c));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    host_ok && port_ok
 }
 
 /// How long stored messages are kept.
@@ -540,6 +591,9 @@ impl Config {
         if clean("cluster") && clean("store") {
             checks.extend(cfg.cluster.validate(&cfg.store));
         }
+        if clean("http") {
+            checks.extend(cfg.http.validate());
+        }
         if clean("http") && clean("limits") && cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
             checks.push((
                 "http.max_body",
@@ -785,6 +839,35 @@ mod tests {
         assert_eq!(cfg.mqtt.tcp.0, Some("127.0.0.1:0".parse().expect("addr")));
         assert_eq!(cfg.mqtt.ws.0, None);
         assert_eq!(cfg.store.path, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn cors_origins_are_origins_or_a_lone_star() {
+        let cfg = load(
+            &format!(
+                "{DEV}[http]\ncors_origins = [\"https://app.example\", \"http://127.0.0.1:5173\"]\n"
+            ),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(cfg.http.cors_origins.len(), 2);
+        assert!(load(&format!("{DEV}[http]\ncors_origins = [\"*\"]\n"), &[]).is_ok());
+        let env = load(
+            DEV,
+            &[("IMQTT_HTTP__CORS_ORIGINS", "[\"https://a.example\"]")],
+        )
+        .expect("from the environment");
+        assert_eq!(env.http.cors_origins, vec!["https://a.example"]);
+        for bad in [
+            "[\"https://app.example/\"]",
+            "[\"app.example\"]",
+            "[\"https://App.example\"]",
+            "[\"https://app.example:99999\"]",
+            "[\"*\", \"https://app.example\"]",
+        ] {
+            let err = load(&format!("{DEV}[http]\ncors_origins = {bad}\n"), &[]).expect_err(bad);
+            assert_eq!(err.errors[0].key, "http.cors_origins", "{bad}");
+        }
     }
 
     #[test]

@@ -245,3 +245,119 @@ async fn readyz_answers_200_as_soon_as_the_addresses_are_printed() {
         assert_eq!(server.terminate().await.code(), Some(0), "{}", server.log());
     }
 }
+
+/// A browser's CORS exchange with `/v1`: the preflight, then the request.
+async fn preflight(base: &str, origin: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/messages"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .expect("preflight")
+}
+
+fn cors_headers(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .filter(|k| k.starts_with("access-control-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_listed_origin_may_call_the_api_from_a_browser_and_no_other_may() {
+    let server = Server::start_env(
+        "",
+        &[(
+            "IMQTT_HTTP__CORS_ORIGINS",
+            r#"["https://app.example", "http://localhost:5173"]"#,
+        )],
+    )
+    .await;
+    let base = server.http_url();
+
+    let r = preflight(&base, "https://app.example").await;
+    assert_eq!(r.status().as_u16(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    let methods = h["access-control-allow-methods"].to_str().expect("text");
+    for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        assert!(methods.contains(m), "{methods}");
+    }
+    let headers = h["access-control-allow-headers"].to_str().expect("text");
+    assert!(headers.contains("authorization") && headers.contains("content-type"));
+    assert!(
+        h["access-control-max-age"]
+            .to_str()
+            .expect("text")
+            .parse::<u32>()
+            .expect("secs")
+            > 0
+    );
+    assert!(!h.contains_key("access-control-allow-credentials"));
+
+    // The request itself, with a token, as the page sends it.
+    let jwt = imqtt_tests::token("ann", broker::auth::Role::User, Duration::from_secs(600));
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .header("origin", "http://localhost:5173")
+        .bearer_auth(&jwt)
+        .json(&serde_json::json!({"to": "ben", "body": {"text": "hi"}}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let vary = r
+        .headers()
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(vary.contains("origin"), "{vary}");
+
+    // An unlisted origin: no CORS header on the preflight or the request, so its
+    // browser keeps the answer from the page.
+    let r = preflight(&base, "https://evil.example").await;
+    assert_eq!(cors_headers(&r), Vec::<String>::new());
+    assert_ne!(r.status().as_u16(), 204);
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/conversations"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(cors_headers(&r), Vec::<String>::new());
+    // Nothing outside /v1 is offered.
+    let r = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(cors_headers(&r), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn by_default_no_origin_is_allowed_and_a_star_allows_every_one() {
+    let server = Server::start().await;
+    let r = preflight(&server.http_url(), "https://app.example").await;
+    assert_eq!(r.status().as_u16(), 405, "as any OPTIONS without CORS");
+    assert_eq!(cors_headers(&r), Vec::<String>::new());
+
+    let server = Server::start_env("", &[("IMQTT_HTTP__CORS_ORIGINS", r#"["*"]"#)]).await;
+    let r = preflight(&server.http_url(), "https://anything.example").await;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+}

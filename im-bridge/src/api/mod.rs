@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod cors;
 mod groups;
 mod health;
 mod json;
@@ -143,6 +144,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body.as_usize()))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(cors::Cors::new(&state.config.http.cors_origins)),
+            cors::cors,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             tracing::info_span!(
