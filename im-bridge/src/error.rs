@@ -57,6 +57,13 @@ pub enum Error {
         /// Whole seconds until the refused sends would pass (at least 1).
         retry_after_secs: u64,
     },
+    /// Too many failed sign-ins or sign-ups from here lately: 429, with
+    /// `Retry-After`.
+    #[error("too many attempts: retry after {retry_after_secs} s")]
+    TooManyAttempts {
+        /// Whole seconds until an attempt is taken again (at least 1).
+        retry_after_secs: u64,
+    },
     /// One request asks for more sends than `limits.rate_burst`, which no wait would
     /// ever allow: 413, so that a client splits the batch rather than retrying it
     /// forever as it would a 429.
@@ -281,6 +288,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Error::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             Error::OverRateBurst { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "over_rate_burst"),
             Error::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -319,7 +327,8 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let retry_after = match self {
-            Error::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            Error::RateLimited { retry_after_secs }
+            | Error::TooManyAttempts { retry_after_secs } => Some(retry_after_secs),
             // The database is away: the client tries again a moment later.
             Error::Storage(StoreError::Unavailable(_)) => Some(STORE_RETRY_AFTER_SECS),
             _ => None,

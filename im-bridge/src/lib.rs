@@ -36,5 +36,6 @@ pub mod sending;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod throttle;
 
 pub use error::{Error, Result};

@@ -16,6 +16,13 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Labels of `imqtt_sign_in_refused`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    /// `tokens` (sign-in) or `accounts` (sign-up).
+    pub endpoint: &'static str,
+}
+
 /// The bridge's own metrics plus the registry every component adds to.
 #[derive(Debug)]
 pub struct Metrics {
@@ -25,6 +32,10 @@ pub struct Metrics {
     /// Messages accepted and stored (a retry answered from the idempotency record
     /// is not counted again).
     pub messages_stored: Counter,
+    /// Sign-ins that failed (wrong user or password).
+    pub sign_in_failures: Counter,
+    /// Sign-ins and sign-ups answered 429 `too_many_attempts`.
+    pub sign_in_refused: Family<ThrottleLabels, Counter>,
     resident_bytes: Gauge,
     open_fds: Gauge,
 }
@@ -46,6 +57,18 @@ impl Metrics {
             "Messages accepted and stored durably",
             messages_stored.clone(),
         );
+        let sign_in_failures = Counter::default();
+        registry.register(
+            "sign_in_failures",
+            "Sign-ins refused for a wrong user or password",
+            sign_in_failures.clone(),
+        );
+        let sign_in_refused = Family::<ThrottleLabels, Counter>::default();
+        registry.register(
+            "sign_in_refused",
+            "Sign-ins (tokens) and sign-ups (accounts) answered 429: too many attempts",
+            sign_in_refused.clone(),
+        );
         let resident_bytes = Gauge::default();
         registry.register(
             "process_resident_memory_bytes",
@@ -63,6 +86,8 @@ impl Metrics {
             registry,
             http_requests,
             messages_stored,
+            sign_in_failures,
+            sign_in_refused,
             resident_bytes,
             open_fds,
         }

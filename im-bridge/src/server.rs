@@ -144,6 +144,7 @@ impl Server {
             passwords: Passwords::default(),
             ready: Arc::new(AtomicBool::new(false)),
             started: std::time::Instant::now(),
+            sign_ins: Default::default(),
             mqtt_addrs: mqtt.local_addrs().into(),
         };
         // Presence follows connections from the first one on.
@@ -205,9 +206,12 @@ impl Server {
         let ready = state.ready.clone();
         let mqtt = tokio::spawn(mqtt.run(stopped(stop_rx.clone()), grace));
         let http = tokio::spawn(
-            axum::serve(http, api::app(state))
-                .with_graceful_shutdown(stopped(stop_rx))
-                .into_future(),
+            axum::serve(
+                http,
+                api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
         );
         Serving {
             addrs,

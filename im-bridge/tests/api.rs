@@ -78,6 +78,7 @@ async fn state() -> AppState {
         passwords: Passwords::default(),
         ready: Arc::new(AtomicBool::new(true)),
         started: std::time::Instant::now(),
+        sign_ins: Default::default(),
         mqtt_addrs: broker.local_addrs().into(),
     }
 }

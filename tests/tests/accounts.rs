@@ -164,10 +164,13 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_answer_in_a_similar_t
     // machine load; medians, so that one stall does not decide).
     let mut wrong_times = Vec::new();
     let mut unknown_times = Vec::new();
-    for _ in 0..7 {
+    for i in 0..7 {
+        // Each round from an address of its own, below the sign-in throttle's
+        // free tries.
+        let client = client_from(&format!("127.0.0.{}", 10 + i));
         for (user, times) in [("bob", &mut wrong_times), ("nobody", &mut unknown_times)] {
             let t = Instant::now();
-            let (status, _) = post(&base, "/v1/tokens", &creds(user, "a wrong password")).await;
+            let (status, _, _) = sign_in(&client, &base, user, "a wrong password").await;
             times.push(t.elapsed());
             assert_eq!(status, 401);
         }
@@ -303,4 +306,150 @@ async fn an_account_survives_a_restart_on_the_same_data_directory() {
     assert_eq!((status, code(&body)), (409, "user_exists"));
     let (status, _) = post(&base, "/v1/tokens", &creds("heidi", "a new password")).await;
     assert_eq!(status, 401);
+}
+
+/// A client whose connections come from `ip` (any of 127.0.0.0/8 is loopback).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}
+
+/// A sign-in from `client`: the status, `Retry-After` and the JSON answer.
+async fn sign_in(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> (u16, Option<u64>, Value) {
+    let r = client
+        .post(format!("{base}/v1/tokens"))
+        .json(&json!({"user": user, "password": password}))
+        .send()
+        .await
+        .expect("sign-in");
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let (status, body) = answer(r).await;
+    (status, retry, body)
+}
+
+#[tokio::test]
+async fn password_guessing_waits_longer_and_longer_and_the_owner_still_signs_in() {
+    let server = Server::start().await;
+    let base = server.http_url();
+    assert_eq!(
+        post(
+            &base,
+            "/v1/accounts",
+            &json!({"user": "ann", "password": "right password"})
+        )
+        .await
+        .0,
+        201
+    );
+    // 32 guesses at once from one machine: a few are checked, the rest wait.
+    let attacker = client_from("127.0.0.2");
+    let guesses = (0..32).map(|i| {
+        let (attacker, base) = (attacker.clone(), base.clone());
+        tokio::spawn(async move { sign_in(&attacker, &base, "ann", &format!("guess {i}")).await })
+    });
+    let mut checked = 0;
+    let mut waits = Vec::new();
+    for g in guesses {
+        let (status, retry, body) = g.await.expect("task");
+        match status {
+            401 => checked += 1,
+            429 => {
+                assert_eq!(body["error"]["code"], "too_many_attempts", "{body}");
+                waits.push(retry.expect("Retry-After on a 429"));
+            }
+            other => panic!("guess answered {other}: {body}"),
+        }
+    }
+    assert!(checked >= 5, "the free tries are checked: {checked}");
+    assert!(
+        waits.len() >= 20,
+        "only {} of 32 guesses waited",
+        waits.len()
+    );
+    assert!(waits.iter().all(|w| (1..=30).contains(w)), "{waits:?}");
+
+    // Meanwhile the owner, on its own machine, is not held up.
+    let owner = client_from("127.0.0.1");
+    let (status, _, body) = sign_in(&owner, &base, "ann", "right password").await;
+    assert_eq!(status, 200, "{body}");
+
+    // The attacker's next guesses, each after its wait, wait twice as long.
+    let mut next = Vec::new();
+    for _ in 0..2 {
+        let (_, retry, _) = sign_in(&attacker, &base, "ann", "still waiting").await;
+        if let Some(wait) = retry {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+        let (status, _, _) = sign_in(&attacker, &base, "ann", "one more guess").await;
+        assert_eq!(status, 401, "after the wait a guess is checked again");
+        let (status, retry, _) = sign_in(&attacker, &base, "ann", "too soon").await;
+        assert_eq!(status, 429);
+        next.push(retry.expect("Retry-After"));
+    }
+    assert!(next[1] > next[0], "the waits grow: {next:?}");
+    // After the wait, the right password works from there too.
+    tokio::time::sleep(Duration::from_secs(next[1])).await;
+    let (status, _, body) = sign_in(&attacker, &base, "ann", "right password").await;
+    assert_eq!(status, 200, "{body}");
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("imqtt_sign_in_refused_total{endpoint=\"tokens\"}") >= 20.0,
+        "{metrics}"
+    );
+    assert!(value("imqtt_sign_in_failures_total") >= 7.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn one_address_signs_up_a_few_accounts_then_waits() {
+    let server = Server::start().await;
+    let base = server.http_url();
+    let signer = client_from("127.0.0.3");
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let r = signer
+            .post(format!("{base}/v1/accounts"))
+            .json(&json!({"user": format!("bulk{i}"), "password": "a fine password"}))
+            .send()
+            .await
+            .expect("sign-up");
+        answers.push((r.status().as_u16(), r.headers().contains_key("retry-after")));
+    }
+    assert!(answers[..10].iter().all(|a| a.0 == 201), "{answers:?}");
+    assert_eq!(answers[11], (429, true), "{answers:?}");
+    // Another address is not held up.
+    assert_eq!(
+        post(
+            &base,
+            "/v1/accounts",
+            &json!({"user": "elsewhere", "password": "a fine password"})
+        )
+        .await
+        .0,
+        201
+    );
 }

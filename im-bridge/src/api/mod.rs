@@ -74,6 +74,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// When the server started, for its uptime.
     pub started: Instant,
+    /// Failed sign-ins and sign-ups counted, to slow guessing down.
+    pub sign_ins: Arc<crate::throttle::SignIns>,
     /// The bound MQTT listeners, keyed as in `--print-addrs` (`mqtt.ws`, ...): the
     /// web page learns from `GET /v1/server` where to connect.
     pub mqtt_addrs: Arc<[(&'static str, SocketAddr)]>,
