@@ -16,7 +16,8 @@ use crate::wire::{
     self, AckRequest, AddMembersRequest, AddMembersResponse, BatchRequest, BatchResponse,
     ContactList, ConvId, ConversationList, CreateGroupRequest, ErrorBody, Group, GroupInfo,
     GroupList, GroupRole, LiveSendResult, MessagesPage, MessagesQuery, NotifyRequest, PresenceList,
-    PresenceQuery, SendRequest, SendResult, SetRoleRequest, SyncQuery, SyncResponse, TokenResponse,
+    PresenceQuery, ReadsPage, ReadsQuery, SendRequest, SendResult, SetRoleRequest, SyncQuery,
+    SyncResponse, TokenResponse,
 };
 use crate::{Credentials, Error, RetryPolicy, TokenRefresh, new_client_msg_id};
 
@@ -364,6 +365,20 @@ impl Api {
             query.push(("limit", l.to_string()));
         }
         self.get(&format!("/v1/conversations/{conv}/messages"), &query)
+            .await
+    }
+
+    /// `GET /v1/conversations/{conv}/reads?after=UID&limit=N`: how far each
+    /// member has read, by user id.
+    pub async fn reads(&self, conv: &ConvId, q: ReadsQuery) -> Result<ReadsPage, Error> {
+        let mut query = Vec::new();
+        if let Some(a) = q.after {
+            query.push(("after", a));
+        }
+        if let Some(l) = q.limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get(&format!("/v1/conversations/{conv}/reads"), &query)
             .await
     }
 

@@ -139,6 +139,19 @@ pub enum ClientEvent {
     /// The result of one of the user's sends over the MQTT outbox (`sent` or
     /// `error`), from whichever of its devices sent it.
     Outbox(Event),
+    /// The other party of a direct conversation has read it up to `seq` (at
+    /// `ts`, Unix milliseconds): for the ticks beside one's sent messages. At
+    /// most one a second per conversation; the latest seq.
+    Read {
+        /// The direct conversation.
+        conv: wire::ConvId,
+        /// Who read (the other party).
+        user: String,
+        /// Read up to and including this seq.
+        seq: u64,
+        /// When.
+        ts: u64,
+    },
     /// The server said it may have missed pushes to this device (its node was
     /// cut off from the rest of the cluster and is back; the connection itself
     /// stayed up). The client catches up by itself, as after a reconnection:

@@ -484,6 +484,17 @@ impl Driver {
                 }
                 out.push(ClientEvent::Group(GroupEvent::GroupDeleted { group, by }));
             }
+            Event::Read {
+                conv,
+                user,
+                seq,
+                ts,
+            } => out.push(ClientEvent::Read {
+                conv,
+                user,
+                seq,
+                ts,
+            }),
             Event::Resync => {
                 // The connection stayed up, but the server's node may have lost
                 // pushes and membership events while cut off from its cluster:

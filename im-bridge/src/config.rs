@@ -385,6 +385,9 @@ pub struct DeliveryConfig {
     pub inline_max_bytes: ByteSize,
     /// How long `(sender, client_msg_id)` keeps a retry idempotent.
     pub idempotency_ttl: Duration,
+    /// Whether a direct conversation's reader tells the other party how far it
+    /// has read (`{"type":"read"}` events).
+    pub read_receipts: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -392,6 +395,7 @@ impl Default for DeliveryConfig {
         DeliveryConfig {
             inline_max_bytes: ByteSize(32 << 10),
             idempotency_ttl: Duration::secs(24 * 3600),
+            read_receipts: true,
         }
     }
 }

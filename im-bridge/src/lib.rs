@@ -31,6 +31,7 @@ pub mod outbox;
 pub mod passwords;
 pub mod presence;
 pub mod ratelimit;
+pub mod receipts;
 pub mod retained;
 pub mod sending;
 pub mod server;

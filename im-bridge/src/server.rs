@@ -135,6 +135,7 @@ impl Server {
             broker: mqtt.handle(),
             cluster,
             send_limit: Arc::new(RateLimiter::from_config(&config.limits)),
+            receipts: crate::receipts::Receipts::new(mqtt.handle(), config.delivery.read_receipts),
             config: Arc::new(config),
             verifier,
             store,

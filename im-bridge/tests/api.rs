@@ -79,6 +79,7 @@ async fn state() -> AppState {
         ready: Arc::new(AtomicBool::new(true)),
         started: std::time::Instant::now(),
         sign_ins: Default::default(),
+        receipts: im_bridge::receipts::Receipts::new(broker.handle(), true),
         mqtt_addrs: broker.local_addrs().into(),
     }
 }

@@ -69,6 +69,8 @@ enum Signed {
     Conversations,
     /// Mark a conversation read up to SEQ (a cursor never moves back).
     Ack(cmd::read::Ack),
+    /// How far each member of a conversation has read.
+    Reads(cmd::read::Reads),
     /// Your groups, and changing them: list, create, info, add, remove, leave,
     /// delete, role.
     Groups(cmd::groups::Groups),
@@ -130,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Signed::History(history) => cmd::read::history(&api, history, out).await,
         Signed::Conversations => cmd::read::conversations(&api, out).await,
         Signed::Ack(ack) => cmd::read::ack(&api, ack, out).await,
+        Signed::Reads(reads) => cmd::read::reads(&api, reads, out).await,
         Signed::Groups(groups) => cmd::groups::run(&api, groups, out).await,
         Signed::Presence(presence) => cmd::contacts::presence(&api, presence, out).await,
         Signed::Contacts(contacts) => cmd::contacts::run(&api, contacts, out).await,

@@ -64,6 +64,19 @@ pub enum Event {
         /// Who deleted it.
         by: String,
     },
+    /// `user`, the other party of direct conversation `conv`, has read it up to
+    /// `seq` (its cursor moved there at `ts`, Unix milliseconds). At most one a
+    /// second per conversation and reader: the latest seq.
+    Read {
+        /// The direct conversation.
+        conv: ConvId,
+        /// Who read.
+        user: String,
+        /// Read up to and including this seq.
+        seq: u64,
+        /// When, Unix milliseconds.
+        ts: u64,
+    },
     /// The server's node was cut off from the rest of its cluster and is back:
     /// messages pushed meanwhile may be missing. Read the heads and fetch what is
     /// missing, as after a reconnection.
@@ -82,6 +95,15 @@ mod tests {
     #[test]
     fn every_event_has_the_json_of_the_design_table() {
         round_trip(&Event::Resync, r#"{"type":"resync"}"#);
+        round_trip(
+            &Event::Read {
+                conv: "dm:ann:bob".parse().expect("conv"),
+                user: "bob".to_owned(),
+                seq: 7,
+                ts: 1_732_262_400_123,
+            },
+            r#"{"type":"read","conv":"dm:ann:bob","user":"bob","seq":7,"ts":1732262400123}"#,
+        );
         let conv: ConvId = "group:g1".parse().expect("conv");
         round_trip(
             &Event::Sync {

@@ -38,7 +38,7 @@ pub use messages::{
 };
 pub use presence::{ContactList, Presence, PresenceList, PresenceQuery, PresenceStatus};
 pub use sync::{
-    AckRequest, ConversationList, ConversationSummary, MessagesPage, MessagesQuery,
-    SyncConversation, SyncQuery, SyncResponse,
+    AckRequest, ConversationList, ConversationSummary, MemberRead, MessagesPage, MessagesQuery,
+    ReadsPage, ReadsQuery, SyncConversation, SyncQuery, SyncResponse,
 };
 pub use topic::Topic;

@@ -84,6 +84,35 @@ pub struct MessagesPage {
     pub has_more: bool,
 }
 
+/// `GET /v1/conversations/{conv}/reads?after=UID&limit=N`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadsQuery {
+    /// Members whose id sorts after this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// How far one member has read a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRead {
+    /// The member.
+    pub user: String,
+    /// Its cursor: read up to and including this seq (0: nothing yet).
+    pub seq: u64,
+}
+
+/// A page of a conversation's members' cursors, by user id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadsPage {
+    /// The members, in id order.
+    pub reads: Vec<MemberRead>,
+    /// Whether more members follow the page.
+    pub has_more: bool,
+}
+
 /// `POST /v1/ack`: move the caller's cursors forward (a lower value never moves one
 /// back); answered with 204.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

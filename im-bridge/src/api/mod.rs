@@ -74,6 +74,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// When the server started, for its uptime.
     pub started: Instant,
+    /// Read receipts being coalesced (`delivery.read_receipts`).
+    pub receipts: Arc<crate::receipts::Receipts>,
     /// Failed sign-ins and sign-ups counted, to slow guessing down.
     pub sign_ins: Arc<crate::throttle::SignIns>,
     /// The bound MQTT listeners, keyed as in `--print-addrs` (`mqtt.ws`, ...): the
@@ -115,6 +117,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sync", get(sync::sync))
         .route("/v1/conversations", get(sync::conversations))
         .route("/v1/conversations/{conv}/messages", get(sync::messages))
+        .route("/v1/conversations/{conv}/reads", get(sync::reads))
         .route("/v1/ack", post(sync::ack))
         .route("/v1/groups", post(groups::create).get(groups::mine))
         .route("/v1/groups/{gid}", get(groups::info).delete(groups::delete))

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use broker::auth::Role;
 use bytes::Bytes;
 use imqtt_wire::{
-    AckRequest, ConvId, ConvKind, ConversationList, ConversationSummary, Envelope, MessagesPage,
-    MessagesQuery, SyncConversation, SyncQuery, SyncResponse,
+    AckRequest, ConvId, ConvKind, ConversationList, ConversationSummary, Envelope, MemberRead,
+    MessagesPage, MessagesQuery, ReadsPage, ReadsQuery, SyncConversation, SyncQuery, SyncResponse,
 };
 
 use super::{AppState, Json};
@@ -184,6 +184,58 @@ pub(super) async fn messages(
     Ok(Json(MessagesPage { messages, has_more }))
 }
 
+/// `GET /v1/conversations/{conv}/reads?after=UID&limit=N`: each member's cursor,
+/// by user id ("read by 5 of 8"); members only (and admins). A group's current
+/// members; a direct conversation's two parties.
+pub(super) async fn reads(
+    State(state): State<AppState>,
+    caller: Caller,
+    conv: Result<Path<String>, PathRejection>,
+    q: Result<Query<ReadsQuery>, QueryRejection>,
+) -> Result<Json<ReadsPage>, Error> {
+    let Path(conv) = parsed(conv)?;
+    let Query(q) = parsed(q)?;
+    let conv: ConvId = conv
+        .parse()
+        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
+    let limit = limit(q.limit)?;
+    let (uid, admin) = (caller.uid().to_owned(), caller.role() == Role::Admin);
+    let after = q.after.unwrap_or_default();
+    let page = state
+        .read(move |store| {
+            if window(store, &uid, &conv)?.is_none() && !admin {
+                return Err(Error::NotAMember);
+            }
+            let mut members: Vec<String> = match conv.kind() {
+                ConvKind::Group { gid } => store
+                    .members(gid)?
+                    .into_iter()
+                    .filter(|(_, m)| m.is_current())
+                    .map(|(u, _)| u)
+                    .collect(),
+                _ => crate::store::participants(&conv)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            members.retain(|u| *u > after);
+            members.sort_unstable();
+            members.dedup();
+            let has_more = members.len() > limit;
+            let reads = members
+                .into_iter()
+                .take(limit)
+                .map(|user| {
+                    let seq = store.cursor(&user, &conv)?;
+                    Ok(MemberRead { user, seq })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok(ReadsPage { reads, has_more })
+        })
+        .await?;
+    Ok(Json(page))
+}
+
 /// `POST /v1/ack {cursors: {conv: seq}}`: moves the caller's cursors forward
 /// (never back); a seq above a head is 400 and moves nothing. Answered once the
 /// cursors are durable (they go through the commit loop, sharing its flushes).
@@ -199,18 +251,34 @@ pub(super) async fn ack(
     }
     let uid = caller.uid().to_owned();
     let cursors: Vec<(ConvId, u64)> = req.cursors.into_iter().collect();
-    state
+    let reader = uid.clone();
+    let receipts = state.config.delivery.read_receipts;
+    // The direct conversations whose cursor moved forward: their receipts.
+    let moved = state
         .committer
         .write(move |store| {
-            for (conv, _) in &cursors {
+            let mut was = Vec::new();
+            for (conv, seq) in &cursors {
                 if window(&*store, &uid, conv)?.is_none() {
                     tracing::debug!(%conv, "ack refused");
                     return Err(Error::NotAMember);
                 }
+                if receipts && crate::receipts::peer_of(conv, &uid).is_some() {
+                    was.push((conv.clone(), *seq, store.cursor(&uid, conv)?));
+                }
             }
             store.ack(&uid, &cursors)?;
-            Ok(((), None))
+            let moved: Vec<(ConvId, u64)> = was
+                .into_iter()
+                .filter(|(_, seq, before)| seq > before)
+                .map(|(conv, seq, _)| (conv, seq))
+                .collect();
+            Ok((moved, None))
         })
         .await?;
+    let now = crate::commit::now_ms();
+    for (conv, seq) in moved {
+        state.receipts.read(&reader, &conv, seq, now);
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -188,6 +188,11 @@ fn event_line(event: &ClientEvent, me: &str, device: &str) -> String {
             format!("group {}: deleted by {}", clean(group), clean(by))
         }
         ClientEvent::Outbox(e) => outbox_line(e),
+        ClientEvent::Read {
+            conv, user, seq, ..
+        } => {
+            format!("{conv}: {} read up to #{seq}", clean(user))
+        }
         ClientEvent::Resync => {
             "-- resync: catching up on pushes the server may have missed".to_owned()
         }
@@ -254,6 +259,17 @@ fn event_json(event: &ClientEvent, me: &str, device: &str) -> serde_json::Result
         ClientEvent::Group(g) => serde_json::to_string(&group_event(g)),
         ClientEvent::Outbox(e) => serde_json::to_string(e),
         ClientEvent::Resync => serde_json::to_string(&Event::Resync),
+        ClientEvent::Read {
+            conv,
+            user,
+            seq,
+            ts,
+        } => serde_json::to_string(&Event::Read {
+            conv: conv.clone(),
+            user: user.clone(),
+            seq: *seq,
+            ts: *ts,
+        }),
     }
 }
 

@@ -1,10 +1,11 @@
 //! Reading: `sync` (what is new since your cursors), `history` (a page of one
-//! conversation), `conversations` (where each stands) and `ack` (move a cursor).
+//! conversation), `conversations` (where each stands), `ack` (move a cursor) and
+//! `reads` (how far each member has read).
 
 use std::collections::BTreeMap;
 
 use imqtt_client::Api;
-use imqtt_client::wire::{AckRequest, ConvId, MessagesQuery, SyncQuery};
+use imqtt_client::wire::{AckRequest, ConvId, MessagesQuery, ReadsQuery, SyncQuery};
 use serde_json::json;
 
 use crate::output::{self, Out};
@@ -151,4 +152,40 @@ pub(crate) async fn ack(api: &Api, args: Ack, out: Out) -> anyhow::Result<()> {
     } else {
         out.line(&format!("acked {} up to #{}", args.conv, args.seq))
     }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Prints `USER read up to #SEQ` for each member, by user id; --json prints the
+server's answer, {\"reads\":[{\"user\",\"seq\"}],\"has_more\"}.")]
+pub(crate) struct Reads {
+    /// The conversation: dm:A:B, group:GID or sys:UID
+    #[arg(value_name = "CONV")]
+    conv: ConvId,
+    /// Members whose id sorts after UID (to page on)
+    #[arg(long, value_name = "UID")]
+    after: Option<String>,
+    /// At most N members [default: the server's, 100]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: Option<u32>,
+}
+
+pub(crate) async fn reads(api: &Api, args: Reads, out: Out) -> anyhow::Result<()> {
+    let query = ReadsQuery {
+        after: args.after,
+        limit: args.limit,
+    };
+    let page = api.reads(&args.conv, query).await?;
+    if out.json() {
+        return out.value(&page);
+    }
+    for r in &page.reads {
+        out.line(&format!("{} read up to #{}", output::clean(&r.user), r.seq))?;
+    }
+    if page.has_more {
+        if let Some(last) = page.reads.last() {
+            out.line(&format!("-- more: --after {}", output::clean(&last.user)))?;
+        }
+    }
+    Ok(())
 }
