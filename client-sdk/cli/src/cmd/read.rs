@@ -182,10 +182,10 @@ pub(crate) async fn reads(api: &Api, args: Reads, out: Out) -> anyhow::Result<()
     for r in &page.reads {
         out.line(&format!("{} read up to #{}", output::clean(&r.user), r.seq))?;
     }
-    if page.has_more {
-        if let Some(last) = page.reads.last() {
-            out.line(&format!("-- more: --after {}", output::clean(&last.user)))?;
-        }
+    if page.has_more
+        && let Some(last) = page.reads.last()
+    {
+        out.line(&format!("-- more: --after {}", output::clean(&last.user)))?;
     }
     Ok(())
 }
