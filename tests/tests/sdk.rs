@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use broker::auth::Role;
-use imqtt_client::wire::{ConvId, Envelope, PresenceStatus};
+use imqtt_client::wire::{AckRequest, ConvId, Envelope, PresenceStatus, ReadsQuery};
 use imqtt_client::{
     Api, Client, ClientConfig, ClientEvent, Credentials, Events, FileCursors, GroupEvent,
     RetryPolicy, TokenRefresh,
@@ -994,4 +994,43 @@ async fn in_a_cluster_the_client_moves_from_a_killed_node_to_another_and_loses_n
     );
     bob.close().await;
     let _ = timeout(WAIT, collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_hears_how_far_the_other_party_has_read() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let (alice, mut events) = Client::connect(config(ports, "alice", "phone"))
+        .await
+        .expect("connect");
+    let http = tc::Api::new(&server);
+    http.send("alice", "bob", json!("one")).await;
+    http.send("alice", "bob", json!("two")).await;
+    let bob = api(ports, "bob");
+    let conv: ConvId = "dm:alice:bob".parse().expect("conv");
+    bob.ack(&AckRequest {
+        cursors: BTreeMap::from([(conv.clone(), 2)]),
+    })
+    .await
+    .expect("ack");
+    let (user, seq) = expect_event(&mut events, |e| match e {
+        ClientEvent::Read {
+            conv: c, user, seq, ..
+        } if c == conv => Some((user, seq)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((user.as_str(), seq), ("bob", 2));
+
+    let reads = api(ports, "alice")
+        .reads(&conv, ReadsQuery::default())
+        .await
+        .expect("reads");
+    let got: Vec<(&str, u64)> = reads
+        .reads
+        .iter()
+        .map(|r| (r.user.as_str(), r.seq))
+        .collect();
+    assert_eq!(got, vec![("alice", 2), ("bob", 2)]);
+    alice.close().await;
 }
