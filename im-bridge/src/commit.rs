@@ -601,6 +601,9 @@ impl Round for Dead {
     fn purge(&mut self, _: &ConvId, _: u64, _: usize) -> Result<usize, StoreError> {
         Err(again(&self.0))
     }
+    fn amend(&mut self, _: &ConvId, _: u64, _: &[u8]) -> Result<bool, StoreError> {
+        Err(again(&self.0))
+    }
     fn commit(self: Box<Self>, _: bool) -> Result<(), StoreError> {
         Err(self.0)
     }
@@ -697,6 +700,9 @@ impl Round for Tracked<'_> {
     fn expire_messages(&mut self, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
         self.inner.expire_messages(before_ms, limit)
     }
+    fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError> {
+        self.inner.amend(conv, seq, json)
+    }
     fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
         self.inner.purge(conv, through, limit)
     }
@@ -720,6 +726,7 @@ mod tests {
             idempotency_key: Some(format!("c{n}")),
             qos: Qos::AtLeastOnce,
             body: serde_json::json!(n),
+            revision: None,
         }
     }
 
@@ -773,6 +780,7 @@ mod tests {
             idempotency_key: None,
             qos: Qos::AtLeastOnce,
             body: serde_json::json!(n),
+            revision: None,
         }
     }
 

@@ -125,6 +125,7 @@ fn message(
         client_msg_id,
         qos,
         body,
+        revision: None,
     })
 }
 

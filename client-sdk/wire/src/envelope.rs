@@ -26,8 +26,67 @@ pub struct Envelope {
     pub client_msg_id: Option<String>,
     /// The delivery class the message was sent with.
     pub qos: Qos,
-    /// The application's payload: any JSON value.
+    /// The application's payload: any JSON value. None (`null`, left out of
+    /// the JSON) in a recall, and in a message recalled since.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub body: Value,
+    /// An edit or a recall of message `ref` of the conversation; `None` for an
+    /// ordinary message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// The seq of the message an edit or a recall changes.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub ref_seq: Option<u64>,
+    /// In history and sync: when the message was last edited (its `body` is
+    /// the latest one), Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
+    /// In history and sync: the sender (or a group's owner or admin) recalled
+    /// the message; it has no body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
+}
+
+impl Envelope {
+    /// An ordinary message: no kind, ref, edit or recall.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        conv: ConvId,
+        seq: u64,
+        from: String,
+        to: String,
+        ts: u64,
+        client_msg_id: Option<String>,
+        qos: Qos,
+        body: Value,
+    ) -> Envelope {
+        Envelope {
+            id,
+            conv,
+            seq,
+            from,
+            to,
+            ts,
+            client_msg_id,
+            qos,
+            body,
+            kind: None,
+            ref_seq: None,
+            edited_ts: None,
+            recalled: false,
+        }
+    }
+}
+
+/// What a message does to an earlier one (`"kind"` in the envelope).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Replaces the body of message `ref`.
+    Edit,
+    /// Takes message `ref` back: it keeps its place, without its body.
+    Recall,
 }
 
 /// A qos 0 message pushed live (DESIGN.md §6): never stored, so it has no seq and
@@ -111,7 +170,50 @@ mod tests {
             client_msg_id: Some("c-7f1".to_owned()),
             qos: Qos::AtLeastOnce,
             body: json!({"text": "你好世界"}),
+            kind: None,
+            ref_seq: None,
+            edited_ts: None,
+            recalled: false,
         }
+    }
+
+    #[test]
+    fn an_edit_and_a_recall_name_their_kind_and_ref_and_a_recall_has_no_body() {
+        let edit = Envelope {
+            kind: Some(Kind::Edit),
+            ref_seq: Some(41),
+            body: json!({"text": "fixed"}),
+            ..example()
+        };
+        let text = serde_json::to_string(&edit).expect("serialize");
+        assert!(text.contains(r#""kind":"edit","ref":41"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Envelope>(&text).expect("parse"),
+            edit
+        );
+        let recall = Envelope {
+            kind: Some(Kind::Recall),
+            ref_seq: Some(41),
+            body: Value::Null,
+            ..example()
+        };
+        let text = serde_json::to_string(&recall).expect("serialize");
+        assert!(!text.contains("body"), "{text}");
+        assert!(text.contains(r#""kind":"recall""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Envelope>(&text).expect("parse"),
+            recall
+        );
+        let recalled = Envelope {
+            recalled: true,
+            body: Value::Null,
+            ..example()
+        };
+        let text = serde_json::to_string(&recalled).expect("serialize");
+        assert!(
+            text.contains(r#""recalled":true"#) && !text.contains("body"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -151,9 +253,10 @@ mod tests {
         assert!(serde_json::from_value::<Envelope>(v.clone()).is_err());
         v["seq"] = json!(1);
         v.as_object_mut().expect("object").remove("body");
-        assert!(
-            serde_json::from_value::<Envelope>(v).is_err(),
-            "body is required"
+        // A recall, and a message recalled since, have no body.
+        assert_eq!(
+            serde_json::from_value::<Envelope>(v).expect("no body").body,
+            Value::Null
         );
         assert!(serde_json::from_str::<Envelope>("[]").is_err());
     }

@@ -24,7 +24,7 @@ pub mod topic;
 pub use accounts::{Account, Credentials, TokenResponse};
 pub use admin::{AdminStats, AdminUser, Disconnected, MqttEndpoints, ServerInfo};
 pub use conv::{ConvId, ConvIdError, ConvKind};
-pub use envelope::{Envelope, LiveMessage, Qos};
+pub use envelope::{Envelope, Kind, LiveMessage, Qos};
 pub use error::{ErrorBody, ErrorDetail};
 pub use event::Event;
 pub use groups::{

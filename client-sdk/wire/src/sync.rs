@@ -143,6 +143,10 @@ mod tests {
             client_msg_id: None,
             qos: Qos::AtLeastOnce,
             body: json!(seq),
+            kind: None,
+            ref_seq: None,
+            edited_ts: None,
+            recalled: false,
         }
     }
 

@@ -26,7 +26,7 @@ type Case = (&'static str, fn(&dyn Store));
 
 /// Runs every case, each on a new store from `make`.
 pub(crate) fn run(make: &mut MakeStore<'_>) {
-    let cases: [Case; 15] = [
+    let cases: [Case; 16] = [
         (
             "seqs and retries",
             seqs_are_contiguous_per_conversation_and_retries_return_the_original,
@@ -53,6 +53,7 @@ pub(crate) fn run(make: &mut MakeStore<'_>) {
             "purge",
             purging_a_conversation_deletes_its_messages_and_nothing_else,
         ),
+        ("revisions", an_edit_names_its_target_and_an_amend_replaces_it),
         ("accounts", accounts_are_created_once),
         (
             "groups",
@@ -102,6 +103,7 @@ pub(crate) fn send(from: &str, to: &str, cmid: Option<&str>, text: &str) -> NewM
         idempotency_key: cmid.map(Into::into),
         qos: Qos::AtLeastOnce,
         body: serde_json::json!({ "text": text }),
+        revision: None,
     }
 }
 
@@ -114,6 +116,7 @@ fn group_send(from: &str, gid: &str, text: &str) -> NewMessage {
         idempotency_key: None,
         qos: Qos::AtLeastOnce,
         body: serde_json::json!({ "text": text }),
+        revision: None,
     }
 }
 
@@ -370,6 +373,39 @@ fn purging_a_conversation_deletes_its_messages_and_nothing_else(s: &dyn Store) {
         round(s, |r| r.expire_messages(2_000, 100)).expect("expire"),
         2
     );
+}
+
+fn an_edit_names_its_target_and_an_amend_replaces_it(s: &dyn Store) {
+    let original = append(s, &[send("ann", "ben", None, "tpyo")], 1_000);
+    let mut edit = send("ann", "ben", Some("e1"), "typo");
+    edit.revision = Some((imqtt_wire::Kind::Edit, original[0].envelope.seq));
+    let conv = dm("ann", "ben");
+    let edited = round(s, |r| {
+        let a = r.append(std::slice::from_ref(&edit), 2_000)?;
+        let mut changed = original[0].envelope.clone();
+        changed.body = serde_json::json!({"text": "typo"});
+        changed.edited_ts = Some(2_000);
+        let json = serde_json::to_vec(&changed).expect("json");
+        assert!(r.amend(&conv, 1, &json)?);
+        assert!(!r.amend(&conv, 99, &json)?, "no message 99");
+        Ok(a)
+    })
+    .expect("edit");
+    assert_eq!(edited[0].envelope.seq, 2);
+    assert_eq!(edited[0].envelope.kind, Some(imqtt_wire::Kind::Edit));
+    assert_eq!(edited[0].envelope.ref_seq, Some(1));
+    let (page, _) = s
+        .messages(&conv, Range::After(0), Window::ALL, 10)
+        .expect("page");
+    let first: Envelope = serde_json::from_slice(&page[0]).expect("json");
+    assert_eq!(first.body, serde_json::json!({"text": "typo"}));
+    assert_eq!(first.edited_ts, Some(2_000));
+    let second: Envelope = serde_json::from_slice(&page[1]).expect("json");
+    assert_eq!((second.kind, second.ref_seq), (Some(imqtt_wire::Kind::Edit), Some(1)));
+    // A retry of the edit is the edit.
+    let again = append(s, &[edit], 3_000);
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].envelope.seq, 2);
 }
 
 fn accounts_are_created_once(s: &dyn Store) {

@@ -66,6 +66,9 @@ pub struct NewMessage {
     pub qos: Qos,
     /// The application's JSON body.
     pub body: serde_json::Value,
+    /// An edit or a recall of the conversation's message with this seq; `None`
+    /// for an ordinary message.
+    pub revision: Option<(imqtt_wire::Kind, u64)>,
 }
 
 /// What became of one send.
@@ -346,6 +349,10 @@ pub trait Round: Reads {
     /// most `limit` of them, oldest first; returns how many. The head stays, so
     /// seqs are never reused. Reads only that conversation's keys.
     fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Replaces the stored envelope of `conv`'s message `seq` with `json` (an
+    /// edit's new body, a recall's removal); false when there is none.
+    fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError>;
 
     /// Makes the round's writes visible and, if `durable`, durable (flushed, or a
     /// synchronous commit) before returning.

@@ -293,6 +293,10 @@ pub(super) async fn append(
                     client_msg_id: s.client_msg_id.clone(),
                     qos: s.qos,
                     body: s.body.clone(),
+                    kind: s.revision.map(|(k, _)| k),
+                    ref_seq: s.revision.map(|(_, of)| of),
+                    edited_ts: None,
+                    recalled: false,
                 };
                 *seq += 1;
                 let json =
@@ -510,4 +514,22 @@ pub(super) async fn purge(
         .await
         .map_err(pg_error)?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Replaces the envelope of `conv`'s message `seq`; whether it was there.
+pub(super) async fn amend(
+    c: &ClientWrapper,
+    conv: &ConvId,
+    seq: u64,
+    json: &[u8],
+) -> Result<bool, StoreError> {
+    let st = c
+        .prepare_cached("UPDATE imqtt_messages SET envelope = $3 WHERE conv = $1 AND seq = $2")
+        .await
+        .map_err(pg_error)?;
+    let n = c
+        .execute(&st, &[&conv.as_str(), &i64_of(seq), &json])
+        .await
+        .map_err(pg_error)?;
+    Ok(n == 1)
 }

@@ -501,6 +501,10 @@ impl Round for PgRound<'_> {
         self.call(|c| messages::purge(c, conv, through, limit))
     }
 
+    fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError> {
+        self.call(|c| messages::amend(c, conv, seq, json))
+    }
+
     fn commit(mut self: Box<Self>, durable: bool) -> Result<(), StoreError> {
         let c = self
             .c

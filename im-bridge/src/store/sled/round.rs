@@ -196,6 +196,10 @@ impl SledRound<'_> {
             client_msg_id: send.client_msg_id.clone(),
             qos: send.qos,
             body: send.body.clone(),
+            kind: send.revision.map(|(k, _)| k),
+            ref_seq: send.revision.map(|(_, of)| of),
+            edited_ts: None,
+            recalled: false,
         };
         let json = serde_json::to_vec(&envelope).map_err(engine)?;
         let msg_key = super::keys::msg(conv, seq);
@@ -394,6 +398,15 @@ impl Round for SledRound<'_> {
         Ok(doomed.len())
     }
 
+    fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError> {
+        let key = super::keys::msg(conv.as_str(), seq);
+        if self.get(&key)?.is_none() {
+            return Ok(false);
+        }
+        self.put(key, json);
+        Ok(true)
+    }
+
     fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError> {
         let SledRound {
             store,
@@ -510,6 +523,7 @@ mod tests {
                 idempotency_key: Some(format!("k{i}")),
                 qos: imqtt_wire::Qos::AtLeastOnce,
                 body: serde_json::json!({"text": "x"}),
+                revision: None,
             })
             .collect();
         let mut r = Box::new(SledRound::new(&s));
