@@ -420,6 +420,11 @@ pub struct LimitsConfig {
     pub rate_burst: u32,
     /// Members a group may have.
     pub max_group_size: usize,
+    /// How long after sending a sender may edit its message.
+    pub edit_window: Duration,
+    /// How long after sending a sender may recall its message (a group's owner
+    /// and admins recall any of the group's messages at any time).
+    pub recall_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -429,6 +434,8 @@ impl Default for LimitsConfig {
             rate_per_user: 100,
             rate_burst: 200,
             max_group_size: 10_000,
+            edit_window: Duration::secs(24 * 3600),
+            recall_window: Duration::secs(24 * 3600),
         }
     }
 }

@@ -35,6 +35,15 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// An edit or recall of someone else's message.
+    #[error("only the sender may change its message")]
+    NotSender,
+    /// An edit or recall of a recalled message.
+    #[error("the message was recalled")]
+    Recalled,
+    /// An edit or recall after `limits.edit_window` / `recall_window`.
+    #[error("the message is too old to {0}")]
+    WindowPassed(&'static str),
     /// The caller is not a member of the conversation.
     #[error("not a member of this conversation")]
     NotAMember,
@@ -283,6 +292,9 @@ impl Error {
             Error::Token(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Error::NotAMember => (StatusCode::FORBIDDEN, "not_a_member"),
+            Error::NotSender => (StatusCode::FORBIDDEN, "not_sender"),
+            Error::Recalled => (StatusCode::CONFLICT, "recalled"),
+            Error::WindowPassed(_) => (StatusCode::CONFLICT, "window_passed"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Error::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -33,6 +33,7 @@ pub mod presence;
 pub mod ratelimit;
 pub mod receipts;
 pub mod retained;
+pub mod revisions;
 pub mod sending;
 pub mod server;
 pub mod shutdown;

@@ -94,6 +94,33 @@ pub fn notice(
     Ok(new)
 }
 
+/// A `client_msg_id` is 1 to [`MAX_CLIENT_MSG_ID`] bytes without control
+/// characters.
+pub fn check_client_msg_id(client_msg_id: Option<&str>) -> Result<(), Error> {
+    match client_msg_id {
+        Some(c)
+            if c.is_empty() || c.len() > MAX_CLIENT_MSG_ID || c.chars().any(char::is_control) =>
+        {
+            Err(Error::BadRequest(format!(
+                "client_msg_id: 1 to {MAX_CLIENT_MSG_ID} bytes, no control characters"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A body within `limits.max_body_bytes`, encoded.
+pub fn check_body(config: &Config, body: &serde_json::Value) -> Result<(), Error> {
+    let limit = config.limits.max_body_bytes.0;
+    let size = serde_json::to_vec(body)
+        .map(|v| v.len() as u64)
+        .unwrap_or(u64::MAX);
+    if size > limit {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    Ok(())
+}
+
 fn message(
     config: &Config,
     from: &str,
@@ -103,20 +130,8 @@ fn message(
     qos: Qos,
     body: serde_json::Value,
 ) -> Result<NewMessage, Error> {
-    if let Some(c) = &client_msg_id
-        && (c.is_empty() || c.len() > MAX_CLIENT_MSG_ID || c.chars().any(char::is_control))
-    {
-        return Err(Error::BadRequest(format!(
-            "client_msg_id: 1 to {MAX_CLIENT_MSG_ID} bytes, no control characters"
-        )));
-    }
-    let limit = config.limits.max_body_bytes.0;
-    let size = serde_json::to_vec(&body)
-        .map(|v| v.len() as u64)
-        .unwrap_or(u64::MAX);
-    if size > limit {
-        return Err(Error::BodyTooLarge { limit });
-    }
+    check_client_msg_id(client_msg_id.as_deref())?;
+    check_body(config, &body)?;
     Ok(NewMessage {
         from: from.to_owned(),
         conv,

@@ -134,6 +134,18 @@ impl Api {
     }
 
     /// DELETEs `path` as user `uid`.
+    /// A request of any method to `path` as user `uid`, to finish and [`Api::call`].
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        uid: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(user(uid))
+    }
+
     pub async fn delete(&self, uid: &str, path: &str) -> Reply {
         let req = self
             .http

@@ -33,8 +33,8 @@ pub use groups::{
 };
 pub use id::{InvalidId, MAX_ID_LEN, check_id, is_valid_id};
 pub use messages::{
-    BatchRequest, BatchResponse, BatchResult, LiveSendResult, NotifyRequest, Recipient,
-    SendRequest, SendResult,
+    BatchRequest, BatchResponse, BatchResult, EditRequest, LiveSendResult, NotifyRequest,
+    Recipient, SendRequest, SendResult,
 };
 pub use presence::{ContactList, Presence, PresenceList, PresenceQuery, PresenceStatus};
 pub use sync::{

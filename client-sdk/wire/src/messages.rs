@@ -297,3 +297,14 @@ mod tests {
         );
     }
 }
+
+/// `PATCH /v1/conversations/{conv}/messages/{seq}`: the sender's new body for its
+/// message, answered like a send (`201` with the edit's own id, seq and ts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditRequest {
+    /// The new body (any JSON value).
+    pub body: serde_json::Value,
+    /// The sender's id for this edit: a retry with it is the same edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}

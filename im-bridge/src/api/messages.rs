@@ -4,26 +4,28 @@
 //! before it answers, and delivers through the broker in commit order); a QoS 0
 //! send is delivered only, never stored.
 
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use broker::auth::Role;
 use imqtt_wire::{
-    BatchRequest, BatchResponse, BatchResult, ErrorBody, LiveSendResult, NotifyRequest,
-    SendRequest, SendResult,
+    BatchRequest, BatchResponse, BatchResult, ConvId, EditRequest, ErrorBody, LiveSendResult,
+    NotifyRequest, SendRequest, SendResult,
 };
 
 use super::{AppState, Json};
 use crate::auth::Caller;
 use crate::delivery;
 use crate::error::Error;
+use crate::revisions::{self, Revision};
 use crate::sending::{self, Checked};
 use crate::store::{Appended, NewMessage};
 
 /// Most sends in one batch.
 pub(super) const MAX_BATCH: usize = 1000;
 
-fn result(a: &Appended) -> SendResult {
+pub(super) fn result(a: &Appended) -> SendResult {
     SendResult {
         id: a.envelope.id.clone(),
         conv: a.envelope.conv.clone(),
@@ -67,6 +69,97 @@ pub(super) async fn send(
             Ok((status, Json(result(&a))).into_response())
         }
     }
+}
+
+/// `PATCH /v1/conversations/{conv}/messages/{seq} {body, client_msg_id?}`: the
+/// sender edits its message (`revisions.rs`).
+pub(super) async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    Json(req): Json<EditRequest>,
+) -> Result<Response, Error> {
+    let (conv, seq) = target(path)?;
+    sending::check_client_msg_id(req.client_msg_id.as_deref())?;
+    sending::check_body(&state.config, &req.body)?;
+    revise(
+        &state,
+        &caller,
+        conv,
+        seq,
+        Some(req.body),
+        req.client_msg_id,
+    )
+    .await
+}
+
+/// `DELETE /v1/conversations/{conv}/messages/{seq}`: the sender (or a group's
+/// owner or admin) recalls a message.
+pub(super) async fn recall(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, Error> {
+    let (conv, seq) = target(path)?;
+    revise(&state, &caller, conv, seq, None, None).await
+}
+
+/// The conversation and seq of a message's path.
+fn target(path: Result<Path<(String, String)>, PathRejection>) -> Result<(ConvId, u64), Error> {
+    let Path((conv, seq)) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
+    let conv: ConvId = conv
+        .parse()
+        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
+    match seq.parse::<u64>() {
+        Ok(seq) if seq >= 1 => Ok((conv, seq)),
+        _ => Err(Error::BadRequest(format!(
+            "seq: a number from 1, not {seq:?}"
+        ))),
+    }
+}
+
+/// Stores an edit or recall through the commit loop and delivers it after the
+/// commit, like a send.
+async fn revise(
+    state: &AppState,
+    caller: &Caller,
+    conv: ConvId,
+    seq: u64,
+    body: Option<serde_json::Value>,
+    client_msg_id: Option<String>,
+) -> Result<Response, Error> {
+    charge(state, caller, 1)?;
+    let r = Revision {
+        by: caller.uid().to_owned(),
+        conv,
+        seq,
+        body,
+        client_msg_id,
+    };
+    let config = state.config.clone();
+    let (broker, store) = (state.broker.clone(), state.store.clone());
+    let stored = state.metrics.messages_stored.clone();
+    let inline_max = state.config.delivery.inline_max_bytes.as_usize();
+    let a = state
+        .committer
+        .write(move |round| {
+            let a = revisions::revise(round, &config, &r, crate::commit::now_ms())?;
+            let after: Option<crate::commit::AfterCommit> = (!a.duplicate).then(|| {
+                let (envelope, json) = (a.envelope.clone(), a.json.clone());
+                Box::new(move || {
+                    delivery::deliver(&broker, &*store, &envelope, &json, inline_max);
+                    stored.inc();
+                }) as crate::commit::AfterCommit
+            });
+            Ok((a, after))
+        })
+        .await?;
+    let status = if a.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(result(&a))).into_response())
 }
 
 /// Charges a user's sends to its rate limit (`limits.rate_per_user`); backends'

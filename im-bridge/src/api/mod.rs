@@ -24,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use broker::BrokerHandle;
 use broker::auth::TokenVerifier;
 use http_body_util::BodyExt;
@@ -118,6 +118,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/conversations", get(sync::conversations))
         .route("/v1/conversations/{conv}/messages", get(sync::messages))
         .route("/v1/conversations/{conv}/reads", get(sync::reads))
+        .route(
+            "/v1/conversations/{conv}/messages/{seq}",
+            patch(messages::edit).delete(messages::recall),
+        )
         .route("/v1/ack", post(sync::ack))
         .route("/v1/groups", post(groups::create).get(groups::mine))
         .route("/v1/groups/{gid}", get(groups::info).delete(groups::delete))

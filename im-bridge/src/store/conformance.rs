@@ -53,7 +53,10 @@ pub(crate) fn run(make: &mut MakeStore<'_>) {
             "purge",
             purging_a_conversation_deletes_its_messages_and_nothing_else,
         ),
-        ("revisions", an_edit_names_its_target_and_an_amend_replaces_it),
+        (
+            "revisions",
+            an_edit_names_its_target_and_an_amend_replaces_it,
+        ),
         ("accounts", accounts_are_created_once),
         (
             "groups",
@@ -401,7 +404,10 @@ fn an_edit_names_its_target_and_an_amend_replaces_it(s: &dyn Store) {
     assert_eq!(first.body, serde_json::json!({"text": "typo"}));
     assert_eq!(first.edited_ts, Some(2_000));
     let second: Envelope = serde_json::from_slice(&page[1]).expect("json");
-    assert_eq!((second.kind, second.ref_seq), (Some(imqtt_wire::Kind::Edit), Some(1)));
+    assert_eq!(
+        (second.kind, second.ref_seq),
+        (Some(imqtt_wire::Kind::Edit), Some(1))
+    );
     // A retry of the edit is the edit.
     let again = append(s, &[edit], 3_000);
     assert!(again[0].duplicate);

@@ -1,0 +1,144 @@
+//! Edit and recall: a change to a stored message is itself a message of the
+//! same conversation (`"kind":"edit"` with the new body, or `"kind":"recall"`
+//! without one, and `"ref"`: the seq it changes), so that order, sync, acks and
+//! offline delivery hold for it as for any message. In the same commit round the
+//! original's stored envelope is rewritten (the latest body and `edited_ts`, or
+//! no body and `recalled`), so history and sync show the message as it now is
+//! without reading its revisions.
+//!
+//! Who may: the sender edits within `limits.edit_window` and recalls within
+//! `limits.recall_window`; a group's owner and admins recall any of the group's
+//! messages at any time. A recalled message is changed no more; an edit or a
+//! recall is not itself a target. Everything is checked inside the round, so two
+//! racing recalls give one recall and one 409.
+
+use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole, Kind};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::store::{Appended, NewMessage, Range, Round, Window};
+
+/// One asked change.
+#[derive(Clone, Debug)]
+pub struct Revision {
+    /// Who asks.
+    pub by: String,
+    pub conv: ConvId,
+    /// The seq to change.
+    pub seq: u64,
+    /// An edit's new body; `None` for a recall.
+    pub body: Option<Value>,
+    pub client_msg_id: Option<String>,
+}
+
+/// Checks `r` against the stored message and the caller's rights, stores the
+/// revision as a message and rewrites the original; returns the revision as
+/// appended (a retry of it: `duplicate`, nothing rewritten again).
+pub fn revise(
+    round: &mut dyn Round,
+    config: &Config,
+    r: &Revision,
+    now_ms: u64,
+) -> Result<Appended, Error> {
+    let kind = if r.body.is_some() {
+        Kind::Edit
+    } else {
+        Kind::Recall
+    };
+    let what = match kind {
+        Kind::Edit => "edit",
+        Kind::Recall => "recall",
+    };
+    // Who may read the conversation, and what of it; a group's role.
+    let (window, role) = match r.conv.kind() {
+        ConvKind::Group { gid } => match round.membership(gid, &r.by)? {
+            Some(m) if m.is_current() => (m.window(), Some(m.role)),
+            _ => return Err(Error::NotAMember),
+        },
+        _ if crate::store::participants(&r.conv).contains(&r.by.as_str()) => (Window::ALL, None),
+        _ => return Err(Error::NotAMember),
+    };
+    let (page, _) = round.messages(&r.conv, Range::After(r.seq.saturating_sub(1)), window, 1)?;
+    let original: Envelope = match page.first() {
+        Some(json) => serde_json::from_slice(json)
+            .map_err(|_| Error::Storage(crate::store::StoreError::Corrupt("messages")))?,
+        None => {
+            return Err(Error::NotFound(format!(
+                "no message {} in {}",
+                r.seq, r.conv
+            )));
+        }
+    };
+    if original.seq != r.seq {
+        return Err(Error::NotFound(format!(
+            "no message {} in {}",
+            r.seq, r.conv
+        )));
+    }
+    if original.kind.is_some() {
+        return Err(Error::BadRequest(
+            "an edit or a recall cannot itself be edited or recalled".into(),
+        ));
+    }
+    if original.recalled {
+        return Err(Error::Recalled);
+    }
+    let age = std::time::Duration::from_millis(now_ms.saturating_sub(original.ts));
+    let moderator = matches!(role, Some(GroupRole::Owner | GroupRole::Admin));
+    match kind {
+        Kind::Edit if original.from != r.by => return Err(Error::NotSender),
+        Kind::Edit if age > config.limits.edit_window.get() => {
+            return Err(Error::WindowPassed(what));
+        }
+        Kind::Recall if moderator => {}
+        Kind::Recall if original.from != r.by => return Err(Error::NotSender),
+        Kind::Recall if age > config.limits.recall_window.get() => {
+            return Err(Error::WindowPassed(what));
+        }
+        _ => {}
+    }
+    let body = r.body.clone().unwrap_or(Value::Null);
+    if let Some(b) = &r.body {
+        crate::sending::check_body(config, b)?;
+    }
+    let to = match r.conv.kind() {
+        ConvKind::Group { gid } => gid.to_owned(),
+        _ => crate::delivery::recipients(&r.conv, &r.by)
+            .first()
+            .map_or_else(|| original.to.clone(), |u| (*u).to_owned()),
+    };
+    let send = NewMessage {
+        from: r.by.clone(),
+        conv: r.conv.clone(),
+        to,
+        client_msg_id: r.client_msg_id.clone(),
+        idempotency_key: r.client_msg_id.clone(),
+        qos: original.qos,
+        body: body.clone(),
+        revision: Some((kind, r.seq)),
+    };
+    let appended = round
+        .append(std::slice::from_ref(&send), now_ms)?
+        .into_iter()
+        .next()
+        .ok_or(Error::Stopping)?;
+    if appended.duplicate {
+        return Ok(appended);
+    }
+    let mut changed = original;
+    match kind {
+        Kind::Edit => {
+            changed.body = body;
+            changed.edited_ts = Some(appended.envelope.ts);
+        }
+        Kind::Recall => {
+            changed.body = Value::Null;
+            changed.recalled = true;
+        }
+    }
+    let json = serde_json::to_vec(&changed)
+        .map_err(|e| Error::Storage(crate::store::StoreError::Engine(e.to_string())))?;
+    round.amend(&r.conv, r.seq, &json)?;
+    Ok(appended)
+}
