@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::servers::HttpServers;
 use crate::wire::{
     self, AckRequest, AddMembersRequest, AddMembersResponse, BatchRequest, BatchResponse,
-    ContactList, ConvId, ConversationList, CreateGroupRequest, ErrorBody, Group, GroupInfo,
-    GroupList, GroupRole, LiveSendResult, MessagesPage, MessagesQuery, NotifyRequest, PresenceList,
-    PresenceQuery, ReadsPage, ReadsQuery, SendRequest, SendResult, SetRoleRequest, SyncQuery,
-    SyncResponse, TokenResponse,
+    ContactList, ConvId, ConversationList, CreateGroupRequest, EditRequest, ErrorBody, Group,
+    GroupInfo, GroupList, GroupRole, LiveSendResult, MessagesPage, MessagesQuery, NotifyRequest,
+    PresenceList, PresenceQuery, ReadsPage, ReadsQuery, SendRequest, SendResult, SetRoleRequest,
+    SyncQuery, SyncResponse, TokenResponse,
 };
 use crate::{Credentials, Error, RetryPolicy, TokenRefresh, new_client_msg_id};
 
@@ -310,6 +310,39 @@ impl Api {
     /// A message to group `gid`, stored (qos 1), retried idempotently.
     pub async fn send_group(&self, gid: &str, body: Value) -> Result<SendResult, Error> {
         stored(self.send(SendRequest::to_group(gid, body)).await?)
+    }
+
+    /// `PATCH /v1/conversations/{conv}/messages/{seq}`: replaces the body of
+    /// one's own message (within the server's edit window). The edit is a
+    /// message of its own; the answer is its id, seq and ts. Retried with one
+    /// `client_msg_id`, so it is stored once.
+    pub async fn edit(&self, conv: &ConvId, seq: u64, body: Value) -> Result<SendResult, Error> {
+        let req = EditRequest {
+            body,
+            client_msg_id: Some(new_client_msg_id()),
+        };
+        let path = format!("/v1/conversations/{conv}/messages/{seq}");
+        self.inner
+            .retry
+            .run(|| async {
+                let (_, body) = self
+                    .call(Method::PATCH, &path, &[], Some(&req), Repeat::Safe)
+                    .await?;
+                decode(&body)
+            })
+            .await
+    }
+
+    /// `DELETE /v1/conversations/{conv}/messages/{seq}`: recalls one's own
+    /// message (within the recall window), or as a group's owner or admin any
+    /// of the group's. The recall is a message of its own. Made again only when
+    /// it certainly never reached a server (a second one is 409 `recalled`).
+    pub async fn recall(&self, conv: &ConvId, seq: u64) -> Result<SendResult, Error> {
+        let path = format!("/v1/conversations/{conv}/messages/{seq}");
+        let (_, body) = self
+            .call::<()>(Method::DELETE, &path, &[], None, Repeat::Unsafe)
+            .await?;
+        decode(&body)
     }
 
     /// `POST /v1/messages/batch`, retried as a whole (every send in it gets a

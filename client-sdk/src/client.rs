@@ -130,6 +130,13 @@ pub enum ClientEvent {
     /// starts after the user's cursor on the server (what any of its devices
     /// acked).
     Message(Envelope),
+    /// An edit of message `ref_seq` of its conversation, which this device
+    /// has (or will have first, in seq order): replace that message's body
+    /// with this one's `body`. Like a message, once and in seq order.
+    Edit(Envelope),
+    /// A recall of message `ref_seq` of its conversation: show it as recalled,
+    /// without its body. Like a message, once and in seq order.
+    Recall(Envelope),
     /// A qos 0 message (typing, live signals): at most once, no seq.
     Live(LiveMessage),
     /// A presence change of a user this device watches.
@@ -206,7 +213,7 @@ impl Events {
     /// records it in the cursor store and, with auto-ack, queues its ack.
     pub async fn next(&mut self) -> Option<ClientEvent> {
         let event = self.rx.recv().await?;
-        if let ClientEvent::Message(m) = &event {
+        if let ClientEvent::Message(m) | ClientEvent::Edit(m) | ClientEvent::Recall(m) = &event {
             if let Err(e) = self.cursors.save(&m.conv, m.seq) {
                 tracing::error!(error = %e, conv = %m.conv, seq = m.seq, "cannot save cursor");
             }
@@ -344,6 +351,27 @@ impl Client {
     /// A message to group `gid`, stored, retried idempotently.
     pub async fn send_group(&self, gid: &str, body: Value) -> Result<SendResult, Error> {
         let r = self.inner.api.send_group(gid, body).await?;
+        self.own_sent(&r).await;
+        Ok(r)
+    }
+
+    /// Edits this user's message `seq` of `conv` (see [`Api::edit`]); the edit
+    /// comes back on the stream as a [`ClientEvent::Edit`] too.
+    pub async fn edit(
+        &self,
+        conv: &wire::ConvId,
+        seq: u64,
+        body: Value,
+    ) -> Result<SendResult, Error> {
+        let r = self.inner.api.edit(conv, seq, body).await?;
+        self.own_sent(&r).await;
+        Ok(r)
+    }
+
+    /// Recalls message `seq` of `conv` (see [`Api::recall`]); the recall comes
+    /// back on the stream as a [`ClientEvent::Recall`] too.
+    pub async fn recall(&self, conv: &wire::ConvId, seq: u64) -> Result<SendResult, Error> {
+        let r = self.inner.api.recall(conv, seq).await?;
         self.own_sent(&r).await;
         Ok(r)
     }

@@ -310,7 +310,11 @@ impl Driver {
         let mut ready = Vec::new();
         let mut out = Vec::new();
         self.handle(input, &mut ready, &mut out);
-        out.extend(ready.into_iter().map(ClientEvent::Message));
+        out.extend(ready.into_iter().map(|e| match e.kind {
+            Some(wire::Kind::Edit) => ClientEvent::Edit(e),
+            Some(wire::Kind::Recall) => ClientEvent::Recall(e),
+            None => ClientEvent::Message(e),
+        }));
         for event in out {
             tokio::select! {
                 sent = self.events.send(event) => if sent.is_err() { return false },

@@ -81,22 +81,22 @@ pub fn revise(
             "an edit or a recall cannot itself be edited or recalled".into(),
         ));
     }
+    // Who may first, then whether it still can be.
+    let moderator =
+        kind == Kind::Recall && matches!(role, Some(GroupRole::Owner | GroupRole::Admin));
+    if original.from != r.by && !moderator {
+        return Err(Error::NotSender);
+    }
     if original.recalled {
         return Err(Error::Recalled);
     }
     let age = std::time::Duration::from_millis(now_ms.saturating_sub(original.ts));
-    let moderator = matches!(role, Some(GroupRole::Owner | GroupRole::Admin));
-    match kind {
-        Kind::Edit if original.from != r.by => return Err(Error::NotSender),
-        Kind::Edit if age > config.limits.edit_window.get() => {
-            return Err(Error::WindowPassed(what));
-        }
-        Kind::Recall if moderator => {}
-        Kind::Recall if original.from != r.by => return Err(Error::NotSender),
-        Kind::Recall if age > config.limits.recall_window.get() => {
-            return Err(Error::WindowPassed(what));
-        }
-        _ => {}
+    let window = match kind {
+        Kind::Edit => config.limits.edit_window.get(),
+        Kind::Recall => config.limits.recall_window.get(),
+    };
+    if age > window && !moderator {
+        return Err(Error::WindowPassed(what));
     }
     let body = r.body.clone().unwrap_or(Value::Null);
     if let Some(b) = &r.body {

@@ -522,3 +522,40 @@ async fn server_lists_pass_a_dead_address_over_and_listen_shows_a_resync() {
     );
     assert!(bob.exit().await.success());
 }
+
+#[tokio::test]
+async fn edit_recall_and_reads_from_the_command_line() {
+    let server = Server::start().await;
+    let cli = Cli::new(&server);
+    let mut bob = Running::spawn(cli.as_user("bob", &["listen", "--count", "3"]));
+    assert!(bob.line().await.starts_with("-- connected"));
+    run(cli.as_user("alice", &["send", "bob", "helo"]))
+        .await
+        .ok();
+    let edit = run(cli.as_user("alice", &["edit", "dm:alice:bob", "1", "hello", "--json"]))
+        .await
+        .json();
+    assert_eq!(edit["seq"], 2, "{edit}");
+    let recall = run(cli.as_user("alice", &["recall", "dm:alice:bob", "1"])).await;
+    assert!(recall.ok().starts_with("dm:alice:bob #3 "), "{recall:?}");
+    assert_eq!(bob.line().await, "dm:alice:bob #1 alice: helo");
+    assert_eq!(bob.line().await, "dm:alice:bob #2 alice edited #1: hello");
+    assert_eq!(bob.line().await, "dm:alice:bob #3 alice recalled #1");
+    assert!(bob.exit().await.success());
+
+    let history = run(cli.as_user("bob", &["history", "dm:alice:bob"])).await;
+    assert!(
+        history
+            .ok()
+            .contains("dm:alice:bob #1 alice: (message recalled)"),
+        "{history:?}"
+    );
+    let reads = run(cli.as_user("alice", &["reads", "dm:alice:bob"])).await;
+    assert_eq!(reads.ok(), "alice read up to #3\nbob read up to #3\n");
+    // Someone else's message: the server's refusal, one line, exit 1.
+    run(cli.as_user("alice", &["send", "bob", "fourth"]))
+        .await
+        .ok();
+    let refused = run(cli.as_user("bob", &["edit", "dm:alice:bob", "4", "mine"])).await;
+    assert!(refused.failed(1).contains("not_sender"), "{refused:?}");
+}

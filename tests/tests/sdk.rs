@@ -1034,3 +1034,49 @@ async fn the_sender_hears_how_far_the_other_party_has_read() {
     assert_eq!(got, vec![("alice", 2), ("bob", 2)]);
     alice.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_recalls_come_as_such_in_seq_order() {
+    let server = Server::start().await;
+    let ports = Ports::of(&server);
+    let (alice, _alice_events) = Client::connect(config(ports, "alice", "phone"))
+        .await
+        .expect("connect");
+    let (bob, mut events) = Client::connect(config(ports, "bob", "phone"))
+        .await
+        .expect("connect");
+    let sent = alice
+        .send("bob", json!({"text": "helo"}))
+        .await
+        .expect("send");
+    let conv = sent.conv.clone();
+    let edit = alice
+        .edit(&conv, sent.seq, json!({"text": "hello"}))
+        .await
+        .expect("edit");
+    let recall = alice.recall(&conv, sent.seq).await.expect("recall");
+    assert_eq!((edit.seq, recall.seq), (2, 3));
+
+    assert_eq!(next_message(&mut events).await.seq, 1);
+    let e = expect_event(&mut events, |e| match e {
+        ClientEvent::Edit(e) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert_eq!((e.seq, e.ref_seq), (2, Some(1)));
+    assert_eq!(e.body, json!({"text": "hello"}));
+    let r = expect_event(&mut events, |e| match e {
+        ClientEvent::Recall(e) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert_eq!((r.seq, r.ref_seq, r.body.is_null()), (3, Some(1), true));
+    // Bob may not edit alice's message.
+    let refused = bob.edit(&conv, 1, json!("mine")).await;
+    assert!(
+        matches!(&refused, Err(imqtt_client::Error::Api { code, .. }) if code == "not_sender"),
+        "{refused:?}"
+    );
+    alice.close().await;
+    bob.close().await;
+}

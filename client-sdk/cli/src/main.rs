@@ -59,6 +59,10 @@ enum Command {
 enum Signed {
     /// Send a message to a user or a group; prints its conversation, seq and id.
     Send(cmd::send::Send),
+    /// Edit one of your messages (its new text or body).
+    Edit(cmd::send::Edit),
+    /// Recall a message: yours, or as a group's owner or admin any of the group's.
+    Recall(cmd::send::Recall),
     /// Connect as a device and print each event as it arrives, one line each.
     Listen(cmd::listen::Listen),
     /// The conversations with messages after your cursor, and those messages.
@@ -127,6 +131,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let api = session.api()?;
     let result = match command {
         Signed::Send(send) => cmd::send::run(&api, send, out).await,
+        Signed::Edit(edit) => cmd::send::edit(&api, edit, out).await,
+        Signed::Recall(recall) => cmd::send::recall(&api, recall, out).await,
         Signed::Listen(listen) => cmd::listen::run(&session, listen, out).await,
         Signed::Sync(sync) => cmd::read::sync(&api, sync, out).await,
         Signed::History(history) => cmd::read::history(&api, history, out).await,

@@ -72,13 +72,19 @@ impl Out {
 
 /// A stored message on one line: `dm:alice:bob #3 alice: hello`.
 pub(crate) fn message_line(m: &Envelope) -> String {
-    format!(
-        "{} #{} {}: {}",
-        m.conv,
-        m.seq,
-        clean(&m.from),
-        body_text(&m.body)
-    )
+    let (conv, seq, from) = (&m.conv, m.seq, clean(&m.from));
+    let of = m.ref_seq.unwrap_or(0);
+    match m.kind {
+        Some(imqtt_client::wire::Kind::Edit) => {
+            format!("{conv} #{seq} {from} edited #{of}: {}", body_text(&m.body))
+        }
+        Some(imqtt_client::wire::Kind::Recall) => format!("{conv} #{seq} {from} recalled #{of}"),
+        None if m.recalled => format!("{conv} #{seq} {from}: (message recalled)"),
+        None if m.edited_ts.is_some() => {
+            format!("{conv} #{seq} {from}: {} (edited)", body_text(&m.body))
+        }
+        None => format!("{conv} #{seq} {from}: {}", body_text(&m.body)),
+    }
 }
 
 /// A body for people: the text of `{"text": "..."}`, else the JSON itself.

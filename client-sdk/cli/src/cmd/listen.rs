@@ -126,7 +126,8 @@ async fn print_events(
         } else {
             out.line(&event_line(&event, &session.user, device))?;
         }
-        if let ClientEvent::Message(_) = event {
+        // Edits and recalls are stored messages too.
+        if let ClientEvent::Message(_) | ClientEvent::Edit(_) | ClientEvent::Recall(_) = event {
             messages += 1;
             if count == Some(messages) {
                 return Ok(());
@@ -154,7 +155,9 @@ fn event_line(event: &ClientEvent, me: &str, device: &str) -> String {
     match event {
         ClientEvent::Connected => format!("-- connected as {me} (device {device})"),
         ClientEvent::Disconnected { reason } => format!("-- disconnected: {}", clean(reason)),
-        ClientEvent::Message(m) => output::message_line(m),
+        ClientEvent::Message(m) | ClientEvent::Edit(m) | ClientEvent::Recall(m) => {
+            output::message_line(m)
+        }
         ClientEvent::Live(m) => format!(
             "{} (live) {}: {}",
             m.conv,
@@ -253,7 +256,9 @@ fn event_json(event: &ClientEvent, me: &str, device: &str) -> serde_json::Result
         ClientEvent::Disconnected { reason } => {
             serde_json::to_string(&JsonLine::Disconnected { reason })
         }
-        ClientEvent::Message(m) => serde_json::to_string(&JsonLine::Message(m)),
+        ClientEvent::Message(m) | ClientEvent::Edit(m) | ClientEvent::Recall(m) => {
+            serde_json::to_string(&JsonLine::Message(m))
+        }
         ClientEvent::Live(m) => serde_json::to_string(&JsonLine::Live(m)),
         ClientEvent::Presence(p) => serde_json::to_string(&JsonLine::Presence(p)),
         ClientEvent::Group(g) => serde_json::to_string(&group_event(g)),

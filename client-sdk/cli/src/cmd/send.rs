@@ -1,9 +1,9 @@
 //! `send`: one message to a user or a group, through [`Api::send`]: it gets a
 //! `client_msg_id` (or the one given), so the retries after a lost answer store
-//! it once.
+//! it once. `edit` and `recall`: a change to a message sent before.
 
 use anyhow::Context;
-use imqtt_client::wire::{Qos, SendRequest};
+use imqtt_client::wire::{ConvId, Qos, SendRequest, SendResult};
 use imqtt_client::{Api, Sent};
 use serde_json::{Value, json};
 
@@ -90,5 +90,71 @@ pub(crate) async fn run(api: &Api, args: Send, out: Out) -> anyhow::Result<()> {
         (Sent::Live(r), true) => out.value(r),
         (Sent::Stored(r), false) => out.line(&format!("{} #{} {}", r.conv, r.seq, clean(&r.id))),
         (Sent::Live(r), false) => out.line(&format!("live {}", clean(&r.id))),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  imqtt-cli edit dm:alice:bob 42 'hello, fixed'
+  imqtt-cli edit group:team 7 --body '{\"text\":\"fixed\"}'
+
+The edit is a message of its own; prints `CONV #SEQ ID` of it (--json:
+{\"id\",\"conv\",\"seq\",\"ts\"}).")]
+pub(crate) struct Edit {
+    /// The conversation: dm:A:B or group:GID
+    #[arg(value_name = "CONV")]
+    conv: ConvId,
+    /// The seq of your message to edit
+    #[arg(value_name = "SEQ", value_parser = clap::value_parser!(u64).range(1..))]
+    seq: u64,
+    /// The new text, sent as {"text": TEXT} (leave it out with --body)
+    #[arg(
+        value_name = "TEXT",
+        required_unless_present = "body",
+        conflicts_with = "body"
+    )]
+    text: Option<String>,
+    /// The new body as raw JSON, instead of TEXT
+    #[arg(long, value_name = "JSON", value_parser = json_value)]
+    body: Option<Value>,
+}
+
+pub(crate) async fn edit(api: &Api, args: Edit, out: Out) -> anyhow::Result<()> {
+    let body = match (args.text, args.body) {
+        (Some(text), _) => json!({ "text": text }),
+        (None, Some(body)) => body,
+        (None, None) => anyhow::bail!("what to edit it to? give TEXT or --body JSON"),
+    };
+    let r = api.edit(&args.conv, args.seq, body).await?;
+    changed(&r, out)
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Example:
+  imqtt-cli recall dm:alice:bob 42
+
+Yours within the server's recall window, or, as a group's owner or admin, any
+of the group's. The recall is a message of its own; prints `CONV #SEQ ID` of it.")]
+pub(crate) struct Recall {
+    /// The conversation: dm:A:B or group:GID
+    #[arg(value_name = "CONV")]
+    conv: ConvId,
+    /// The seq of the message to recall
+    #[arg(value_name = "SEQ", value_parser = clap::value_parser!(u64).range(1..))]
+    seq: u64,
+}
+
+pub(crate) async fn recall(api: &Api, args: Recall, out: Out) -> anyhow::Result<()> {
+    let r = api.recall(&args.conv, args.seq).await?;
+    changed(&r, out)
+}
+
+fn changed(r: &SendResult, out: Out) -> anyhow::Result<()> {
+    if out.json() {
+        out.value(r)
+    } else {
+        out.line(&format!("{} #{} {}", r.conv, r.seq, clean(&r.id)))
     }
 }
