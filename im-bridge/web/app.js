@@ -31,6 +31,7 @@
     outboxes: new Map(), // conv -> the promise of its last send
     wake: [], // sends waiting to retry, woken when the connection is back
     lastWatchCheck: 0,
+    editing: null, // {seq} of the own message the composer is editing
   };
 
   // ---- sign-in ----------------------------------------------------------
@@ -422,6 +423,9 @@
       case "sync": // a message too large to push was stored: pull it
         announce(e.conv, e.seq, 0);
         break;
+      case "read": // the other party of a direct chat has read up to seq
+        onRead(e);
+        break;
       case "resync":
         // The server's node was cut off from its cluster and may have lost
         // pushes (and membership events) meanwhile; the connection is up and
@@ -554,6 +558,11 @@
     historyState(o);
     scrollToEnd();
     markRead(o);
+    if (peer) {
+      call("GET", `/v1/conversations/${encodeURIComponent(convId)}/reads`).then((r) => {
+        for (const x of r.reads || []) if (x.user === peer) onRead({ conv: convId, user: peer, seq: x.seq });
+      }, () => {});
+    }
     $("#text").focus();
     // A tall screen may show the whole first page with nothing to scroll.
     const sc = $("#scroller");
@@ -561,6 +570,7 @@
   }
 
   function closeChat() {
+    stopEdit();
     S.open = null;
     document.body.classList.remove("chat-open");
     $("#chat").hidden = true;
@@ -615,20 +625,67 @@
     return o.filling;
   }
 
+  function bodyText(body) {
+    return body && typeof body.text === "string" ? body.text : JSON.stringify(body);
+  }
+
   function messageItem(m) {
+    if (m.kind) {
+      // An edit or a recall: it changes the message it names and shows nothing
+      // of its own (its place keeps the seqs contiguous).
+      return el("li", { class: "revision", hidden: true, dataset: { seq: String(m.seq), kind: m.kind, ref: String(m.ref) } });
+    }
     const mine = m.from === S.uid;
-    const text = m.body && typeof m.body.text === "string" ? m.body.text : JSON.stringify(m.body);
-    return el(
+    const li = el(
       "li",
       {
-        class: "msg" + (mine ? " mine" : ""),
-        dataset: { seq: String(m.seq), state: "stored" },
+        class: "msg" + (mine ? " mine" : "") + (m.recalled ? " recalled" : ""),
+        dataset: { seq: String(m.seq), state: "stored", edited: m.edited_ts ? "yes" : "no" },
         title: `#${m.seq}`,
       },
       !mine || m.conv.startsWith("group:") ? el("span", { class: "from", text: m.from }) : null,
-      el("span", { class: "body", text }),
+      el("span", { class: "body", text: m.recalled ? "message recalled" : bodyText(m.body) }),
       el("span", { class: "meta", text: `${time(m.ts)} · #${m.seq}` }),
     );
+    // One's own messages can be edited and recalled (the server says when not).
+    if (mine && !m.recalled && !m.conv.startsWith("sys:")) {
+      li.append(el("span", { class: "actions" },
+        el("button", { type: "button", class: "quiet edit", text: "edit", onclick: () => startEdit(m.seq, li) }),
+        el("button", { type: "button", class: "quiet recall", text: "recall", onclick: () => recall(m.seq) })));
+    }
+    return li;
+  }
+
+  // An edit or a recall arrived: the message it names, if shown, becomes what
+  // history now says of it.
+  function applyRevision(m) {
+    const li = $(`#messages li.msg[data-seq="${m.ref}"]`);
+    if (!li) return;
+    if (m.kind === "edit" && !li.classList.contains("recalled")) {
+      li.querySelector(".body").textContent = bodyText(m.body);
+      li.dataset.edited = "yes";
+    } else if (m.kind === "recall") {
+      li.classList.add("recalled");
+      li.querySelector(".body").textContent = "message recalled";
+      li.querySelector(".actions")?.remove();
+      if (S.editing && S.editing.seq === m.ref) stopEdit();
+    }
+  }
+
+  // The other party's read position in the open direct chat: its ticks.
+  function renderTicks(o) {
+    if (!o) return;
+    const read = conv(o.conv).peerRead || 0;
+    for (const li of document.querySelectorAll("#messages li.msg.mine[data-seq]")) {
+      li.classList.toggle("read", Number(li.dataset.seq) <= read);
+    }
+  }
+
+  function onRead(e) {
+    if (e.user === S.uid || typeof e.seq !== "number") return;
+    const c = conv(e.conv);
+    c.peerRead = Math.max(c.peerRead || 0, e.seq);
+    if (S.open && S.open.conv === e.conv) renderTicks(S.open);
   }
 
   function append(m) {
@@ -648,6 +705,8 @@
     }
     const firstPending = $("#messages li.pending");
     $("#messages").insertBefore(li, firstPending);
+    if (m.kind) applyRevision(m);
+    else if (m.from === S.uid) renderTicks(o);
     if (atEnd || m.from === S.uid) scrollToEnd();
   }
 
@@ -755,6 +814,54 @@
     done.finally(() => {
       if (S.outboxes.get(o.conv) === done) S.outboxes.delete(o.conv);
     });
+  }
+
+  // ---- editing and recalling one's own messages ----------------------------------
+
+  function startEdit(seq, li) {
+    S.editing = { seq };
+    const t = $("#text");
+    t.value = li.querySelector(".body").textContent;
+    $("#editing").hidden = false;
+    $("#editing-what").textContent = `Editing #${seq}`;
+    t.focus();
+  }
+
+  function stopEdit() {
+    S.editing = null;
+    $("#editing").hidden = true;
+  }
+
+  function revisionPath(seq) {
+    return `/v1/conversations/${encodeURIComponent(S.open.conv)}/messages/${seq}`;
+  }
+
+  // The answer to an edit or recall is the revision's place; it is applied as
+  // the push of it would be (which, arriving too, changes nothing more).
+  function revised(r, kind, ref, body) {
+    const o = S.open;
+    onMessage({ id: r.id, conv: r.conv, seq: r.seq, ts: r.ts, from: S.uid, to: peerOf(o.conv) || o.conv.slice(6), qos: 1, kind, ref, body });
+  }
+
+  async function edit(seq, text) {
+    stopEdit();
+    if (!S.open || !text.trim()) return;
+    const body = { text };
+    try {
+      const client_msg_id = `${S.device}-${Date.now().toString(36)}-${++S.sendCounter}`;
+      revised(await call("PATCH", revisionPath(seq), { body, client_msg_id }), "edit", seq, body);
+    } catch (e) {
+      $("#chat-error").textContent = `not edited: ${describe(e)}`;
+    }
+  }
+
+  async function recall(seq) {
+    if (!S.open) return;
+    try {
+      revised(await call("DELETE", revisionPath(seq)), "recall", seq, undefined);
+    } catch (e) {
+      $("#chat-error").textContent = `not recalled: ${describe(e)}`;
+    }
   }
 
   async function deliver(req, li, id, body) {
@@ -917,9 +1024,18 @@
     const t = $("#text");
     const text = t.value;
     t.value = "";
-    send(text);
+    if (S.editing) edit(S.editing.seq, text);
+    else send(text);
+  });
+  $("#cancel-edit").addEventListener("click", () => {
+    stopEdit();
+    $("#text").value = "";
   });
   $("#text").addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && S.editing) {
+      stopEdit();
+      $("#text").value = "";
+    }
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $("#composer").requestSubmit();

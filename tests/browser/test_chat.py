@@ -1,5 +1,6 @@
 """The chat page in a real browser against the real server."""
 
+import re
 import time
 
 from playwright.sync_api import expect
@@ -366,4 +367,57 @@ def test_a_resync_event_fetches_what_lost_pushes_left_out(browser, server):
     assert server.api("POST", "/v1/messages", alice, {"to": "bob", "body": {"text": "after"}})[0] == 201
     assert bob.wait_count(3) == [[1, "first"], [2, "lost"], [3, "after"]]
     assert not bob.errors, bob.errors
+    bob.close()
+
+
+def test_edits_recalls_and_read_ticks_in_a_direct_chat(browser, server, screenshots):
+    alice = Chat(browser, server)
+    bob = Chat(browser, server)
+    alice.sign_up("alice")
+    bob.sign_up("bob")
+    alice.open_dm("bob")
+    alice.send("helo")
+    alice.send("second")
+    alice.wait_for_text("second")
+    first = alice.page.locator('#messages li.msg[data-seq="1"]')
+    expect(first).not_to_have_class(re.compile(r"\bread\b"))
+
+    # Bob opens the chat and reads: alice's messages get their ticks.
+    bob.open_dm("alice")
+    bob.wait_for_text("second")
+    expect(first).to_have_class(re.compile(r"\bread\b"), timeout=10000)
+    expect(alice.page.locator('#messages li.msg[data-seq="2"]')).to_have_class(re.compile(r"\bread\b"))
+
+    # Alice edits #1 from its own "edit" button; both pages show the new text, edited.
+    first.locator("button.edit").click()
+    expect(alice.page.locator("#editing")).to_be_visible()
+    assert alice.page.input_value("#text") == "helo"
+    alice.page.fill("#text", "hello")
+    alice.page.press("#text", "Enter")
+    expect(alice.page.locator("#editing")).to_be_hidden()
+    for who in (alice, bob):
+        one = who.page.locator('#messages li.msg[data-seq="1"]')
+        expect(one.locator(".body")).to_have_text("hello", timeout=10000)
+        expect(one).to_have_attribute("data-edited", "yes")
+    # Bob has no edit or recall buttons on alice's messages.
+    expect(bob.page.locator("#messages li.msg button.edit")).to_have_count(0)
+
+    # Alice recalls #2: "message recalled" on both, and it stays so after a reload.
+    alice.page.locator('#messages li.msg[data-seq="2"] button.recall').click()
+    for who in (alice, bob):
+        two = who.page.locator('#messages li.msg[data-seq="2"]')
+        expect(two.locator(".body")).to_have_text("message recalled", timeout=10000)
+        expect(two).to_have_class(re.compile(r"\brecalled\b"))
+    expect(alice.page.locator('#messages li.msg[data-seq="2"] button')).to_have_count(0)
+    bob.page.reload()
+    bob.wait_online()
+    bob.open_conv("dm:alice:bob")
+    expect(bob.page.locator('#messages li.msg[data-seq="2"] .body')).to_have_text("message recalled")
+    expect(bob.page.locator('#messages li.msg[data-seq="1"] .body')).to_have_text("hello")
+    # The revisions take seqs 3 and 4 and show nothing of their own.
+    assert [s for s, _ in bob.stored()] == [1, 2]
+    alice.page.screenshot(path=str(screenshots / "chat-edit-recall.png"))
+    assert alice.errors == [] and bob.errors == []
+    assert alice.dialogs == [] and bob.dialogs == []
+    alice.close()
     bob.close()
