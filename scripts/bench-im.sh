@@ -61,7 +61,7 @@ run_with() { # server-binary name flush bench-args...
   for _ in $(seq 100); do grep -q '^http=' "$data/addrs" 2>/dev/null && break; sleep 0.1; done
   $bin/imqtt-bench --port 18831 --http-port 18081 --jwt-secret "$secret" --server-pid $pid \
     --data-dir "$data" "$@" 2>/dev/null | grep '=' | sed "s/^/$name /" || echo "$name FAILED"
-  kill $pid; wait $pid 2>/dev/null || true
+  kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
   rm -rf "$data"
 }
 
