@@ -604,6 +604,9 @@ impl Round for Dead {
     fn amend(&mut self, _: &ConvId, _: u64, _: &[u8]) -> Result<bool, StoreError> {
         Err(again(&self.0))
     }
+    fn edits_of(&mut self, _: &ConvId, _: u64) -> Result<Vec<u64>, StoreError> {
+        Err(again(&self.0))
+    }
     fn commit(self: Box<Self>, _: bool) -> Result<(), StoreError> {
         Err(self.0)
     }
@@ -702,6 +705,9 @@ impl Round for Tracked<'_> {
     }
     fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError> {
         self.inner.amend(conv, seq, json)
+    }
+    fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError> {
+        self.inner.edits_of(conv, seq)
     }
     fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
         self.inner.purge(conv, through, limit)

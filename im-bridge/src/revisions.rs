@@ -10,7 +10,8 @@
 //! `limits.recall_window`; a group's owner and admins recall any of the group's
 //! messages at any time. A recalled message is changed no more; an edit or a
 //! recall is not itself a target. Everything is checked inside the round, so two
-//! racing recalls give one recall and one 409.
+//! racing recalls give one recall and one 409. A recall clears the bodies of the
+//! message's edits too (each engine keeps which messages edit which).
 
 use imqtt_wire::{ConvId, ConvKind, Envelope, GroupRole, Kind};
 use serde_json::Value;
@@ -137,8 +138,25 @@ pub fn revise(
             changed.recalled = true;
         }
     }
-    let json = serde_json::to_vec(&changed)
-        .map_err(|e| Error::Storage(crate::store::StoreError::Engine(e.to_string())))?;
-    round.amend(&r.conv, r.seq, &json)?;
+    amend(round, &r.conv, &changed)?;
+    if kind == Kind::Recall {
+        // What the message said through its edits goes too.
+        for seq in round.edits_of(&r.conv, r.seq)? {
+            let (page, _) = round.messages(&r.conv, Range::After(seq - 1), Window::ALL, 1)?;
+            let Some(json) = page.first() else { continue };
+            let mut edit: Envelope = serde_json::from_slice(json)
+                .map_err(|_| Error::Storage(crate::store::StoreError::Corrupt("messages")))?;
+            edit.body = Value::Null;
+            edit.recalled = true;
+            amend(round, &r.conv, &edit)?;
+        }
+    }
     Ok(appended)
+}
+
+fn amend(round: &mut dyn Round, conv: &ConvId, e: &Envelope) -> Result<(), Error> {
+    let json = serde_json::to_vec(e)
+        .map_err(|e| Error::Storage(crate::store::StoreError::Engine(e.to_string())))?;
+    round.amend(conv, e.seq, &json)?;
+    Ok(())
 }

@@ -118,6 +118,13 @@ async fn an_edit_and_a_recall_are_messages_and_history_shows_the_latest() {
     let original = stored(&api, "bob", "dm:ann:bob", 1).await;
     assert_eq!(original["recalled"], true, "{original}");
     assert!(original.get("body").is_none(), "{original}");
+    // The edit's body went too: nothing the message said stays readable.
+    let edit3 = stored(&api, "bob", "dm:ann:bob", 3).await;
+    assert_eq!(
+        (edit3["kind"].clone(), edit3["recalled"].clone()),
+        (json!("edit"), json!(true))
+    );
+    assert!(edit3.get("body").is_none(), "{edit3}");
     api.call(patch(&api, "ann", path, &json!({"body": "back"})))
         .await
         .error(409, "recalled");

@@ -391,6 +391,11 @@ fn an_edit_names_its_target_and_an_amend_replaces_it(s: &dyn Store) {
         let json = serde_json::to_vec(&changed).expect("json");
         assert!(r.amend(&conv, 1, &json)?);
         assert!(!r.amend(&conv, 99, &json)?, "no message 99");
+        assert_eq!(
+            r.edits_of(&conv, 1)?,
+            vec![2],
+            "the round sees its own edit"
+        );
         Ok(a)
     })
     .expect("edit");
@@ -412,6 +417,18 @@ fn an_edit_names_its_target_and_an_amend_replaces_it(s: &dyn Store) {
     let again = append(s, &[edit], 3_000);
     assert!(again[0].duplicate);
     assert_eq!(again[0].envelope.seq, 2);
+    let mut second = send("ann", "ben", Some("e2"), "typo!");
+    second.revision = Some((imqtt_wire::Kind::Edit, 1));
+    append(s, &[second, send("ann", "ben", None, "other")], 4_000);
+    let mut recall = send("ann", "ben", None, "");
+    recall.revision = Some((imqtt_wire::Kind::Recall, 1));
+    append(s, &[recall], 5_000);
+    assert_eq!(
+        round(s, |r| r.edits_of(&conv, 1)).expect("edits"),
+        vec![2, 3],
+        "edits only, not the recall or other messages"
+    );
+    assert!(round(s, |r| r.edits_of(&conv, 2)).expect("none").is_empty());
 }
 
 fn accounts_are_created_once(s: &dyn Store) {

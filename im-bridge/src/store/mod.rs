@@ -354,6 +354,10 @@ pub trait Round: Reads {
     /// edit's new body, a recall's removal); false when there is none.
     fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError>;
 
+    /// The seqs of the edits of `conv`'s message `seq` (appended with
+    /// `revision: Some((Kind::Edit, seq))`), ascending: what a recall clears too.
+    fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError>;
+
     /// Makes the round's writes visible and, if `durable`, durable (flushed, or a
     /// synchronous commit) before returning.
     fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError>;

@@ -58,19 +58,27 @@ async fn insert(c: &ClientWrapper, records: &[Record]) -> Result<(), StoreError>
     }
     match first {
         Record::Message { .. } => {
-            columns!(conv, seq, ts, json);
+            columns!(conv, seq, ts, json, edits);
             for r in records {
                 if let Record::Message { conv: c0, seq: s, ts: t, json: j } = r {
                     conv.push(c0.as_str());
                     seq.push(i64_of(*s));
                     ts.push(i64_of(*t));
                     json.push(j.as_slice());
+                    // What an edit edits, as the engine keeps it beside the envelope.
+                    let e = serde_json::from_slice::<imqtt_wire::Envelope>(j)
+                        .ok()
+                        .filter(|e| e.kind == Some(imqtt_wire::Kind::Edit))
+                        .and_then(|e| e.ref_seq)
+                        .map(i64_of);
+                    edits.push(e);
                 }
             }
             c.execute(
-                "INSERT INTO imqtt_messages (conv, seq, ts, envelope)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])",
-                &[&conv, &seq, &ts, &json],
+                "INSERT INTO imqtt_messages (conv, seq, ts, envelope, edits)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[],
+                     $5::bigint[])",
+                &[&conv, &seq, &ts, &json, &edits],
             )
             .await
         }

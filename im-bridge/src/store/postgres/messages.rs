@@ -254,6 +254,7 @@ pub(super) async fn append(
     // The envelopes, and the rows that go with them.
     let mut out: Vec<Appended> = Vec::with_capacity(sends.len());
     let (mut m_conv, mut m_seq, mut m_ts, mut m_json) = (vec![], vec![], vec![], vec![]);
+    let mut m_edits: Vec<Option<i64>> = Vec::new();
     let (mut i_s, mut i_k, mut i_conv, mut i_seq) = (vec![], vec![], vec![], vec![]);
     let mut lists: Vec<(&str, &str)> = Vec::new();
     let mut cursors: BTreeMap<(&str, &str), i64> = BTreeMap::new();
@@ -305,6 +306,10 @@ pub(super) async fn append(
                 m_seq.push(i64_of(envelope.seq));
                 m_ts.push(now);
                 m_json.push(json.clone());
+                m_edits.push(match s.revision {
+                    Some((imqtt_wire::Kind::Edit, of)) => Some(i64_of(of)),
+                    _ => None,
+                });
                 if let Some(k) = s.idempotency_key.as_deref() {
                     i_s.push(s.from.as_str());
                     i_k.push(k);
@@ -336,12 +341,13 @@ pub(super) async fn append(
         }
         let st = c
             .prepare_cached(
-                "INSERT INTO imqtt_messages (conv, seq, ts, envelope)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])",
+                "INSERT INTO imqtt_messages (conv, seq, ts, envelope, edits)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[],
+                     $5::bigint[])",
             )
             .await
             .map_err(pg_error)?;
-        c.execute(&st, &[&m_conv, &m_seq, &m_ts, &m_json])
+        c.execute(&st, &[&m_conv, &m_seq, &m_ts, &m_json, &m_edits])
             .await
             .map_err(pg_error)?;
         Ok(())
@@ -532,4 +538,23 @@ pub(super) async fn amend(
         .await
         .map_err(pg_error)?;
     Ok(n == 1)
+}
+
+/// The seqs of the edits of `conv`'s message `seq`, ascending.
+pub(super) async fn edits_of(
+    c: &ClientWrapper,
+    conv: &ConvId,
+    seq: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let st = c
+        .prepare_cached(
+            "SELECT seq FROM imqtt_messages WHERE conv = $1 AND edits = $2 ORDER BY seq",
+        )
+        .await
+        .map_err(pg_error)?;
+    let rows = c
+        .query(&st, &[&conv.as_str(), &i64_of(seq)])
+        .await
+        .map_err(pg_error)?;
+    Ok(rows.iter().map(|r| u64_of(r.get(0))).collect())
 }

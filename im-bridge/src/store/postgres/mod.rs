@@ -505,6 +505,10 @@ impl Round for PgRound<'_> {
         self.call(|c| messages::amend(c, conv, seq, json))
     }
 
+    fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError> {
+        self.call(|c| messages::edits_of(c, conv, seq))
+    }
+
     fn commit(mut self: Box<Self>, durable: bool) -> Result<(), StoreError> {
         let c = self
             .c

@@ -13,7 +13,8 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The migrations, the schema's version `i + 1` being `MIGRATIONS[i]` applied.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE imqtt_schema (version integer NOT NULL);
 CREATE TABLE imqtt_messages (
     conv text COLLATE "C" NOT NULL,
@@ -75,7 +76,13 @@ CREATE TABLE imqtt_contacts (
     contact text COLLATE "C" NOT NULL,
     PRIMARY KEY (owner, contact)
 );
-"#];
+"#,
+    // 2: an edit names the seq it edits, so that a recall finds the edits to clear.
+    r#"
+ALTER TABLE imqtt_messages ADD COLUMN edits bigint;
+CREATE INDEX imqtt_messages_edits ON imqtt_messages (conv, edits) WHERE edits IS NOT NULL;
+"#,
+];
 
 /// Every table the migrations make.
 pub(super) const TABLES: [&str; 11] = [

@@ -18,6 +18,7 @@
 //! | `M` member | gid `0` uid | role, first visible seq, last visible seq (MAX: a member now) |
 //! | `G` user's group | uid `0` gid | nothing: the user's current groups |
 //! | `C` contact | owner `0` uid | nothing: who may see owner's presence |
+//! | `E` edit | conv `0` ref seq | nothing: the edits of message `ref`, for its recall |
 //!
 //! The two time indexes hold one key per round, not one per message: a new key
 //! costs sled a leaf copy and, every few keys, a split, so a round of a thousand
@@ -41,6 +42,17 @@ pub(super) const GROUP: u8 = b'g';
 pub(super) const MEMBER: u8 = b'M';
 pub(super) const USER_GROUP: u8 = b'G';
 pub(super) const CONTACT: u8 = b'C';
+pub(super) const EDIT: u8 = b'E';
+
+/// `E conv 0 ref seq`, or its prefix without `seq`.
+pub(super) fn edit(conv: &str, of: u64, seq: Option<u64>) -> Vec<u8> {
+    let mut k = prefix(EDIT, conv);
+    k.extend_from_slice(&of.to_be_bytes());
+    if let Some(seq) = seq {
+        k.extend_from_slice(&seq.to_be_bytes());
+    }
+    k
+}
 
 /// `kind a`.
 pub(super) fn key1(kind: u8, a: &str) -> Vec<u8> {
@@ -127,6 +139,19 @@ pub(super) fn end_of(prefix: &[u8]) -> Vec<u8> {
         *last += 1;
     }
     end
+}
+
+/// The first key after every key that starts with `prefix`, whatever its last
+/// byte (an integer may end in 0xFF).
+pub(super) fn after_all(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
 }
 
 /// The first key after `key` itself (an inclusive end made exclusive).

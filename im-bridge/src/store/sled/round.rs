@@ -204,6 +204,9 @@ impl SledRound<'_> {
         let json = serde_json::to_vec(&envelope).map_err(engine)?;
         let msg_key = super::keys::msg(conv, seq);
         push_listed(self.times.entry(now_ms).or_default(), &msg_key);
+        if let Some((imqtt_wire::Kind::Edit, of)) = send.revision {
+            self.put(super::keys::edit(conv, of, Some(seq)), IVec::default());
+        }
         self.put(msg_key, json.as_slice());
         self.put(
             head_key,
@@ -405,6 +408,16 @@ impl Round for SledRound<'_> {
         }
         self.put(key, json);
         Ok(true)
+    }
+
+    fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError> {
+        let p = super::keys::edit(conv.as_str(), seq, None);
+        let mut out = Vec::new();
+        for kv in self.scan(p.clone(), super::keys::after_all(&p), false) {
+            let (k, _) = kv?;
+            out.push(u64_at(&k, p.len()).ok_or(StoreError::Corrupt("edits"))?);
+        }
+        Ok(out)
     }
 
     fn commit(self: Box<Self>, durable: bool) -> Result<(), StoreError> {
