@@ -607,6 +607,12 @@ impl Round for Dead {
     fn edits_of(&mut self, _: &ConvId, _: u64) -> Result<Vec<u64>, StoreError> {
         Err(again(&self.0))
     }
+    fn enqueue_events(&mut self, _: &str, _: &[Vec<u8>]) -> Result<(), StoreError> {
+        Err(again(&self.0))
+    }
+    fn drop_events(&mut self, _: &str, _: &[u64]) -> Result<(), StoreError> {
+        Err(again(&self.0))
+    }
     fn commit(self: Box<Self>, _: bool) -> Result<(), StoreError> {
         Err(self.0)
     }
@@ -708,6 +714,12 @@ impl Round for Tracked<'_> {
     }
     fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError> {
         self.inner.edits_of(conv, seq)
+    }
+    fn enqueue_events(&mut self, hook: &str, events: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.inner.enqueue_events(hook, events)
+    }
+    fn drop_events(&mut self, hook: &str, ids: &[u64]) -> Result<(), StoreError> {
+        self.inner.drop_events(hook, ids)
     }
     fn purge(&mut self, conv: &ConvId, through: u64, limit: usize) -> Result<usize, StoreError> {
         self.inner.purge(conv, through, limit)

@@ -26,7 +26,7 @@ type Case = (&'static str, fn(&dyn Store));
 
 /// Runs every case, each on a new store from `make`.
 pub(crate) fn run(make: &mut MakeStore<'_>) {
-    let cases: [Case; 16] = [
+    let cases: [Case; 17] = [
         (
             "seqs and retries",
             seqs_are_contiguous_per_conversation_and_retries_return_the_original,
@@ -57,6 +57,7 @@ pub(crate) fn run(make: &mut MakeStore<'_>) {
             "revisions",
             an_edit_names_its_target_and_an_amend_replaces_it,
         ),
+        ("webhook queues", webhook_events_queue_in_order_per_hook),
         ("accounts", accounts_are_created_once),
         (
             "groups",
@@ -429,6 +430,34 @@ fn an_edit_names_its_target_and_an_amend_replaces_it(s: &dyn Store) {
         "edits only, not the recall or other messages"
     );
     assert!(round(s, |r| r.edits_of(&conv, 2)).expect("none").is_empty());
+}
+
+fn webhook_events_queue_in_order_per_hook(s: &dyn Store) {
+    let events =
+        |names: &[&str]| -> Vec<Vec<u8>> { names.iter().map(|n| n.as_bytes().to_vec()).collect() };
+    round(s, |r| r.enqueue_events("a", &events(&["1", "2"]))).expect("queue");
+    round(s, |r| {
+        r.enqueue_events("b", &events(&["x"]))?;
+        r.enqueue_events("a", &events(&["3"]))
+    })
+    .expect("queue");
+    let a = s.queued_events("a", 10).expect("read");
+    let bodies: Vec<&[u8]> = a.iter().map(|(_, e)| e.as_ref()).collect();
+    assert_eq!(bodies, vec![&b"1"[..], b"2", b"3"]);
+    assert!(a.windows(2).all(|w| w[0].0 < w[1].0), "ids rise");
+    assert_eq!(s.count_events("a").expect("count"), 3);
+    assert_eq!(s.count_events("b").expect("count"), 1);
+    assert_eq!(s.queued_events("a", 2).expect("read").len(), 2);
+    let first_two: Vec<u64> = a.iter().take(2).map(|(id, _)| *id).collect();
+    round(s, |r| r.drop_events("a", &first_two)).expect("drop");
+    let left = s.queued_events("a", 10).expect("read");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.as_ref(), b"3");
+    assert_eq!(
+        s.queued_events("b", 10).expect("read").len(),
+        1,
+        "hooks apart"
+    );
 }
 
 fn accounts_are_created_once(s: &dyn Store) {

@@ -299,6 +299,17 @@ pub trait Store: Reads + Send + Sync + std::fmt::Debug + 'static {
     /// most `mqtt.max_retained` of them).
     fn retained(&self) -> Result<Vec<(String, bytes::Bytes, u8)>, StoreError>;
 
+    /// The oldest `limit` events queued for webhook `hook`: queue id and the
+    /// event's JSON, in queue order.
+    fn queued_events(
+        &self,
+        hook: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, StoreError>;
+
+    /// How many events are queued for `hook` (read at startup).
+    fn count_events(&self, hook: &str) -> Result<usize, StoreError>;
+
     /// Whether the engine answers now (`/readyz`); an embedded engine always does.
     fn is_available(&self) -> bool {
         true
@@ -353,6 +364,12 @@ pub trait Round: Reads {
     /// Replaces the stored envelope of `conv`'s message `seq` with `json` (an
     /// edit's new body, a recall's removal); false when there is none.
     fn amend(&mut self, conv: &ConvId, seq: u64, json: &[u8]) -> Result<bool, StoreError>;
+
+    /// Queues `events` (JSON each) for webhook `hook`, after what it holds.
+    fn enqueue_events(&mut self, hook: &str, events: &[Vec<u8>]) -> Result<(), StoreError>;
+
+    /// Forgets the queued events `ids` of `hook` (delivered, or dropped).
+    fn drop_events(&mut self, hook: &str, ids: &[u64]) -> Result<(), StoreError>;
 
     /// The seqs of the edits of `conv`'s message `seq` (appended with
     /// `revision: Some((Kind::Edit, seq))`), ascending: what a recall clears too.

@@ -558,3 +558,75 @@ pub(super) async fn edits_of(
         .map_err(pg_error)?;
     Ok(rows.iter().map(|r| u64_of(r.get(0))).collect())
 }
+
+/// Queues `events` for `hook`; the table's sequence orders them.
+pub(super) async fn enqueue_events(
+    c: &ClientWrapper,
+    hook: &str,
+    events: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let st = c
+        .prepare_cached(
+            "INSERT INTO imqtt_webhook_events (hook, event)
+             SELECT $1, e FROM unnest($2::bytea[]) WITH ORDINALITY AS t(e, n) ORDER BY n",
+        )
+        .await
+        .map_err(pg_error)?;
+    c.execute(&st, &[&hook, &events]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+/// Forgets `ids` of `hook`'s queue.
+pub(super) async fn drop_events(
+    c: &ClientWrapper,
+    hook: &str,
+    ids: &[u64],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = ids.iter().map(|i| i64_of(*i)).collect();
+    let st = c
+        .prepare_cached(
+            "DELETE FROM imqtt_webhook_events WHERE hook = $1 AND id = ANY($2::bigint[])",
+        )
+        .await
+        .map_err(pg_error)?;
+    c.execute(&st, &[&hook, &ids]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+/// The oldest `limit` events of `hook`'s queue.
+pub(super) async fn queued_events(
+    c: &ClientWrapper,
+    hook: &str,
+    limit: usize,
+) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    let st = c
+        .prepare_cached(
+            "SELECT id, event FROM imqtt_webhook_events WHERE hook = $1 ORDER BY id LIMIT $2",
+        )
+        .await
+        .map_err(pg_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = c.query(&st, &[&hook, &limit]).await.map_err(pg_error)?;
+    Ok(rows
+        .iter()
+        .map(|r| (u64_of(r.get(0)), Bytes::from(r.get::<_, Vec<u8>>(1))))
+        .collect())
+}
+
+/// How many events `hook`'s queue holds.
+pub(super) async fn count_events(c: &ClientWrapper, hook: &str) -> Result<usize, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT count(*) FROM imqtt_webhook_events WHERE hook = $1",
+            &[&hook],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}

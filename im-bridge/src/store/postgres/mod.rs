@@ -386,6 +386,16 @@ impl Store for PgStore {
         self.run(accounts::retained(&c))
     }
 
+    fn queued_events(&self, hook: &str, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let c = self.connection()?;
+        self.run(messages::queued_events(&c, hook, limit))
+    }
+
+    fn count_events(&self, hook: &str) -> Result<usize, StoreError> {
+        let c = self.connection()?;
+        self.run(messages::count_events(&c, hook))
+    }
+
     fn is_available(&self) -> bool {
         self.inner.available.load(Ordering::Acquire)
     }
@@ -507,6 +517,14 @@ impl Round for PgRound<'_> {
 
     fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError> {
         self.call(|c| messages::edits_of(c, conv, seq))
+    }
+
+    fn enqueue_events(&mut self, hook: &str, events: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.call(|c| messages::enqueue_events(c, hook, events))
+    }
+
+    fn drop_events(&mut self, hook: &str, ids: &[u64]) -> Result<(), StoreError> {
+        self.call(|c| messages::drop_events(c, hook, ids))
     }
 
     fn commit(mut self: Box<Self>, durable: bool) -> Result<(), StoreError> {

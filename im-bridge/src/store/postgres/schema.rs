@@ -13,7 +13,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The migrations, the schema's version `i + 1` being `MIGRATIONS[i]` applied.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE imqtt_schema (version integer NOT NULL);
 CREATE TABLE imqtt_messages (
@@ -82,10 +82,19 @@ CREATE TABLE imqtt_contacts (
 ALTER TABLE imqtt_messages ADD COLUMN edits bigint;
 CREATE INDEX imqtt_messages_edits ON imqtt_messages (conv, edits) WHERE edits IS NOT NULL;
 "#,
+    // 3: the webhooks' queues, written in the commit of the messages they tell of.
+    r#"
+CREATE TABLE imqtt_webhook_events (
+    hook text COLLATE "C" NOT NULL,
+    id bigserial,
+    event bytea NOT NULL,
+    PRIMARY KEY (hook, id)
+);
+"#,
 ];
 
 /// Every table the migrations make.
-pub(super) const TABLES: [&str; 11] = [
+pub(super) const TABLES: [&str; 12] = [
     "imqtt_schema",
     "imqtt_messages",
     "imqtt_heads",
@@ -97,6 +106,7 @@ pub(super) const TABLES: [&str; 11] = [
     "imqtt_groups",
     "imqtt_members",
     "imqtt_contacts",
+    "imqtt_webhook_events",
 ];
 
 /// The advisory lock migrating processes take (any fixed number; "imqt").

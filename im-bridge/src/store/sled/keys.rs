@@ -19,6 +19,7 @@
 //! | `G` user's group | uid `0` gid | nothing: the user's current groups |
 //! | `C` contact | owner `0` uid | nothing: who may see owner's presence |
 //! | `E` edit | conv `0` ref seq | nothing: the edits of message `ref`, for its recall |
+//! | `W` webhook event | hook `0` id | the event's JSON, queued until delivered |
 //!
 //! The two time indexes hold one key per round, not one per message: a new key
 //! costs sled a leaf copy and, every few keys, a split, so a round of a thousand
@@ -43,6 +44,14 @@ pub(super) const MEMBER: u8 = b'M';
 pub(super) const USER_GROUP: u8 = b'G';
 pub(super) const CONTACT: u8 = b'C';
 pub(super) const EDIT: u8 = b'E';
+pub(super) const WEBHOOK: u8 = b'W';
+
+/// `W hook 0 id`.
+pub(super) fn event(hook: &str, id: u64) -> Vec<u8> {
+    let mut k = prefix(WEBHOOK, hook);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
 
 /// `E conv 0 ref seq`, or its prefix without `seq`.
 pub(super) fn edit(conv: &str, of: u64, seq: Option<u64>) -> Vec<u8> {

@@ -416,6 +416,22 @@ impl Store for SledStore {
     fn retained(&self) -> Result<Vec<(String, Bytes, u8)>, StoreError> {
         self.retained.read()
     }
+
+    fn queued_events(&self, hook: &str, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let p = prefix(keys::WEBHOOK, hook);
+        let mut out = Vec::new();
+        for kv in self.scan(p.clone(), end_of(&p), false).take(limit) {
+            let (k, v) = kv?;
+            let id = u64_at(&k, p.len()).ok_or(StoreError::Corrupt("webhook events"))?;
+            out.push((id, Bytes::copy_from_slice(&v)));
+        }
+        Ok(out)
+    }
+
+    fn count_events(&self, hook: &str) -> Result<usize, StoreError> {
+        let p = prefix(keys::WEBHOOK, hook);
+        Ok(self.tree.scan_prefix(&p).keys().count())
+    }
 }
 
 #[cfg(test)]

@@ -410,6 +410,22 @@ impl Round for SledRound<'_> {
         Ok(true)
     }
 
+    fn enqueue_events(&mut self, hook: &str, events: &[Vec<u8>]) -> Result<(), StoreError> {
+        for e in events {
+            // Unique and rising across rounds and restarts (`SledStore::next_round`).
+            let id = self.store.next_round();
+            self.put(super::keys::event(hook, id), e.as_slice());
+        }
+        Ok(())
+    }
+
+    fn drop_events(&mut self, hook: &str, ids: &[u64]) -> Result<(), StoreError> {
+        for id in ids {
+            self.remove(super::keys::event(hook, *id));
+        }
+        Ok(())
+    }
+
     fn edits_of(&mut self, conv: &ConvId, seq: u64) -> Result<Vec<u64>, StoreError> {
         let p = super::keys::edit(conv.as_str(), seq, None);
         let mut out = Vec::new();
