@@ -139,6 +139,26 @@ impl Committer {
         cache: Arc<AccessCache>,
         on_commit: OnCommit,
     ) -> Committer {
+        Committer::start_with_hooks(
+            store,
+            policy,
+            cache,
+            on_commit,
+            Arc::default(),
+            Box::new(|_| true),
+        )
+    }
+
+    /// [`Committer::start`], queueing the events of `hooks` in the rounds of the
+    /// messages they tell of; `online` says who has a device online.
+    pub fn start_with_hooks(
+        store: Arc<dyn Store>,
+        policy: FlushPolicy,
+        cache: Arc<AccessCache>,
+        on_commit: OnCommit,
+        hooks: Arc<crate::webhooks::Hooks>,
+        online: crate::webhooks::Online,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let looped = store.clone();
         let spawned = std::thread::Builder::new()
@@ -149,6 +169,8 @@ impl Committer {
                     policy,
                     cache,
                     on_commit,
+                    hooks,
+                    online,
                 };
                 l.run(rx)
             });
@@ -374,6 +396,8 @@ struct Loop<'s> {
     policy: FlushPolicy,
     cache: Arc<AccessCache>,
     on_commit: OnCommit,
+    hooks: Arc<crate::webhooks::Hooks>,
+    online: crate::webhooks::Online,
 }
 
 impl Loop<'_> {
@@ -418,6 +442,9 @@ impl Loop<'_> {
         let mut round = Tracked {
             inner: round,
             changes: Vec::new(),
+            hooks: &self.hooks,
+            online: &self.online,
+            queued: Vec::new(),
         };
         let mut done = Vec::new();
         let mut durable = self.policy == FlushPolicy::Always;
@@ -461,6 +488,8 @@ impl Loop<'_> {
         let Tracked {
             inner: round,
             changes,
+            queued,
+            ..
         } = round;
         let committed = match broke {
             Some(e) => {
@@ -481,6 +510,7 @@ impl Loop<'_> {
                 for c in &changes {
                     self.cache.committed(c);
                 }
+                self.hooks.queued(&queued);
                 for d in done {
                     match d {
                         Done::Write(finish) => finish(Ok(())),
@@ -623,6 +653,10 @@ impl Round for Dead {
 struct Tracked<'s> {
     inner: Box<dyn Round + 's>,
     changes: Vec<Change>,
+    /// The webhooks, whose events of a stored message go into its round.
+    hooks: &'s crate::webhooks::Hooks,
+    online: &'s crate::webhooks::Online,
+    queued: crate::webhooks::Queued,
 }
 
 impl Reads for Tracked<'_> {
@@ -669,7 +703,14 @@ impl Reads for Tracked<'_> {
 
 impl Round for Tracked<'_> {
     fn append(&mut self, sends: &[NewMessage], now_ms: u64) -> Result<Vec<Appended>, StoreError> {
-        self.inner.append(sends, now_ms)
+        let appended = self.inner.append(sends, now_ms)?;
+        if !self.hooks.is_empty() {
+            let queued = self
+                .hooks
+                .on_append(&mut *self.inner, &appended, self.online)?;
+            self.queued.extend(queued);
+        }
+        Ok(appended)
     }
     fn ack(&mut self, uid: &str, cursors: &[(ConvId, u64)]) -> Result<(), StoreError> {
         self.inner.ack(uid, cursors)

@@ -41,6 +41,105 @@ pub struct Config {
     pub log: LogConfig,
     /// `[cluster]`: the other nodes, over NATS.
     pub cluster: ClusterConfig,
+    /// `[[webhooks]]`: the receivers of offline pushes and other events.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// What a webhook receives (`events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub enum WebhookEvent {
+    /// A stored message has a recipient with no device online.
+    #[serde(rename = "message.offline")]
+    MessageOffline,
+    /// Every stored message.
+    #[serde(rename = "message.stored")]
+    MessageStored,
+    /// A user's first device came online.
+    #[serde(rename = "user.online")]
+    UserOnline,
+    /// A user's last device went offline.
+    #[serde(rename = "user.offline")]
+    UserOffline,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (http or https). It also names the webhook's queue.
+    pub url: String,
+    /// The HMAC-SHA256 key of the signature.
+    pub secret: String,
+    /// The events it wants.
+    pub events: Vec<WebhookEvent>,
+    /// How long an undelivered event is retried before it is dropped (counted).
+    #[serde(default = "WebhookConfig::default_max_age")]
+    pub max_age: Duration,
+    /// Events queued at most; past it the oldest are dropped (counted).
+    #[serde(default = "WebhookConfig::default_max_queued")]
+    pub max_queued: usize,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field("max_age", &self.max_age)
+            .field("max_queued", &self.max_queued)
+            .finish()
+    }
+}
+
+impl WebhookConfig {
+    fn default_max_age() -> Duration {
+        Duration::secs(24 * 3600)
+    }
+    fn default_max_queued() -> usize {
+        1_000_000
+    }
+
+    /// Whether it wants `e`.
+    pub fn wants(&self, e: WebhookEvent) -> bool {
+        self.events.contains(&e)
+    }
+
+    fn validate(&self, i: usize, errs: &mut Vec<(String, String)>) {
+        let url_ok = (self.url.starts_with("http://") || self.url.starts_with("https://"))
+            && reqwest::Url::parse(&self.url).is_ok_and(|u| u.host().is_some());
+        if !url_ok {
+            errs.push((
+                format!("webhooks[{i}].url"),
+                format!("{:?} is not an http(s) URL", self.url),
+            ));
+        }
+        if self.secret.is_empty() {
+            errs.push((
+                format!("webhooks[{i}].secret"),
+                "is required (the signature's key)".to_owned(),
+            ));
+        }
+        if self.events.is_empty() {
+            errs.push((
+                format!("webhooks[{i}].events"),
+                "name at least one of message.offline, message.stored, user.online, user.offline"
+                    .to_owned(),
+            ));
+        }
+        if self.max_age.get().is_zero() {
+            errs.push((
+                format!("webhooks[{i}].max_age"),
+                "must be more than 0".to_owned(),
+            ));
+        }
+        if self.max_queued == 0 {
+            errs.push((
+                format!("webhooks[{i}].max_queued"),
+                "must be at least 1".to_owned(),
+            ));
+        }
+    }
 }
 
 /// The `[cluster]` section: empty `nats` runs a single node.
@@ -570,6 +669,7 @@ impl Config {
             limits: loader.section("limits"),
             log: loader.section("log"),
             cluster: loader.section("cluster"),
+            webhooks: loader.webhooks(),
         };
         let Loader {
             root, mut errors, ..
@@ -578,7 +678,7 @@ impl Config {
             errors.push(ConfigError {
                 key: key.clone(),
                 env: None,
-                message: "unknown section (expected one of mqtt, http, auth, store, delivery, limits, log, cluster)".to_owned(),
+                message: "unknown section (expected one of mqtt, http, auth, store, delivery, limits, log, cluster, webhooks)".to_owned(),
             });
         }
         // Cross-key checks run on sections whose keys all parsed, so that a value
@@ -605,6 +705,18 @@ impl Config {
         if clean("http") {
             checks.extend(cfg.http.validate());
         }
+        let mut hooks = Vec::new();
+        if clean("webhooks") {
+            for (i, w) in cfg.webhooks.iter().enumerate() {
+                w.validate(i, &mut hooks);
+                if cfg.webhooks[..i].iter().any(|o| o.url == w.url) {
+                    hooks.push((
+                        format!("webhooks[{i}].url"),
+                        "appears twice (a url names its webhook's queue)".to_owned(),
+                    ));
+                }
+            }
+        }
         if clean("http") && clean("limits") && cfg.http.max_body.0 < cfg.limits.max_body_bytes.0 {
             checks.push((
                 "http.max_body",
@@ -613,6 +725,11 @@ impl Config {
         }
         errors.extend(checks.into_iter().map(|(key, message)| ConfigError {
             key: key.to_owned(),
+            env: None,
+            message,
+        }));
+        errors.extend(hooks.into_iter().map(|(key, message)| ConfigError {
+            key,
             env: None,
             message,
         }));
@@ -694,6 +811,37 @@ struct Loader {
 }
 
 impl Loader {
+    /// The `[[webhooks]]` entries, each whole or reported.
+    fn webhooks(&mut self) -> Vec<WebhookConfig> {
+        let items = match self.root.remove("webhooks") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.errors.push(ConfigError {
+                    key: "webhooks".to_owned(),
+                    env: None,
+                    message: format!(
+                        "must be an array of tables ([[webhooks]]), found a {}",
+                        other.type_str()
+                    ),
+                });
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item.try_into::<WebhookConfig>() {
+                Ok(w) => out.push(w),
+                Err(e) => self.errors.push(ConfigError {
+                    key: format!("webhooks[{i}]"),
+                    env: None,
+                    message: e.message().to_owned(),
+                }),
+            }
+        }
+        out
+    }
+
     /// Deserializes one section key by key, so that every bad key is reported rather
     /// than the first; keys that are fine keep their values, the rest their defaults.
     fn section<T: DeserializeOwned + Default>(&mut self, name: &str) -> T {

@@ -39,5 +39,6 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod throttle;
+pub mod webhooks;
 
 pub use error::{Error, Result};

@@ -91,6 +91,11 @@ fn devices(broker: &BrokerHandle, remote: Option<Vec<String>>, uid: &str) -> Vec
     devices
 }
 
+/// Whether `uid` has a device online, on this node or (in a cluster) another.
+pub fn is_online(broker: &BrokerHandle, cluster: Option<&Cluster>, uid: &str) -> bool {
+    !devices(broker, cluster.map(|c| c.remote_devices(uid)), uid).is_empty()
+}
+
 /// The presence retained here for `uid`, if any.
 fn retained(broker: &BrokerHandle, uid: &str) -> Option<Presence> {
     wire::topic::presence(uid)

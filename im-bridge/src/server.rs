@@ -74,8 +74,12 @@ impl Server {
         let mut broker_metrics = None;
         let mut cluster_metrics = None;
         let clustered = config.cluster.enabled();
+        let hook_metrics = crate::webhooks::HookMetrics::default();
         let metrics = Metrics::new(|registry| {
             broker_metrics = Some(Arc::new(BrokerMetrics::register(registry)));
+            if !config.webhooks.is_empty() {
+                hook_metrics.register(registry);
+            }
             if clustered {
                 cluster_metrics = Some(crate::cluster::ClusterMetrics::register(registry));
             }
@@ -120,8 +124,17 @@ impl Server {
             FlushMode::Always => FlushPolicy::Always,
             FlushMode::Interval => FlushPolicy::Interval(config.store.flush_interval.get()),
         };
+        let hooks = Arc::new(crate::webhooks::Hooks::new(
+            &config.webhooks,
+            hook_metrics,
+            config.delivery.inline_max_bytes.as_usize(),
+        ));
+        let online: crate::webhooks::Online = {
+            let (broker, cluster) = (mqtt.handle(), cluster.clone());
+            Box::new(move |uid| crate::presence::is_online(&broker, cluster.as_ref(), uid))
+        };
         let state = AppState {
-            committer: Committer::start(
+            committer: Committer::start_with_hooks(
                 store.clone(),
                 policy,
                 cache,
@@ -131,6 +144,8 @@ impl Server {
                     config.delivery.inline_max_bytes.as_usize(),
                     metrics.messages_stored.clone(),
                 ),
+                hooks.clone(),
+                online,
             ),
             broker: mqtt.handle(),
             cluster,
@@ -159,6 +174,7 @@ impl Server {
             Retention::For(d) => Some(d.get()),
         };
         housekeeping(state.committer.downgrade(), retention);
+        hooks.spawn(state.store.clone(), state.committer.downgrade());
         let restored = crate::retained::restore(&state.broker, &state.store).await?;
         if restored > 0 {
             tracing::info!(restored, "retained messages restored");

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod nats;
 pub mod postgres;
+pub mod receiver;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,155 @@
+//! Webhooks through the real binary and a real HTTP receiver: `message.stored`
+//! and `message.offline` arrive signed, a receiver that fails is retried until it
+//! takes them, and events queued while the receiver is down survive a kill -9
+//! of imqtt and arrive after the restart.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use imqtt_tests::client::{Api, Device};
+use imqtt_tests::receiver::Receiver;
+use imqtt_tests::{Launch, Server};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const SECRET: &str = "a webhook secret for the tests";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn hook(receiver: &Receiver, events: &str) -> String {
+    format!(
+        "[[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [{events}]\n",
+        receiver.url
+    )
+}
+
+/// Whether `post` is signed with [`SECRET`] as the docs say.
+fn signed(post: &imqtt_tests::receiver::Post) -> bool {
+    let (Some(ts), Some(sig)) = (
+        post.headers.get("x-imqtt-timestamp"),
+        post.headers.get("x-imqtt-signature"),
+    ) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(&post.body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    *sig == format!("sha256={hex}")
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+#[tokio::test]
+async fn stored_and_offline_events_arrive_signed_and_a_failing_receiver_gets_them_later() {
+    let receiver = Receiver::start().await;
+    receiver.fail_next(2);
+    let server =
+        Server::start_with(&hook(&receiver, r#""message.stored", "message.offline""#)).await;
+    let api = Api::new(&server);
+    // bob is online, cat is not.
+    let _bob = Device::connect(&server, "bob", "bob-phone", &["users/bob/inbox"]).await;
+    let to_bob = api.send("ann", "bob", json!({"text": "hi bob"})).await;
+    let to_cat = api.send("ann", "cat", json!({"text": "hi cat"})).await;
+
+    let events = receiver.wait_events(3, WAIT).await;
+    let stored = of_type(&events, "message.stored");
+    let offline = of_type(&events, "message.offline");
+    assert_eq!(stored.len(), 2, "{events:#?}");
+    assert_eq!(offline.len(), 1, "only cat was offline: {events:#?}");
+    assert_eq!(offline[0]["user"], "cat");
+    assert_eq!(offline[0]["message"]["id"], to_cat["id"]);
+    assert_eq!(offline[0]["message"]["body"], json!({"text": "hi cat"}));
+    assert_eq!(stored[0]["message"]["id"], to_bob["id"], "in commit order");
+    for e in &events {
+        assert_eq!(e["id"].as_str().map(str::len), Some(26), "{e}");
+        assert!(e["ts"].as_u64().is_some(), "{e}");
+    }
+    let posts = receiver.posts();
+    assert!(
+        posts.iter().take(2).all(|p| !p.accepted),
+        "the first two failed"
+    );
+    assert!(posts.iter().all(signed), "every POST is signed");
+    assert!(
+        posts
+            .iter()
+            .all(|p| p.headers.get("content-type").map(String::as_str) == Some("application/json"))
+    );
+
+    // Delivered events leave the queue: nothing comes again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.events().len(), 3);
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let label = format!("{{webhook=\"{}\"}}", receiver.url);
+    assert_eq!(
+        line(&format!("imqtt_webhook_events_delivered_total{label}")),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        line(&format!("imqtt_webhook_posts_retried_total{label}")) >= Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        line(&format!("imqtt_webhook_events_queued{label}")),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn events_queued_while_the_receiver_is_down_survive_a_kill_and_arrive_after_the_restart() {
+    let receiver = Receiver::start().await;
+    receiver.set_down(true);
+    let extra = hook(&receiver, r#""message.stored""#);
+    let mut server = Server::start_with(&extra).await;
+    let api = Api::new(&server);
+    let mut sent = HashSet::new();
+    for i in 0..20 {
+        let r = api.send("ann", "bob", json!({ "n": i })).await;
+        sent.insert(r["id"].as_str().expect("id").to_owned());
+    }
+    // The receiver has been refusing; imqtt dies without a chance to finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill().await;
+    let (_, dir) = server.stopped().await;
+    receiver.set_down(false);
+    let server = Launch::spawn_in(dir, &extra, &[]).into_server().await;
+
+    let events = receiver.wait_events(20, WAIT).await;
+    let got: HashSet<String> = events
+        .iter()
+        .filter_map(|e| e["message"]["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(got, sent, "every acknowledged send's event arrived");
+    // In order: the seqs rise.
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["message"]["seq"].as_u64())
+        .collect();
+    let mut unique = seqs.clone();
+    unique.dedup();
+    assert!(unique.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    drop(server);
+}
