@@ -14,6 +14,8 @@
 //! NATS, see `cluster`), and publishes the union here: the retained presence is
 //! the same on every node, and each node's own watchers get it from their node.
 
+use std::sync::Arc;
+
 use broker::{BrokerHandle, DisconnectReason, EventKind, QoS};
 use bytes::Bytes;
 use imqtt_wire::{self as wire, Presence, PresenceStatus};
@@ -24,7 +26,12 @@ use crate::cluster::Cluster;
 /// Follows the broker's connection events and publishes presence, until the
 /// broker is gone. Subscribes before returning, so no event after this call is
 /// missed. In a cluster, each change is also announced to the other nodes.
-pub fn spawn(broker: BrokerHandle, cluster: Option<Cluster>) {
+pub fn spawn(
+    broker: BrokerHandle,
+    cluster: Option<Cluster>,
+    hooks: Option<Arc<crate::webhooks::Hooks>>,
+) {
+    let hooks = hooks.filter(|h| h.wants_users());
     let mut events = broker.events();
     tokio::spawn(async move {
         loop {
@@ -36,7 +43,23 @@ pub fn spawn(broker: BrokerHandle, cluster: Option<Cluster>) {
                 Ok(e)
                     if e.kind == EventKind::Disconnected(DisconnectReason::TakenOver)
                         && e.connections > 0 => {}
-                Ok(e) => changed(&broker, cluster.as_ref(), &e.uid),
+                Ok(e) => {
+                    // What the webhooks hear: a change of the user's status.
+                    // (the status published before this change, and after it).
+                    let was = hooks.as_ref().map(|_| {
+                        retained(&broker, &e.uid)
+                            .is_some_and(|p| p.status == PresenceStatus::Online)
+                    });
+                    changed(&broker, cluster.as_ref(), &e.uid);
+                    if let (Some(h), Some(was)) = (&hooks, was) {
+                        let remote = cluster.as_ref().map(|c| c.remote_devices(&e.uid));
+                        let devices = devices(&broker, remote, &e.uid);
+                        let now = !devices.is_empty();
+                        if now != was {
+                            h.user_changed(&e.uid, now, &devices);
+                        }
+                    }
+                }
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "presence fell behind; rebuilding from a snapshot");
                     catch_up(&broker, cluster.as_ref());

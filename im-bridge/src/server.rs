@@ -164,7 +164,11 @@ impl Server {
             mqtt_addrs: mqtt.local_addrs().into(),
         };
         // Presence follows connections from the first one on.
-        crate::presence::spawn(state.broker.clone(), state.cluster.clone());
+        crate::presence::spawn(
+            state.broker.clone(),
+            state.cluster.clone(),
+            Some(hooks.clone()),
+        );
         // Publishes on the users' outboxes are sends, from now on.
         if let Some(uplink) = state.broker.uplink() {
             crate::outbox::spawn(uplink, state.clone());

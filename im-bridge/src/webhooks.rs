@@ -100,7 +100,12 @@ pub struct Hooks {
     metrics: HookMetrics,
     /// Envelopes larger than this go without their body in `message.offline`.
     inline_max: usize,
+    /// Presence changes on their way to the queues, in order (`user.*`).
+    users: std::sync::OnceLock<tokio::sync::mpsc::Sender<(WebhookEvent, Vec<u8>)>>,
 }
+
+/// Presence changes waiting to be queued; past it they are dropped (counted).
+const USER_EVENTS: usize = 10_000;
 
 /// Who is online now, for `message.offline`.
 pub type Online = Box<dyn Fn(&str) -> bool + Send + Sync>;
@@ -124,7 +129,98 @@ impl Hooks {
                 .collect(),
             metrics,
             inline_max,
+            users: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether some webhook wants `user.online` or `user.offline`.
+    pub fn wants_users(&self) -> bool {
+        self.hooks.iter().any(|h| {
+            h.config.wants(WebhookEvent::UserOnline) || h.config.wants(WebhookEvent::UserOffline)
+        })
+    }
+
+    /// `uid`'s first device came online (`online`) or its last went: queued
+    /// for the webhooks that want it, through the commit loop, in order.
+    pub fn user_changed(&self, uid: &str, online: bool, devices: &[String]) {
+        let Some(tx) = self.users.get() else { return };
+        let (kind, which) = if online {
+            ("user.online", WebhookEvent::UserOnline)
+        } else {
+            ("user.offline", WebhookEvent::UserOffline)
+        };
+        let event = serde_json::json!({
+            "id": ulid::Ulid::new().to_string(),
+            "type": kind,
+            "ts": crate::commit::now_ms(),
+            "user": uid,
+            "devices": devices,
+        });
+        let Ok(json) = serde_json::to_vec(&event) else {
+            return;
+        };
+        if tx.try_send((which, json)).is_err() {
+            for h in &self.hooks {
+                self.metrics.dropped.get_or_create(&h.labels).inc();
+            }
+            tracing::warn!(uid, "webhook presence events behind; one dropped");
+        }
+    }
+
+    /// Queues presence events as they come, a commit round for what arrived
+    /// meanwhile.
+    fn spawn_users(self: &Arc<Self>, committer: crate::commit::WeakCommitter) {
+        if !self.wants_users() {
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(USER_EVENTS);
+        if self.users.set(tx).is_err() {
+            return;
+        }
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                let Some(committer) = committer.upgrade() else {
+                    return;
+                };
+                let wanted: Vec<(usize, String, Vec<Vec<u8>>)> = hooks
+                    .hooks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        let events = batch
+                            .iter()
+                            .filter(|(which, _)| h.config.wants(*which))
+                            .map(|(_, e)| e.clone())
+                            .collect();
+                        (i, h.config.url.clone(), events)
+                    })
+                    .filter(|(_, _, e): &(usize, String, Vec<Vec<u8>>)| !e.is_empty())
+                    .collect();
+                let queued: Queued = wanted.iter().map(|(i, _, e)| (*i, e.len())).collect();
+                let written = committer
+                    .write(move |r| {
+                        for (_, url, events) in &wanted {
+                            r.enqueue_events(url, events)?;
+                        }
+                        Ok(((), None))
+                    })
+                    .await;
+                match written {
+                    Ok(()) => hooks.queued(&queued),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot queue presence events for webhooks")
+                    }
+                }
+            }
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,6 +291,7 @@ impl Hooks {
 
     /// Starts one delivery task per webhook.
     pub fn spawn(self: &Arc<Self>, store: Arc<dyn Store>, committer: crate::commit::WeakCommitter) {
+        self.spawn_users(committer.clone());
         let client = match reqwest::Client::builder().timeout(ANSWER_TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {

@@ -153,3 +153,30 @@ async fn events_queued_while_the_receiver_is_down_survive_a_kill_and_arrive_afte
     assert!(unique.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     drop(server);
 }
+
+#[tokio::test]
+async fn a_users_first_device_online_and_last_offline_are_told() {
+    let receiver = Receiver::start().await;
+    let server = Server::start_with(&hook(&receiver, r#""user.online", "user.offline""#)).await;
+    let phone = Device::connect(&server, "bob", "bob-phone", &["users/bob/inbox"]).await;
+    let events = receiver.wait_events(1, WAIT).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["type"], "user.online");
+    assert_eq!(events[0]["user"], "bob");
+    assert_eq!(events[0]["devices"], json!(["bob-phone"]));
+    // A second device changes nothing; the last one leaving does.
+    let laptop = Device::connect(&server, "bob", "bob-laptop", &["users/bob/inbox"]).await;
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.events().len(), 1, "{:#?}", receiver.events());
+    drop(laptop);
+    let events = receiver.wait_events(2, WAIT).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[1]["type"], "user.offline");
+    assert_eq!(events[1]["devices"], json!([]));
+    assert!(receiver.posts().iter().all(signed));
+    // Messages are not told to a webhook that did not ask for them.
+    Api::new(&server).send("ann", "bob", json!("hi")).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(receiver.events().len(), 2);
+}
