@@ -37,6 +37,9 @@ const BATCH: usize = 100;
 /// The first wait after a failed POST; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often a node that does not send a webhook's queue asks again whether it
+/// may (the one that did may have died).
+const LEAD_RETRY: Duration = Duration::from_secs(2);
 /// How long a receiver has to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -336,7 +339,25 @@ impl Hooks {
                 .set(n as i64);
         }
         let mut backoff = FIRST_BACKOFF;
+        let mut lease: Option<Box<dyn crate::store::Lease>> = None;
+        let job = format!("webhook {url}");
         loop {
+            // One process of those sharing the store sends a queue.
+            if !lease.as_ref().is_some_and(|l| l.held()) {
+                let (s, j) = (store.clone(), job.clone());
+                lease = match tokio::task::spawn_blocking(move || s.lead(&j)).await {
+                    Ok(Ok(l)) => l,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %url, "cannot claim the webhook");
+                        None
+                    }
+                    Err(_) => return,
+                };
+                if lease.is_none() {
+                    tokio::time::sleep(LEAD_RETRY).await;
+                    continue;
+                }
+            }
             let Some(committer) = committer.upgrade() else {
                 return;
             };

@@ -21,12 +21,19 @@ pub struct Cluster {
     pub url: String,
     /// The nodes, `node-0` first; a killed node stays in its slot.
     pub nodes: Vec<Server>,
+    /// Config every node gets besides the cluster's (TOML).
+    pub extra: String,
 }
 
 impl Cluster {
     /// Starts PostgreSQL, NATS and `n` nodes; `None` (said why) where
     /// PostgreSQL or `nats-server` is missing, except under `CI=true`.
     pub async fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_with(n, "").await
+    }
+
+    /// [`Cluster::start`], every node's config followed by `extra` (TOML).
+    pub async fn start_with(n: usize, extra: &str) -> Option<Cluster> {
         let pg = Postgres::start()?;
         let nats = Nats::start()?;
         let url = pg.database();
@@ -35,6 +42,7 @@ impl Cluster {
             nats,
             url,
             nodes: Vec::new(),
+            extra: extra.to_owned(),
         };
         for i in 0..n {
             let node = cluster.node(i).await;
@@ -50,7 +58,7 @@ impl Cluster {
         let name = format!("node-{i}");
         let heartbeat = format!("{}ms", HEARTBEAT.as_millis());
         Server::start_env(
-            "",
+            &self.extra,
             &[
                 ("IMQTT_STORE__ENGINE", "postgres"),
                 ("IMQTT_STORE__URL", &self.url),

@@ -180,3 +180,61 @@ async fn a_users_first_device_online_and_last_offline_are_told() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(receiver.events().len(), 2);
 }
+
+#[tokio::test]
+async fn in_a_cluster_one_node_delivers_each_event_and_another_takes_over_when_it_dies() {
+    let receiver = Receiver::start().await;
+    let Some(mut cluster) =
+        imqtt_tests::cluster::Cluster::start_with(3, &hook(&receiver, r#""message.stored""#)).await
+    else {
+        return;
+    };
+    let mut sent = Vec::new();
+    for i in 0..9 {
+        let api = Api::new(&cluster.nodes[i % 3]);
+        let r = api.send("ann", "bob", json!({ "n": i })).await;
+        sent.push(r["id"].as_str().expect("id").to_owned());
+    }
+    let events = receiver.wait_events(9, WAIT).await;
+    let ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"]["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 9, "each event once, by one node: {events:#?}");
+    let got: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(got, sent.iter().map(String::as_str).collect::<HashSet<_>>());
+
+    // The node that delivers (its metrics say so) dies; another takes over.
+    let mut leader = None;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let metrics = reqwest::get(format!("{}/metrics", node.http_url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let delivered = metrics
+            .lines()
+            .find(|l| l.starts_with("imqtt_webhook_events_delivered_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if delivered > 0.0 {
+            assert!(leader.is_none(), "two nodes delivered");
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("a node delivered");
+    cluster.nodes[leader].kill().await;
+    let api = Api::new(&cluster.nodes[(leader + 1) % 3]);
+    for i in 0..3 {
+        let r = api.send("ann", "bob", json!({ "after": i })).await;
+        sent.push(r["id"].as_str().expect("id").to_owned());
+    }
+    let events = receiver.wait_events(12, WAIT).await;
+    let got: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| e["message"]["id"].as_str())
+        .collect();
+    assert_eq!(got, sent.iter().map(String::as_str).collect::<HashSet<_>>());
+}

@@ -310,8 +310,32 @@ pub trait Store: Reads + Send + Sync + std::fmt::Debug + 'static {
     /// How many events are queued for `hook` (read at startup).
     fn count_events(&self, hook: &str) -> Result<usize, StoreError>;
 
+    /// Claims `job` for this process among every process sharing the store
+    /// (one node of a cluster delivers a webhook's queue); `None` while another
+    /// holds it. The claim lasts as long as the lease, or its process.
+    fn lead(&self, job: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
+        let _ = job;
+        // One process has the embedded store.
+        Ok(Some(Box::new(Sole)))
+    }
+
     /// Whether the engine answers now (`/readyz`); an embedded engine always does.
     fn is_available(&self) -> bool {
+        true
+    }
+}
+
+/// A job claimed by this process ([`Store::lead`]).
+pub trait Lease: Send + Sync {
+    /// Whether it still holds (a database connection that broke loses it).
+    fn held(&self) -> bool;
+}
+
+/// The lease of the only process.
+struct Sole;
+
+impl Lease for Sole {
+    fn held(&self) -> bool {
         true
     }
 }

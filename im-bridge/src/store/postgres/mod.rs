@@ -396,8 +396,43 @@ impl Store for PgStore {
         self.run(messages::count_events(&c, hook))
     }
 
+    fn lead(&self, job: &str) -> Result<Option<Box<dyn super::Lease>>, StoreError> {
+        let c = self.connection()?;
+        // A session-level advisory lock, keyed by a hash every process computes
+        // alike (FNV-1a; the migrations' lock is a small constant apart).
+        let key = job.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let key = i64::from_ne_bytes(key.to_ne_bytes());
+        let got: bool = self.run(async {
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await
+                .map(|r| r.get(0))
+                .map_err(pg_error)
+        })?;
+        if !got {
+            return Ok(None);
+        }
+        // The lock lives with this session: the connection leaves the pool for
+        // the lease, and closes (releasing it) when the lease goes.
+        Ok(Some(Box::new(PgLease {
+            client: deadpool_postgres::Object::take(c),
+        })))
+    }
+
     fn is_available(&self) -> bool {
         self.inner.available.load(Ordering::Acquire)
+    }
+}
+
+/// An advisory lock held on a connection of its own.
+struct PgLease {
+    client: ClientWrapper,
+}
+
+impl super::Lease for PgLease {
+    fn held(&self) -> bool {
+        !self.client.is_closed()
     }
 }
 
