@@ -238,3 +238,76 @@ async fn in_a_cluster_one_node_delivers_each_event_and_another_takes_over_when_i
         .collect();
     assert_eq!(got, sent.iter().map(String::as_str).collect::<HashSet<_>>());
 }
+
+#[tokio::test]
+async fn each_offline_member_of_a_group_is_told_and_the_queue_keeps_its_bounds() {
+    let receiver = Receiver::start().await;
+    let server = Server::start_with(&format!(
+        "{}max_queued = 3\n",
+        hook(&receiver, r#""message.offline""#)
+    ))
+    .await;
+    let api = Api::new(&server);
+    api.post("ann", "/v1/groups", &json!({"id": "team", "name": "Team"}))
+        .await
+        .expect(201);
+    api.post(
+        "ann",
+        "/v1/groups/team/members",
+        &json!({"users": ["bob", "cat", "dan"]}),
+    )
+    .await
+    .expect(200);
+    let _cat = Device::connect(&server, "cat", "cat-phone", &["users/cat/inbox"]).await;
+    api.post(
+        "ann",
+        "/v1/messages",
+        &json!({"group": "team", "body": "hi all"}),
+    )
+    .await
+    .expect(201);
+    let events = receiver.wait_events(2, WAIT).await;
+    let mut users: Vec<&str> = events.iter().filter_map(|e| e["user"].as_str()).collect();
+    users.sort_unstable();
+    assert_eq!(
+        users,
+        vec!["bob", "dan"],
+        "not the sender, not cat (online): {events:#?}"
+    );
+    assert!(events.iter().all(|e| e["message"]["conv"] == "group:team"));
+
+    // Down, the queue holds at most max_queued: the oldest go, counted.
+    receiver.set_down(true);
+    for i in 0..4 {
+        api.send("ann", "eve", json!({ "n": i })).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.set_down(false);
+    let before = receiver.events().len();
+    let events = receiver.wait_events(before + 3, WAIT).await;
+    let later: Vec<u64> = events[before..]
+        .iter()
+        .filter_map(|e| e["message"]["body"]["n"].as_u64())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.events().len(),
+        before + 3,
+        "{:#?}",
+        receiver.events()
+    );
+    assert_eq!(later, vec![1, 2, 3], "the oldest was dropped");
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!(
+            "imqtt_webhook_events_dropped_total{{webhook=\"{}\"}} 1",
+            receiver.url
+        )),
+        "{metrics}"
+    );
+}
