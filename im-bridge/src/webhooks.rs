@@ -28,6 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sha2::Sha256;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::config::{WebhookConfig, WebhookEvent};
 use crate::store::{Appended, Round, Store, StoreError};
@@ -240,22 +241,32 @@ impl Hooks {
     ) -> Result<Queued, StoreError> {
         let mut queued = Vec::new();
         let now = crate::commit::now_ms();
+        let fresh: Vec<&Appended> = appended.iter().filter(|a| !a.duplicate).collect();
+        // Who of each message's recipients is offline: asked once, whichever
+        // webhooks want it.
+        let mut offline: Vec<Vec<String>> = Vec::new();
+        if self
+            .hooks
+            .iter()
+            .any(|h| h.config.wants(WebhookEvent::MessageOffline))
+        {
+            for a in &fresh {
+                let mut users = recipients(round, &a.envelope)?;
+                users.retain(|u| !online(u));
+                offline.push(users);
+            }
+        }
         for (i, hook) in self.hooks.iter().enumerate() {
             let mut events = Vec::new();
-            for a in appended.iter().filter(|a| !a.duplicate) {
+            for (k, a) in fresh.iter().enumerate() {
                 if hook.config.wants(WebhookEvent::MessageStored) {
                     events.push(event("message.stored", now, None, &a.json));
                 }
-                if hook.config.wants(WebhookEvent::MessageOffline) {
-                    let offline: Vec<String> = recipients(round, &a.envelope)?
-                        .into_iter()
-                        .filter(|u| !online(u))
-                        .collect();
-                    if !offline.is_empty() {
-                        let json = self.offline_json(a);
-                        for u in &offline {
-                            events.push(event("message.offline", now, Some(u), &json));
-                        }
+                let users = offline.get(k).map_or(&[][..], Vec::as_slice);
+                if hook.config.wants(WebhookEvent::MessageOffline) && !users.is_empty() {
+                    let json = self.offline_json(a);
+                    for u in users {
+                        events.push(event("message.offline", now, Some(u), &json));
                     }
                 }
             }
@@ -309,7 +320,10 @@ impl Hooks {
                 committer.clone(),
                 client.clone(),
             );
-            tokio::spawn(async move { hooks.deliver(i, store, committer, client).await });
+            let span = tracing::info_span!("webhook", url = %hooks.hooks[i].config.url);
+            tokio::spawn(
+                async move { hooks.deliver(i, store, committer, client).await }.instrument(span),
+            );
         }
     }
 
@@ -325,9 +339,6 @@ impl Hooks {
             return;
         };
         let url = hook.config.url.clone();
-        let span = tracing::info_span!("webhook", url = %url);
-        let _enter = span.enter();
-        drop(_enter);
         // What the store holds from before this start.
         let reader = store.clone();
         let u = url.clone();

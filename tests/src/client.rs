@@ -134,6 +134,24 @@ impl Api {
     }
 
     /// DELETEs `path` as user `uid`.
+    /// `owner` creates group `gid` and adds `members` (both must succeed).
+    pub async fn group(&self, owner: &str, gid: &str, members: &[&str]) {
+        self.post(
+            owner,
+            "/v1/groups",
+            &serde_json::json!({"id": gid, "name": gid}),
+        )
+        .await
+        .expect(201);
+        self.post(
+            owner,
+            &format!("/v1/groups/{gid}/members"),
+            &serde_json::json!({ "users": members }),
+        )
+        .await
+        .expect(200);
+    }
+
     /// A request of any method to `path` as user `uid`, to finish and [`Api::call`].
     pub fn request(
         &self,
@@ -375,4 +393,37 @@ impl Device {
             }
         }
     }
+}
+
+/// The text of `server`'s `/metrics`.
+async fn metrics_text(server: &Server) -> String {
+    reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// A metric of `/metrics`, summed over its series (0 when it has none).
+pub async fn metric(server: &Server, name: &str) -> f64 {
+    metrics_text(server)
+        .await
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let key = k.split('{').next()?;
+            (key == name).then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// One series of `/metrics`, named with its labels as printed
+/// (`imqtt_x_total{a="b"}`); `None` when it is not there.
+pub async fn series(server: &Server, series: &str) -> Option<f64> {
+    metrics_text(server).await.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse::<f64>().ok())?
+    })
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker::auth::{AuthConfig, Role, Secret, TokenVerifier};
+use imqtt_tests::client::series;
 use imqtt_tests::{Launch, Server, TEST_SECRET};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, Incoming, MqttOptions, QoS};
 use serde_json::{Value, json};
@@ -403,25 +404,10 @@ async fn password_guessing_waits_longer_and_longer_and_the_owner_still_signs_in(
     let (status, _, body) = sign_in(&attacker, &base, "ann", "right password").await;
     assert_eq!(status, 200, "{body}");
 
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    assert!(
-        value("imqtt_sign_in_refused_total{endpoint=\"tokens\"}") >= 20.0,
-        "{metrics}"
-    );
-    assert!(value("imqtt_sign_in_failures_total") >= 7.0, "{metrics}");
+    let refused = series(&server, "imqtt_sign_in_refused_total{endpoint=\"tokens\"}").await;
+    assert!(refused.unwrap_or(0.0) >= 20.0, "{refused:?}");
+    let failures = series(&server, "imqtt_sign_in_failures_total").await;
+    assert!(failures.unwrap_or(0.0) >= 7.0, "{failures:?}");
 }
 
 #[tokio::test]

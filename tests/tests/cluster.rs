@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use broker::auth::Role;
-use imqtt_tests::client::{Api, Device, WAIT, user};
+use imqtt_tests::client::{Api, Device, WAIT, metric, user};
 use imqtt_tests::cluster::{Cluster, HEARTBEAT};
 use imqtt_tests::{Launch, Server, token};
 use serde_json::{Value, json};
@@ -18,24 +18,6 @@ use tokio::time::{Instant, sleep, timeout};
 
 fn admin() -> String {
     token("root", Role::Admin, Duration::from_secs(600))
-}
-
-/// A counter of `/metrics`, summed over its series.
-async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            let key = k.split('{').next()?;
-            (key == name).then(|| v.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// Waits until `check` holds, polling; panics with `what` after [`WAIT`].

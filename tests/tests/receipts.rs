@@ -101,16 +101,7 @@ async fn receipts_off_tell_nobody() {
 async fn members_read_how_far_each_member_has_read() {
     let server = Server::start().await;
     let api = Api::new(&server);
-    api.post("ann", "/v1/groups", &json!({"id": "team", "name": "Team"}))
-        .await
-        .expect(201);
-    api.post(
-        "ann",
-        "/v1/groups/team/members",
-        &json!({"users": ["bob", "cat", "dan"]}),
-    )
-    .await
-    .expect(200);
+    api.group("ann", "team", &["bob", "cat", "dan"]).await;
     for i in 0..3 {
         api.post(
             "ann",

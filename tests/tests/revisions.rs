@@ -14,6 +14,13 @@ fn patch(api: &Api, uid: &str, path: &str, body: &Value) -> reqwest::RequestBuil
     api.request(reqwest::Method::PATCH, uid, path).json(body)
 }
 
+/// An edit of `path` by `uid` to "x", refused with `status` and `code`.
+async fn refused(api: &Api, uid: &str, path: &str, status: u16, code: &str) {
+    api.call(patch(api, uid, path, &json!({"body": "x"})))
+        .await
+        .error(status, code);
+}
+
 /// The stored message `seq` of `conv`, as `uid` reads it in history.
 async fn stored(api: &Api, uid: &str, conv: &str, seq: u64) -> Value {
     let (page, _) = api
@@ -71,30 +78,30 @@ async fn an_edit_and_a_recall_are_messages_and_history_shows_the_latest() {
         .await
         .error(403, "not_sender");
     api.delete("bob", path).await.error(403, "not_sender");
-    api.call(patch(
+    refused(
         &api,
         "ann",
         "/v1/conversations/dm:ann:bob/messages/3",
-        &json!({"body": "x"}),
-    ))
-    .await
-    .error(400, "bad_request");
-    api.call(patch(
+        400,
+        "bad_request",
+    )
+    .await;
+    refused(
         &api,
         "ann",
         "/v1/conversations/dm:ann:bob/messages/99",
-        &json!({"body": "x"}),
-    ))
-    .await
-    .error(404, "not_found");
-    api.call(patch(
+        404,
+        "not_found",
+    )
+    .await;
+    refused(
         &api,
         "ann",
         "/v1/conversations/dm:ann:bob/messages/x",
-        &json!({"body": "x"}),
-    ))
-    .await
-    .error(400, "bad_request");
+        400,
+        "bad_request",
+    )
+    .await;
     api.call(patch(&api, "ann", path, &json!({"text": "no body field"})))
         .await
         .error(400, "bad_request");
@@ -167,16 +174,7 @@ async fn past_its_window_a_message_stays_as_it_is() {
 async fn a_groups_owner_and_admins_recall_any_message_at_any_time() {
     let server = Server::start_env("", &[("IMQTT_LIMITS__RECALL_WINDOW", "1s")]).await;
     let api = Api::new(&server);
-    api.post("own", "/v1/groups", &json!({"id": "team", "name": "Team"}))
-        .await
-        .expect(201);
-    api.post(
-        "own",
-        "/v1/groups/team/members",
-        &json!({"users": ["adm", "mem", "oth"]}),
-    )
-    .await
-    .expect(200);
+    api.group("own", "team", &["adm", "mem", "oth"]).await;
     api.put(
         "own",
         "/v1/groups/team/members/adm",

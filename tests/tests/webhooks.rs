@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use imqtt_tests::client::{Api, Device};
+use imqtt_tests::client::{Api, Device, metric, series};
 use imqtt_tests::receiver::Receiver;
 use imqtt_tests::{Launch, Server};
 use serde_json::{Value, json};
@@ -88,33 +88,14 @@ async fn stored_and_offline_events_arrive_signed_and_a_failing_receiver_gets_the
     // Delivered events leave the queue: nothing comes again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.events().len(), 3);
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let line = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
     let label = format!("{{webhook=\"{}\"}}", receiver.url);
+    let of = |name: &str| format!("{name}{label}");
+    let delivered = series(&server, &of("imqtt_webhook_events_delivered_total")).await;
+    assert_eq!(delivered, Some(3.0));
+    assert!(series(&server, &of("imqtt_webhook_posts_retried_total")).await >= Some(2.0));
     assert_eq!(
-        line(&format!("imqtt_webhook_events_delivered_total{label}")),
-        Some(3.0),
-        "{metrics}"
-    );
-    assert!(
-        line(&format!("imqtt_webhook_posts_retried_total{label}")) >= Some(2.0),
-        "{metrics}"
-    );
-    assert_eq!(
-        line(&format!("imqtt_webhook_events_queued{label}")),
-        Some(0.0),
-        "{metrics}"
+        series(&server, &of("imqtt_webhook_events_queued")).await,
+        Some(0.0)
     );
 }
 
@@ -207,19 +188,7 @@ async fn in_a_cluster_one_node_delivers_each_event_and_another_takes_over_when_i
     // The node that delivers (its metrics say so) dies; another takes over.
     let mut leader = None;
     for (i, node) in cluster.nodes.iter().enumerate() {
-        let metrics = reqwest::get(format!("{}/metrics", node.http_url()))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let delivered = metrics
-            .lines()
-            .find(|l| l.starts_with("imqtt_webhook_events_delivered_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if delivered > 0.0 {
+        if metric(node, "imqtt_webhook_events_delivered_total").await > 0.0 {
             assert!(leader.is_none(), "two nodes delivered");
             leader = Some(i);
         }
@@ -248,16 +217,7 @@ async fn each_offline_member_of_a_group_is_told_and_the_queue_keeps_its_bounds()
     ))
     .await;
     let api = Api::new(&server);
-    api.post("ann", "/v1/groups", &json!({"id": "team", "name": "Team"}))
-        .await
-        .expect(201);
-    api.post(
-        "ann",
-        "/v1/groups/team/members",
-        &json!({"users": ["bob", "cat", "dan"]}),
-    )
-    .await
-    .expect(200);
+    api.group("ann", "team", &["bob", "cat", "dan"]).await;
     let _cat = Device::connect(&server, "cat", "cat-phone", &["users/cat/inbox"]).await;
     api.post(
         "ann",
@@ -297,17 +257,9 @@ async fn each_offline_member_of_a_group_is_told_and_the_queue_keeps_its_bounds()
         receiver.events()
     );
     assert_eq!(later, vec![1, 2, 3], "the oldest was dropped");
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains(&format!(
-            "imqtt_webhook_events_dropped_total{{webhook=\"{}\"}} 1",
-            receiver.url
-        )),
-        "{metrics}"
+    let dropped = format!(
+        "imqtt_webhook_events_dropped_total{{webhook=\"{}\"}}",
+        receiver.url
     );
+    assert_eq!(series(&server, &dropped).await, Some(1.0));
 }

@@ -107,9 +107,7 @@ pub(super) async fn recall(
 /// The conversation and seq of a message's path.
 fn target(path: Result<Path<(String, String)>, PathRejection>) -> Result<(ConvId, u64), Error> {
     let Path((conv, seq)) = path.map_err(|e| Error::BadRequest(e.to_string()))?;
-    let conv: ConvId = conv
-        .parse()
-        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
+    let conv = super::sync::conv_id(&conv)?;
     match seq.parse::<u64>() {
         Ok(seq) if seq >= 1 => Ok((conv, seq)),
         _ => Err(Error::BadRequest(format!(

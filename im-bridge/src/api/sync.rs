@@ -72,6 +72,12 @@ fn summaries(store: &dyn Reads, uid: &str) -> Result<Vec<(Summary, Window)>, Err
 
 /// A query string or path segment that did not parse is 400 with the JSON error
 /// body, like every other refusal (axum's own rejections are plain text).
+/// A conversation id from a path, or 400.
+pub(super) fn conv_id(raw: &str) -> Result<ConvId, Error> {
+    raw.parse()
+        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))
+}
+
 fn parsed<T>(extracted: Result<T, impl std::fmt::Display>) -> Result<T, Error> {
     extracted.map_err(|e| Error::BadRequest(e.to_string()))
 }
@@ -158,9 +164,7 @@ pub(super) async fn messages(
 ) -> Result<Json<MessagesPage>, Error> {
     let Path(conv) = parsed(conv)?;
     let Query(q) = parsed(q)?;
-    let conv: ConvId = conv
-        .parse()
-        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
+    let conv = conv_id(&conv)?;
     let limit = limit(q.limit)?;
     let range = match (q.after, q.before) {
         (Some(_), Some(_)) => {
@@ -195,9 +199,7 @@ pub(super) async fn reads(
 ) -> Result<Json<ReadsPage>, Error> {
     let Path(conv) = parsed(conv)?;
     let Query(q) = parsed(q)?;
-    let conv: ConvId = conv
-        .parse()
-        .map_err(|e| Error::BadRequest(format!("conversation: {e}")))?;
+    let conv = conv_id(&conv)?;
     let limit = limit(q.limit)?;
     let (uid, admin) = (caller.uid().to_owned(), caller.role() == Role::Admin);
     let after = q.after.unwrap_or_default();
