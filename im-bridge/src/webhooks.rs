@@ -74,8 +74,8 @@ impl HookMetrics {
             self.delivered.clone(),
         );
         registry.register(
-            "webhook_posts_retried",
-            "POSTs to each webhook that failed and are tried again",
+            "webhook_events_retried",
+            "Events of each webhook whose POST failed and that are sent again",
             self.retried.clone(),
         );
         registry.register(
@@ -445,7 +445,10 @@ impl Hooks {
                     }
                 }
                 Err(why) => {
-                    self.metrics.retried.get_or_create(&hook.labels).inc();
+                    self.metrics
+                        .retried
+                        .get_or_create(&hook.labels)
+                        .inc_by(ids.len() as u64);
                     tracing::info!(%url, why, retry_in_ms = backoff.as_millis() as u64, "webhook POST failed");
                     drop(committer);
                     tokio::time::sleep(backoff).await;

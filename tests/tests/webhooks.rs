@@ -92,7 +92,7 @@ async fn stored_and_offline_events_arrive_signed_and_a_failing_receiver_gets_the
     let of = |name: &str| format!("{name}{label}");
     let delivered = series(&server, &of("imqtt_webhook_events_delivered_total")).await;
     assert_eq!(delivered, Some(3.0));
-    assert!(series(&server, &of("imqtt_webhook_posts_retried_total")).await >= Some(2.0));
+    assert!(series(&server, &of("imqtt_webhook_events_retried_total")).await >= Some(2.0));
     assert_eq!(
         series(&server, &of("imqtt_webhook_events_queued")).await,
         Some(0.0)
