@@ -10,6 +10,9 @@
 #   alternating in each run (the client library's cost over a raw subscriber)
 #   send64d batch4d batch8d: as send64 and batch, with --distinct (every message
 #   to a recipient of its own: a new conversation each); batch8: 8 senders
+#   hook64 hookbatch: send64 and batch twice in each run, without a webhook and
+#   then with a message.stored webhook posting to the bench's own receiver (port
+#   18090; events/s and commit-to-POST latency), lines prefixed "nohook-"/"hook-"
 # BEFORE=path/to/another/imqtt runs that build too, alternating run by run, its
 # lines prefixed "before-", to compare two builds in one pass (BEFORE_CONFIG: the
 # config file that build reads, default config/imqtt.toml).
@@ -65,6 +68,16 @@ run_with() { # server-binary name flush bench-args...
   rm -rf "$data"
 }
 
+# The default config with a message.stored webhook to the bench's receiver.
+hook_config=$(mktemp)
+trap 'rm -f "$hook_config"; [ -z "${pgpid:-}" ] || { kill $pgpid 2>/dev/null; wait $pgpid 2>/dev/null; rm -rf "$pgdir"; }' EXIT
+{ cat config/imqtt.toml; printf '\n[[webhooks]]\nurl = "http://127.0.0.1:18090/hook"\nsecret = "bench"\nevents = ["message.stored"]\n'; } >"$hook_config"
+hook_pair() { # name bench-args...
+  local name=$1; shift
+  config=config/imqtt.toml run_with "$bin/imqtt" "nohook-$name" always "$@"
+  config=$hook_config run_with "$bin/imqtt" "hook-$name" always "$@" --webhook-sink 18090
+}
+
 for s in "${scenarios[@]}"; do
   for _ in $(seq "$runs"); do
     case $s in
@@ -83,6 +96,8 @@ for s in "${scenarios[@]}"; do
       drain) run_one "$s" always --scenario drain --messages 100000 ;;
       group) IMQTT_MQTT__MAX_QUEUED=20000 run_one "$s" always --scenario group ;;
       presence) run_one "$s" always --scenario presence ;;
+      hook64) hook_pair send64 --scenario send --senders 64 --messages 20000 ;;
+      hookbatch) hook_pair batch --scenario batch --senders 4 --batch-size 1000 --messages 200000 ;;
       sdk5000)
         run_one lat5000-rumqttc always --scenario latency --rate 5000 --messages 25000 --receiver rumqttc
         run_one lat5000-sdk always --scenario latency --rate 5000 --messages 25000 --receiver sdk ;;

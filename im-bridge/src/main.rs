@@ -128,6 +128,12 @@ fn copy_store(config: &Config, url: &str) -> anyhow::Result<()> {
 /// Runs the server. A SIGTERM or Ctrl-C at any step of startup, as while serving,
 /// ends in a clean stop (whatever was opened is flushed and closed) and exit 0.
 fn serve(config_path: Option<&Path>, print_addrs: bool) -> ExitCode {
+    // Before any thread exists: a signal from now on waits for its handler.
+    if let Err(e) = im_bridge::shutdown::hold_signals() {
+        return exit_code(Err(
+            anyhow::Error::new(e).context("cannot block SIGTERM and SIGINT")
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,14 @@
 //! The stop request: SIGTERM or SIGINT (Ctrl-C), listened for from the moment a
 //! [`Shutdown`] exists, so a signal that arrives while the server is still starting
 //! is seen, not fatal.
+//!
+//! Installing a handler has a gap: signal-hook-registry (under tokio) swaps in
+//! its handler before it records what the handler should do, and tokio enables a
+//! signal before it subscribes its listener; a signal in either gap is handled
+//! and forgotten. So [`hold_signals`] blocks both signals before the runtime's
+//! threads exist (they inherit the mask), and [`Shutdown::on_signals`] unblocks
+//! them on the calling thread once everything is in place: a signal sent
+//! meanwhile waits, then is delivered to that thread and heard.
 
 use tokio::sync::watch;
 
@@ -11,10 +19,42 @@ pub struct Shutdown {
     requested: watch::Receiver<bool>,
 }
 
+/// Blocks SIGTERM and SIGINT on this thread, and so on every thread it starts
+/// from now on; call it first in `main`, before the runtime is built.
+/// [`Shutdown::on_signals`], on the same thread, lets them through again.
+pub fn hold_signals() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    }
+    Ok(())
+}
+
+/// Unblocks what [`hold_signals`] blocked, on this thread: a signal that came
+/// meanwhile is delivered now.
+fn release_signals() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
+    }
+    Ok(())
+}
+
 impl Shutdown {
     /// Installs the SIGTERM and SIGINT handlers now, replacing the default action
-    /// (terminate at once) for the rest of the process's life. Must run inside the
-    /// Tokio runtime, and before anything that must be flushed or closed is opened.
+    /// (terminate at once) for the rest of the process's life, then lets the
+    /// signals [`hold_signals`] blocked through to this thread. Must run inside
+    /// the Tokio runtime, on the thread that called [`hold_signals`] (the one
+    /// that runs `block_on`), and before anything that must be flushed or closed
+    /// is opened.
     pub fn on_signals() -> std::io::Result<Shutdown> {
         let (tx, requested) = watch::channel(false);
         #[cfg(unix)]
@@ -42,6 +82,7 @@ impl Shutdown {
                 let _ = tx.send(true);
             });
         }
+        release_signals()?;
         Ok(Shutdown { requested })
     }
 

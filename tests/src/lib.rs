@@ -129,13 +129,13 @@ impl Server {
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self) -> ExitStatus {
         sigterm(self.pid());
-        wait_exit(&mut self.child).await
+        wait_exit(&mut self.child, self.dir.path()).await
     }
 
     /// Waits (under [`START_TIMEOUT`]) for the process to exit and gives back its
     /// directory, so that another server can be started on the same data.
     pub async fn stopped(mut self) -> (ExitStatus, tempfile::TempDir) {
-        let status = wait_exit(&mut self.child).await;
+        let status = wait_exit(&mut self.child, self.dir.path()).await;
         (status, self.dir)
     }
 
@@ -253,7 +253,7 @@ impl Launch {
 
     /// Waits (under [`START_TIMEOUT`]) for the process to exit.
     pub async fn wait(&mut self) -> ExitStatus {
-        wait_exit(&mut self.child).await
+        wait_exit(&mut self.child, self.dir.path()).await
     }
 
     /// What the process logged so far.
@@ -325,11 +325,16 @@ fn sigterm(pid: u32) {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
 }
 
-async fn wait_exit(child: &mut Child) -> ExitStatus {
-    tokio::time::timeout(START_TIMEOUT, child.wait())
-        .await
-        .expect("imqtt exits within START_TIMEOUT")
-        .expect("wait for imqtt")
+/// Waits for the exit; a process still running after [`START_TIMEOUT`] fails the
+/// test with what it logged (in `dir`), which says where it hangs.
+async fn wait_exit(child: &mut Child, dir: &Path) -> ExitStatus {
+    match tokio::time::timeout(START_TIMEOUT, child.wait()).await {
+        Ok(status) => status.expect("wait for imqtt"),
+        Err(_) => {
+            let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            panic!("imqtt did not exit within {START_TIMEOUT:?}; stderr:\n{log}")
+        }
+    }
 }
 
 /// Mints a token signed with [`TEST_SECRET`].

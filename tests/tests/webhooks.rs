@@ -263,3 +263,59 @@ async fn each_offline_member_of_a_group_is_told_and_the_queue_keeps_its_bounds()
     );
     assert_eq!(series(&server, &dropped).await, Some(1.0));
 }
+
+#[tokio::test]
+async fn events_older_than_max_age_are_dropped_counted_and_later_ones_still_arrive() {
+    let receiver = Receiver::start().await;
+    receiver.set_down(true);
+    let server = Server::start_with(&format!(
+        "{}max_age = \"2s\"\n",
+        hook(&receiver, r#""message.stored""#)
+    ))
+    .await;
+    let api = Api::new(&server);
+    for i in 0..3 {
+        api.send("ann", "bob", json!({ "n": i })).await;
+    }
+    // Retried (1 s, then 2 s later) until older than 2 s: then dropped, counted.
+    let dropped = format!(
+        "imqtt_webhook_events_dropped_total{{webhook=\"{}\"}}",
+        receiver.url
+    );
+    let until = tokio::time::Instant::now() + WAIT;
+    while series(&server, &dropped).await != Some(3.0) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not dropped: {:?}",
+            series(&server, &dropped).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = receiver.posts().len();
+    assert!(refused >= 2, "retried before the drop: {refused} POSTs");
+    let queued = format!(
+        "imqtt_webhook_events_queued{{webhook=\"{}\"}}",
+        receiver.url
+    );
+    assert_eq!(series(&server, &queued).await, Some(0.0));
+
+    // The receiver is back: the dropped events never come, a new one does.
+    receiver.set_down(false);
+    let later = api.send("ann", "bob", json!({ "n": 3 })).await;
+    receiver.wait_events(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = receiver.events();
+    let ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["message"]["id"].as_str())
+        .map(|id| {
+            if id == later["id"] {
+                "later"
+            } else {
+                "dropped one"
+            }
+        })
+        .collect();
+    assert_eq!(ids, vec!["later"]);
+    assert_eq!(series(&server, &dropped).await, Some(3.0));
+}

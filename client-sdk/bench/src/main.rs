@@ -19,7 +19,7 @@ mod bench;
 use bench::{
     DrainOptions, FanoutOptions, GroupOptions, JwtSecret, LatencyOptions, PresenceOptions,
     ReceiverKind, RelayOptions, SendOptions, StalledOptions, Target, drain, fanout, fsync, group,
-    latency, presence, relay, send, stalled,
+    latency, presence, relay, send, stalled, webhook_sink,
 };
 use tokio::time::Instant;
 
@@ -202,6 +202,11 @@ struct Args {
     /// relay: the publishes' QoS, 0 or 1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
+    /// send, batch: a webhook receiver on 127.0.0.1:PORT (configure the server's
+    /// webhook to post there): after the sends it waits for every event and prints
+    /// events/s and commit-to-POST latency.
+    #[arg(long)]
+    webhook_sink: Option<u16>,
     /// latency: the recipient's client: the bench's own reader, a plain rumqttc
     /// subscriber, or the client library (dedupe, ordering, acks).
     #[arg(long, value_enum, default_value_t = ReceiverKind::Bench)]
@@ -378,8 +383,23 @@ fn run(args: Args) -> anyhow::Result<bool> {
                     server_pid: args.server_pid,
                     deadline,
                 };
+                let sink = match args.webhook_sink {
+                    Some(port) => match webhook_sink::Sink::start(port).await {
+                        Ok(sink) => Some(sink),
+                        Err(e) => {
+                            eprintln!("imqtt-bench: webhook sink on port {port}: {e}");
+                            return false;
+                        }
+                    },
+                    None => None,
+                };
                 let result = send::run(opts).await;
-                print(&result.lines(), &result.summary());
+                let mut lines = result.lines();
+                if let Some(sink) = &sink {
+                    sink.wait_for(result.tally.stored as u64, stall).await;
+                    lines.extend(sink.lines());
+                }
+                print(&lines, &result.summary());
                 result.complete()
             }
             Scenario::Latency => {

@@ -17,7 +17,8 @@
 //! `latency` (HTTP in, MQTT out, received by `receiver`: the bench's reader,
 //! rumqttc or the client library), `drain` (an offline user's sync), `group` (one
 //! group's fan-out and membership changes) and `presence` (contacts watching
-//! users come and go) are the scenarios.
+//! users come and go) are the scenarios; `webhook_sink` receives a server's
+//! webhook events during `send`, timing them from commit to POST.
 
 mod api;
 mod connection;
@@ -38,6 +39,7 @@ pub(crate) mod stalled;
 mod subscriber;
 mod target;
 mod timed;
+pub(crate) mod webhook_sink;
 
 pub(crate) use connection::Connection;
 pub(crate) use drain::DrainOptions;
