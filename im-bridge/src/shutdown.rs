@@ -23,28 +23,27 @@ pub struct Shutdown {
 /// from now on; call it first in `main`, before the runtime is built.
 /// [`Shutdown::on_signals`], on the same thread, lets them through again.
 pub fn hold_signals() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGTERM);
-        set.add(Signal::SIGINT);
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    }
-    Ok(())
+    mask_stop_signals(true)
 }
 
-/// Unblocks what [`hold_signals`] blocked, on this thread: a signal that came
-/// meanwhile is delivered now.
-fn release_signals() -> std::io::Result<()> {
+/// Blocks (`true`) or unblocks SIGTERM and SIGINT on this thread; unblocked, a
+/// signal that came meanwhile is delivered now.
+fn mask_stop_signals(block: bool) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
         let mut set = SigSet::empty();
         set.add(Signal::SIGTERM);
         set.add(Signal::SIGINT);
-        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
+        let how = if block {
+            SigmaskHow::SIG_BLOCK
+        } else {
+            SigmaskHow::SIG_UNBLOCK
+        };
+        pthread_sigmask(how, Some(&set), None)?;
     }
+    #[cfg(not(unix))]
+    let _ = block;
     Ok(())
 }
 
@@ -82,7 +81,7 @@ impl Shutdown {
                 let _ = tx.send(true);
             });
         }
-        release_signals()?;
+        mask_stop_signals(false)?;
         Ok(Shutdown { requested })
     }
 
