@@ -939,4 +939,107 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert_eq!(body(&b[0]), serde_json::json!(3));
     }
+
+    /// The loop on PostgreSQL, under 64 writers with retries: seqs contiguous per
+    /// conversation, delivery in seq order and once, retries answered with their
+    /// original, and a group removal seen by every send queued after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn on_postgres_concurrent_sends_keep_seqs_contiguous_and_delivery_in_order() {
+        let Some(pg) = imqtt_tests::postgres::Postgres::start() else {
+            return;
+        };
+        let url = pg.database();
+        let store = tokio::task::spawn_blocking(move || {
+            let cfg = crate::config::StoreConfig {
+                engine: crate::config::Engine::Postgres,
+                url: crate::config::DatabaseUrl::new(url),
+                pool: 8,
+                ..crate::config::StoreConfig::default()
+            };
+            crate::store::PgStore::open(&cfg, Duration::from_secs(60))
+        })
+        .await
+        .expect("task")
+        .expect("open");
+        let delivered = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+        let seen = delivered.clone();
+        let c = Committer::start(
+            Arc::new(store),
+            FlushPolicy::Always,
+            Arc::default(),
+            Box::new(move |stored| {
+                let mut seen = seen.lock().expect("lock");
+                for a in stored.iter().filter(|a| !a.duplicate) {
+                    seen.push((a.envelope.conv.as_str().to_owned(), a.envelope.seq));
+                }
+            }),
+        );
+        c.write(|s| Ok((s.write_groups(&[member("g", "ann", None)])?, None)))
+            .await
+            .expect("join");
+        let users = ["ann", "ben", "cat", "dan", "eve"];
+        // 64 writers, each with 10 sends to 4 conversations, every third one
+        // sent twice with one key (a retry).
+        let tasks: Vec<_> = (0..64u64)
+            .map(|w| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for i in 0..10u64 {
+                        let n = w * 100 + i;
+                        let from = users[(w % 5) as usize];
+                        let to = users[((w + 1 + i % 4) % 5) as usize];
+                        let to = if to == from { "zed" } else { to };
+                        let mut batch = vec![send(from, to, n)];
+                        if n % 3 == 0 {
+                            batch.push(send(from, to, n));
+                        }
+                        out.push(c.commit(batch).await.expect("commit"));
+                    }
+                    out
+                })
+            })
+            .collect();
+        // A removal in the middle: every group send queued after it is refused.
+        let before = c.submit(vec![group_send("ann", 1)]).await.expect("queued");
+        let removal = c.write(|s| Ok((s.write_groups(&[member("g", "ann", Some(1))])?, None)));
+        let (before, removal) = tokio::join!(before, removal);
+        removal.expect("removal");
+        assert_eq!(
+            before.expect("commit")[0]
+                .as_ref()
+                .expect("stored")
+                .envelope
+                .seq,
+            1
+        );
+        let after = c.commit(vec![group_send("ann", 2)]).await.expect("commit");
+        assert_eq!(
+            after[0].as_ref().err(),
+            Some(&Refusal::NotAMember("g".into()))
+        );
+        let mut stored = 0;
+        for t in tasks {
+            for outcomes in t.await.expect("task") {
+                let first = outcomes[0].as_ref().expect("stored");
+                assert!(!first.duplicate);
+                if let Some(again) = outcomes.get(1) {
+                    let again = again.as_ref().expect("retry");
+                    assert!(again.duplicate);
+                    assert_eq!(again.envelope.id, first.envelope.id);
+                    assert_eq!(again.envelope.seq, first.envelope.seq);
+                }
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 640);
+        let delivered = delivered.lock().expect("lock").clone();
+        assert_eq!(delivered.len(), 641, "each new message delivered once");
+        let mut next: std::collections::HashMap<String, u64> = Default::default();
+        for (conv, seq) in delivered {
+            let want = next.entry(conv.clone()).or_insert(1);
+            assert_eq!(seq, *want, "{conv} delivered out of order");
+            *want += 1;
+        }
+    }
 }

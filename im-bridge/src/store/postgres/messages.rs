@@ -102,10 +102,14 @@ pub(super) async fn conversations(
 ) -> Result<Vec<Summary>, StoreError> {
     let st = c
         .prepare_cached(
+            // The user's rows, each with its head and cursor looked up by key
+            // (`LIMIT 1`: never a join over all heads or cursors).
             "SELECT l.conv, h.head, h.last_ts, COALESCE(cu.seq, 0)
              FROM imqtt_user_convs l
-             JOIN imqtt_heads h ON h.conv = l.conv
-             LEFT JOIN imqtt_cursors cu ON cu.uid = l.uid AND cu.conv = l.conv
+             CROSS JOIN LATERAL (SELECT head, last_ts FROM imqtt_heads
+                 WHERE conv = l.conv LIMIT 1) h
+             LEFT JOIN LATERAL (SELECT seq FROM imqtt_cursors
+                 WHERE uid = l.uid AND conv = l.conv LIMIT 1) cu ON true
              WHERE l.uid = $1
              ORDER BY h.last_ts DESC, l.conv
              LIMIT $2",
@@ -191,10 +195,14 @@ pub(super) async fn append(
             held.iter().map(|(s, k)| (s.as_str(), k.as_str())).unzip();
         let st = c
             .prepare_cached(
-                "SELECT i.sender, i.key, m.envelope
+                // Lookups by key, one per asked row (`LIMIT 1` keeps the
+                // planner from turning them into joins over whole tables).
+                "SELECT t.sender, t.key, m.envelope
                  FROM unnest($1::text[], $2::text[]) AS t(sender, key)
-                 JOIN imqtt_idempotency i ON i.sender = t.sender AND i.key = t.key
-                 JOIN imqtt_messages m ON m.conv = i.conv AND m.seq = i.seq",
+                 CROSS JOIN LATERAL (SELECT conv, seq FROM imqtt_idempotency
+                     WHERE sender = t.sender AND key = t.key LIMIT 1) i
+                 CROSS JOIN LATERAL (SELECT envelope FROM imqtt_messages
+                     WHERE conv = i.conv AND seq = i.seq LIMIT 1) m",
             )
             .await
             .map_err(pg_error)?;
@@ -358,10 +366,17 @@ pub(super) async fn append(
         }
         let st = c
             .prepare_cached(
-                "UPDATE imqtt_idempotency i SET conv = t.conv, seq = t.seq, expires = $5
+                // Every key was claimed above, so each row conflicts and is
+                // updated. Written as an upsert, not `UPDATE .. FROM unnest`:
+                // the conflict is found through the key's index whatever plan
+                // the server caches, where a cached join plan from when the
+                // table was small scans all of it in every round.
+                "INSERT INTO imqtt_idempotency (sender, key, conv, seq, expires)
+                 SELECT sender, key, conv, seq, $5
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
                      AS t(sender, key, conv, seq)
-                 WHERE i.sender = t.sender AND i.key = t.key",
+                 ON CONFLICT (sender, key) DO UPDATE
+                 SET conv = EXCLUDED.conv, seq = EXCLUDED.seq, expires = EXCLUDED.expires",
             )
             .await
             .map_err(pg_error)?;
