@@ -3,14 +3,18 @@
 //! `imqtt_idempotency`.
 //!
 //! An append is a fixed number of statements whatever its size (multi-row
-//! `unnest` inserts): claim the idempotency keys, read the originals of those
-//! already claimed, raise each conversation's head by its number of new
-//! messages, insert the messages, fill in the claimed keys, the lists and the
-//! senders' cursors. The head row is the lock: `INSERT .. ON CONFLICT DO UPDATE
-//! SET head = head + n RETURNING head` holds it until the round commits, so two
-//! processes appending to one conversation take turns and seqs stay contiguous.
-//! A key is claimed by inserting its row before any seq is taken; a process that
-//! meets another's uncommitted claim waits for it and then finds the original.
+//! `unnest` inserts): look the idempotency keys up (their originals are the
+//! retries), raise each conversation's head by its number of new messages, then
+//! insert the keys, the messages, the lists and the senders' cursors. The head
+//! row is the lock: `INSERT .. ON CONFLICT DO UPDATE SET head = head + n
+//! RETURNING head` holds it until the round commits, so two processes appending
+//! to one conversation take turns and seqs stay contiguous. Each key is written
+//! once, with its seq. When another process stored one of them between the
+//! lookup and the insert (the insert waits for that process's commit and then
+//! conflicts), the append goes back to a savepoint taken before the heads and
+//! starts again, finding that send's original this time: a race that needs the
+//! same key sent through two processes at once, so rare, and never a gap in
+//! the seqs.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -147,69 +151,117 @@ enum Slot {
     },
 }
 
+/// The savepoint an append goes back to when another process took one of its
+/// idempotency keys first.
+const BEFORE_SEQS: &str = "SAVEPOINT imqtt_append";
+const UNDO_SEQS: &str = "ROLLBACK TO SAVEPOINT imqtt_append";
+
+/// How often an append starts again after losing a key to another process
+/// before it gives up: each loss turns a send into a retry, so this bounds
+/// only keys raced again and again.
+const ATTEMPTS: usize = 8;
+
 pub(super) async fn append(
     c: &ClientWrapper,
     sends: &[NewMessage],
     now_ms: u64,
     ttl_ms: u64,
 ) -> Result<Vec<Appended>, StoreError> {
-    let now = i64_of(now_ms);
-    let expires = i64_of(now_ms.saturating_add(ttl_ms));
     // Keys first seen in this call, and where.
     let mut first_of: HashMap<(&str, &str), usize> = HashMap::new();
-    let (mut claim_s, mut claim_k) = (Vec::new(), Vec::new());
+    let (mut key_s, mut key_k) = (Vec::new(), Vec::new());
     for (i, s) in sends.iter().enumerate() {
         if let Some(k) = s.idempotency_key.as_deref()
             && !first_of.contains_key(&(s.from.as_str(), k))
         {
             first_of.insert((s.from.as_str(), k), i);
-            claim_s.push(s.from.as_str());
-            claim_k.push(k);
+            key_s.push(s.from.as_str());
+            key_k.push(k);
         }
     }
-    // Claim every key; those already held (by an earlier commit, or by another
-    // process's commit this one waited for) are retries.
-    let mut held: Vec<(String, String)> = Vec::new();
-    if !claim_s.is_empty() {
+    for _ in 0..ATTEMPTS {
+        let originals = if key_s.is_empty() {
+            HashMap::new()
+        } else {
+            let (originals, ()) = tokio::try_join!(originals(c, &key_s, &key_k), async {
+                c.batch_execute(BEFORE_SEQS).await.map_err(pg_error)
+            })?;
+            originals
+        };
+        if let Some(out) = attempt(c, sends, &first_of, &originals, now_ms, ttl_ms).await? {
+            return Ok(out);
+        }
+        // Another process stored one of the keys after it was looked up: its
+        // send is a retry now, and the seqs taken for it are given back.
+        c.batch_execute(UNDO_SEQS).await.map_err(pg_error)?;
+    }
+    Err(StoreError::Engine(
+        "idempotency keys kept being taken by other processes".into(),
+    ))
+}
+
+/// The originals of the keys already stored, by `(sender, key)`. A key whose
+/// message is gone (expired or purged) is freed here for its new send.
+async fn originals(
+    c: &ClientWrapper,
+    senders: &[&str],
+    keys: &[&str],
+) -> Result<HashMap<(String, String), Bytes>, StoreError> {
+    let st = c
+        .prepare_cached(
+            // Lookups by key, one per asked row (`LIMIT 1` keeps the planner from
+            // turning them into joins over whole tables).
+            "SELECT t.sender, t.key, i.conv, i.seq, m.envelope
+             FROM unnest($1::text[], $2::text[]) AS t(sender, key)
+             CROSS JOIN LATERAL (SELECT conv, seq FROM imqtt_idempotency
+                 WHERE sender = t.sender AND key = t.key LIMIT 1) i
+             LEFT JOIN LATERAL (SELECT envelope FROM imqtt_messages
+                 WHERE conv = i.conv AND seq = i.seq LIMIT 1) m ON true",
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut originals = HashMap::new();
+    let mut freed = Vec::new();
+    for r in c.query(&st, &[&senders, &keys]).await.map_err(pg_error)? {
+        let (sender, key): (String, String) = (r.get(0), r.get(1));
+        match r.get::<_, Option<Vec<u8>>>(4) {
+            Some(json) => {
+                originals.insert((sender, key), Bytes::from(json));
+            }
+            None => freed.push((sender, key, r.get::<_, String>(2), r.get::<_, i64>(3))),
+        }
+    }
+    if !freed.is_empty() {
+        // Rare (a key reused after its message left the store), so one
+        // statement per key, each found through the key's index.
         let st = c
             .prepare_cached(
-                "WITH asked AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(sender, key)),
-                 won AS (
-                    INSERT INTO imqtt_idempotency (sender, key, conv, seq, expires)
-                    SELECT sender, key, '', 0, $3 FROM asked
-                    ON CONFLICT DO NOTHING RETURNING sender, key)
-                 SELECT a.sender, a.key FROM asked a
-                 WHERE NOT EXISTS (SELECT 1 FROM won w WHERE w.sender = a.sender AND w.key = a.key)",
+                "DELETE FROM imqtt_idempotency
+                 WHERE sender = $1 AND key = $2 AND conv = $3 AND seq = $4",
             )
             .await
             .map_err(pg_error)?;
-        let rows = c
-            .query(&st, &[&claim_s, &claim_k, &expires])
-            .await
-            .map_err(pg_error)?;
-        held = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    }
-    let mut originals: HashMap<(String, String), Bytes> = HashMap::new();
-    if !held.is_empty() {
-        let (s, k): (Vec<&str>, Vec<&str>) =
-            held.iter().map(|(s, k)| (s.as_str(), k.as_str())).unzip();
-        let st = c
-            .prepare_cached(
-                // Lookups by key, one per asked row (`LIMIT 1` keeps the
-                // planner from turning them into joins over whole tables).
-                "SELECT t.sender, t.key, m.envelope
-                 FROM unnest($1::text[], $2::text[]) AS t(sender, key)
-                 CROSS JOIN LATERAL (SELECT conv, seq FROM imqtt_idempotency
-                     WHERE sender = t.sender AND key = t.key LIMIT 1) i
-                 CROSS JOIN LATERAL (SELECT envelope FROM imqtt_messages
-                     WHERE conv = i.conv AND seq = i.seq LIMIT 1) m",
-            )
-            .await
-            .map_err(pg_error)?;
-        for r in c.query(&st, &[&s, &k]).await.map_err(pg_error)? {
-            originals.insert((r.get(0), r.get(1)), Bytes::from(r.get::<_, Vec<u8>>(2)));
+        for (sender, key, conv, seq) in &freed {
+            c.execute(&st, &[sender, key, conv, seq])
+                .await
+                .map_err(pg_error)?;
         }
     }
+    Ok(originals)
+}
+
+/// One try at storing `sends`: `None` when another process stored one of the
+/// new keys meanwhile (the caller undoes the try and starts again).
+async fn attempt(
+    c: &ClientWrapper,
+    sends: &[NewMessage],
+    first_of: &HashMap<(&str, &str), usize>,
+    originals: &HashMap<(String, String), Bytes>,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Result<Option<Vec<Appended>>, StoreError> {
+    let now = i64_of(now_ms);
+    let expires = i64_of(now_ms.saturating_add(ttl_ms));
     // Each send's slot; new ones counted per conversation (sorted, so that
     // processes lock heads in one order).
     let mut per_conv: BTreeMap<&str, i64> = BTreeMap::new();
@@ -218,14 +270,13 @@ pub(super) async fn append(
         let key = s.idempotency_key.as_deref().map(|k| (s.from.as_str(), k));
         let slot = match key {
             Some(k) if first_of.get(&k) != Some(&i) => Slot::Again {
-                first: first_of[&k],
+                first: first_of.get(&k).copied().unwrap_or(i),
             },
             Some((from, k)) if originals.contains_key(&(from.to_owned(), k.to_owned())) => {
                 Slot::Retry {
                     of: (from.to_owned(), k.to_owned()),
                 }
             }
-            // A held key whose message is gone (expired or purged) is a new send.
             _ => {
                 *per_conv.entry(s.conv.as_str()).or_default() += 1;
                 Slot::New
@@ -343,6 +394,26 @@ pub(super) async fn append(
     }
     // Four statements that depend on nothing but the seqs: sent at once,
     // pipelined on the connection (one round trip instead of four).
+    let keys = async {
+        if i_s.is_empty() {
+            return Ok(0);
+        }
+        let st = c
+            .prepare_cached(
+                // A key that conflicts was stored by another process since it
+                // was looked up (waiting for that process's commit if need be).
+                "INSERT INTO imqtt_idempotency (sender, key, conv, seq, expires)
+                 SELECT sender, key, conv, seq, $5
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+                     AS t(sender, key, conv, seq)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg_error)?;
+        c.execute(&st, &[&i_s, &i_k, &i_conv, &i_seq, &expires])
+            .await
+            .map_err(pg_error)
+    };
     let messages = async {
         if m_conv.is_empty() {
             return Ok(());
@@ -356,31 +427,6 @@ pub(super) async fn append(
             .await
             .map_err(pg_error)?;
         c.execute(&st, &[&m_conv, &m_seq, &m_ts, &m_json, &m_edits])
-            .await
-            .map_err(pg_error)?;
-        Ok(())
-    };
-    let keys = async {
-        if i_s.is_empty() {
-            return Ok(());
-        }
-        let st = c
-            .prepare_cached(
-                // Every key was claimed above, so each row conflicts and is
-                // updated. Written as an upsert, not `UPDATE .. FROM unnest`:
-                // the conflict is found through the key's index whatever plan
-                // the server caches, where a cached join plan from when the
-                // table was small scans all of it in every round.
-                "INSERT INTO imqtt_idempotency (sender, key, conv, seq, expires)
-                 SELECT sender, key, conv, seq, $5
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-                     AS t(sender, key, conv, seq)
-                 ON CONFLICT (sender, key) DO UPDATE
-                 SET conv = EXCLUDED.conv, seq = EXCLUDED.seq, expires = EXCLUDED.expires",
-            )
-            .await
-            .map_err(pg_error)?;
-        c.execute(&st, &[&i_s, &i_k, &i_conv, &i_seq, &expires])
             .await
             .map_err(pg_error)?;
         Ok(())
@@ -402,8 +448,12 @@ pub(super) async fn append(
         c.execute(&st, &[&u, &cv]).await.map_err(pg_error)?;
         Ok(())
     };
-    tokio::try_join!(messages, keys, listed, raise_cursors(c, cursors))?;
-    Ok(out)
+    let (stored_keys, (), (), ()) =
+        tokio::try_join!(keys, messages, listed, raise_cursors(c, cursors))?;
+    if stored_keys < i_s.len() as u64 {
+        return Ok(None);
+    }
+    Ok(Some(out))
 }
 
 /// Raises each `(uid, conv)` cursor to its seq, never lowering one.

@@ -621,6 +621,59 @@ mod tests {
         conformance::check_sample(&open(url), now);
     }
 
+    fn send(to: &str, key: Option<&str>) -> NewMessage {
+        let conv: ConvId = format!("dm:ann:{to}").parse().expect("conv");
+        NewMessage {
+            from: "ann".into(),
+            conv,
+            to: to.into(),
+            client_msg_id: key.map(str::to_owned),
+            idempotency_key: key.map(str::to_owned),
+            qos: imqtt_wire::Qos::AtLeastOnce,
+            body: serde_json::json!("hi"),
+            revision: None,
+        }
+    }
+
+    #[test]
+    fn a_key_another_process_stores_first_turns_a_send_into_its_retry_without_a_gap() {
+        let Some(pg) = Postgres::start() else { return };
+        let url = pg.database();
+        let (one, two) = (open(url.clone()), open(url));
+        let mut first = one.begin().expect("begin");
+        let stored = first
+            .append(&[send("bob", Some("k"))], 1_000)
+            .expect("append");
+        let original = stored[0].envelope.clone();
+        std::thread::scope(|scope| {
+            // The second process looks "k" up before the first commits, so it
+            // meets the key only at its insert, which waits for that commit.
+            let racing = scope.spawn(|| {
+                let mut round = two.begin().expect("begin");
+                let out = round
+                    .append(&[send("carl", Some("k")), send("carl", Some("k2"))], 2_000)
+                    .expect("append");
+                round.commit(true).expect("commit");
+                out
+            });
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            first.commit(true).expect("commit");
+            let out = racing.join().expect("thread");
+            assert!(out[0].duplicate, "{out:?}");
+            assert_eq!(out[0].envelope.id, original.id);
+            assert_eq!(out[0].envelope.conv.as_str(), "dm:ann:bob");
+            assert!(!out[1].duplicate);
+            assert_eq!(
+                out[1].envelope.seq, 1,
+                "the seq taken for the retry is given back"
+            );
+        });
+        let carl: ConvId = "dm:ann:carl".parse().expect("conv");
+        assert_eq!(two.head(&carl).expect("head").seq, 1);
+        let bob: ConvId = "dm:ann:bob".parse().expect("conv");
+        assert_eq!(two.head(&bob).expect("head").seq, 1);
+    }
+
     #[test]
     fn a_copy_of_a_sled_store_holds_everything_and_a_second_copy_is_refused() {
         let Some(pg) = Postgres::start() else { return };
