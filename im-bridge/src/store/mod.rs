@@ -283,10 +283,17 @@ pub trait Reads {
 /// A durable store: its reads, and the rounds that write it.
 pub trait Store: Reads + Send + Sync + std::fmt::Debug + 'static {
     /// Begins a round of writes. Only the commit loop calls this, one round at a
-    /// time, so that a write computed from what the round read is never stale
+    /// time (beyond [`Store::lanes`], only for sends that share no conversation), so that a write computed from what the round read is never stale
     /// within this process (across processes, the engine's locks keep seqs and
     /// group changes exact).
     fn begin(&self) -> Result<Box<dyn Round + '_>, StoreError>;
+
+    /// How many send rounds the commit loop may run at once, each in a
+    /// transaction of its own, when they share no conversation (`commit/lanes.rs`).
+    /// 1 for an engine whose rounds go through one writer.
+    fn lanes(&self) -> usize {
+        1
+    }
 
     /// Makes the rounds committed without `durable` durable (`store.flush =
     /// "interval"`); a no-op for an engine whose commits are always durable.

@@ -37,6 +37,9 @@ use super::{
     StoreError, Summary, Window,
 };
 use crate::config::StoreConfig;
+
+/// The most send rounds committed at once ([`Store::lanes`]).
+const LANES: usize = 2;
 use crate::error::Error;
 
 /// Longest one store call waits for the database.
@@ -356,6 +359,13 @@ impl PgStore {
 reads_by_on!(PgStore);
 
 impl Store for PgStore {
+    fn lanes(&self) -> usize {
+        // Two transactions at once keep two backends busy, which is what a
+        // round of distinct conversations needs; a connection stays for reads.
+        let pool = self.inner.pool.status().max_size;
+        LANES.min(pool.saturating_sub(1)).max(1)
+    }
+
     fn begin(&self) -> Result<Box<dyn Round + '_>, StoreError> {
         // BEGIN goes with the round's first statement (`PgRound::call`).
         Ok(Box::new(PgRound {
