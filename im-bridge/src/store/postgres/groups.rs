@@ -206,7 +206,7 @@ pub(super) async fn write(c: &ClientWrapper, w: &GroupWrite) -> Result<(), Store
             if let Some(seq) = cursor {
                 let conv = format!("group:{gid}");
                 let mut raise = std::collections::BTreeMap::new();
-                raise.insert((uid.as_str(), conv.as_str()), i64_of(*seq));
+                raise.insert((uid.as_str(), conv.as_str()), (i64_of(*seq), false));
                 super::messages::raise_cursors(c, raise).await?;
             }
         }

@@ -108,8 +108,10 @@ async fn insert(c: &ClientWrapper, records: &[Record]) -> Result<(), StoreError>
                 }
             }
             c.execute(
+                // A user's list entry may have come first (`Listed` below).
                 "INSERT INTO imqtt_cursors (uid, conv, seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (uid, conv) DO UPDATE SET seq = EXCLUDED.seq",
                 &[&uid, &conv, &seq],
             )
             .await
@@ -123,8 +125,11 @@ async fn insert(c: &ClientWrapper, records: &[Record]) -> Result<(), StoreError>
                 }
             }
             c.execute(
-                "INSERT INTO imqtt_user_convs (uid, conv)
-                 SELECT * FROM unnest($1::text[], $2::text[])",
+                // A listed conversation is a cursor row marked so, at 0 until
+                // its `Cursor` record says more.
+                "INSERT INTO imqtt_cursors (uid, conv, seq, listed)
+                 SELECT uid, conv, 0, true FROM unnest($1::text[], $2::text[]) AS t(uid, conv)
+                 ON CONFLICT (uid, conv) DO UPDATE SET listed = true",
                 &[&uid, &conv],
             )
             .await

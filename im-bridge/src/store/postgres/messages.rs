@@ -1,6 +1,6 @@
 //! Messages, heads, cursors, the users' conversation lists and idempotency keys:
-//! `imqtt_messages`, `imqtt_heads`, `imqtt_cursors`, `imqtt_user_convs`,
-//! `imqtt_idempotency`.
+//! `imqtt_messages`, `imqtt_heads`, `imqtt_cursors` (a user's list is its rows
+//! marked `listed`: its direct and notice conversations), `imqtt_idempotency`.
 //!
 //! An append is a fixed number of statements whatever its size (multi-row
 //! `unnest` inserts): look the idempotency keys up (their originals are the
@@ -106,15 +106,13 @@ pub(super) async fn conversations(
 ) -> Result<Vec<Summary>, StoreError> {
     let st = c
         .prepare_cached(
-            // The user's rows, each with its head and cursor looked up by key
-            // (`LIMIT 1`: never a join over all heads or cursors).
-            "SELECT l.conv, h.head, h.last_ts, COALESCE(cu.seq, 0)
-             FROM imqtt_user_convs l
+            // The user's listed rows, each with its head looked up by key
+            // (`LIMIT 1`: never a join over all heads).
+            "SELECT l.conv, h.head, h.last_ts, l.seq
+             FROM imqtt_cursors l
              CROSS JOIN LATERAL (SELECT head, last_ts FROM imqtt_heads
                  WHERE conv = l.conv LIMIT 1) h
-             LEFT JOIN LATERAL (SELECT seq FROM imqtt_cursors
-                 WHERE uid = l.uid AND conv = l.conv LIMIT 1) cu ON true
-             WHERE l.uid = $1
+             WHERE l.uid = $1 AND l.listed
              ORDER BY h.last_ts DESC, l.conv
              LIMIT $2",
         )
@@ -126,9 +124,7 @@ pub(super) async fn conversations(
         .map(|r| {
             let conv: String = r.get(0);
             Ok(Summary {
-                conv: conv
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt("user_convs"))?,
+                conv: conv.parse().map_err(|_| StoreError::Corrupt("cursors"))?,
                 head: Head {
                     seq: u64_of(r.get(1)),
                     last_ts: u64_of(r.get(2)),
@@ -315,8 +311,8 @@ async fn attempt(
     let (mut m_conv, mut m_seq, mut m_ts, mut m_json) = (vec![], vec![], vec![], vec![]);
     let mut m_edits: Vec<Option<i64>> = Vec::new();
     let (mut i_s, mut i_k, mut i_conv, mut i_seq) = (vec![], vec![], vec![], vec![]);
-    let mut lists: Vec<(&str, &str)> = Vec::new();
-    let mut cursors: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    // Each (uid, conv) row: its seq, and whether it lists the conversation.
+    let mut cursors: BTreeMap<(&str, &str), (i64, bool)> = BTreeMap::new();
     for (s, slot) in sends.iter().zip(&slots) {
         let appended = match slot {
             Slot::Again { first } => {
@@ -376,12 +372,12 @@ async fn attempt(
                     i_seq.push(i64_of(envelope.seq));
                 }
                 for uid in participants(&s.conv) {
-                    lists.push((uid, conv));
+                    cursors.entry((uid, conv)).or_default().1 = true;
                 }
                 if matches!(s.conv.kind(), ConvKind::Dm { .. } | ConvKind::Group { .. }) {
                     // One's own message is read.
                     let c = cursors.entry((s.from.as_str(), conv)).or_default();
-                    *c = (*c).max(i64_of(envelope.seq));
+                    c.0 = c.0.max(i64_of(envelope.seq));
                 }
                 Appended {
                     envelope,
@@ -392,8 +388,8 @@ async fn attempt(
         };
         out.push(appended);
     }
-    // Four statements that depend on nothing but the seqs: sent at once,
-    // pipelined on the connection (one round trip instead of four).
+    // Three statements that depend on nothing but the seqs: sent at once,
+    // pipelined on the connection (one round trip instead of three).
     let keys = async {
         if i_s.is_empty() {
             return Ok(0);
@@ -431,35 +427,20 @@ async fn attempt(
             .map_err(pg_error)?;
         Ok(())
     };
-    let listed = async {
-        if lists.is_empty() {
-            return Ok(());
-        }
-        lists.sort_unstable();
-        lists.dedup();
-        let (u, cv): (Vec<&str>, Vec<&str>) = lists.into_iter().unzip();
-        let st = c
-            .prepare_cached(
-                "INSERT INTO imqtt_user_convs (uid, conv)
-                 SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-            )
-            .await
-            .map_err(pg_error)?;
-        c.execute(&st, &[&u, &cv]).await.map_err(pg_error)?;
-        Ok(())
-    };
-    let (stored_keys, (), (), ()) =
-        tokio::try_join!(keys, messages, listed, raise_cursors(c, cursors))?;
+    let (stored_keys, (), ()) = tokio::try_join!(keys, messages, raise_cursors(c, cursors))?;
     if stored_keys < i_s.len() as u64 {
         return Ok(None);
     }
     Ok(Some(out))
 }
 
-/// Raises each `(uid, conv)` cursor to its seq, never lowering one.
+/// Raises each `(uid, conv)` cursor to its seq, never lowering one, and marks
+/// it listed where asked (never unmarking one). A row that would not change is
+/// left alone: a message to a known conversation rewrites nothing but the
+/// sender's cursor.
 pub(super) async fn raise_cursors(
     c: &ClientWrapper,
-    cursors: BTreeMap<(&str, &str), i64>,
+    cursors: BTreeMap<(&str, &str), (i64, bool)>,
 ) -> Result<(), StoreError> {
     if cursors.is_empty() {
         return Ok(());
@@ -467,20 +448,28 @@ pub(super) async fn raise_cursors(
     let mut u = Vec::with_capacity(cursors.len());
     let mut cv = Vec::with_capacity(cursors.len());
     let mut seq = Vec::with_capacity(cursors.len());
-    for ((uid, conv), s) in cursors {
+    let mut listed = Vec::with_capacity(cursors.len());
+    for ((uid, conv), (s, l)) in cursors {
         u.push(uid);
         cv.push(conv);
         seq.push(s);
+        listed.push(l);
     }
     let st = c
         .prepare_cached(
-            "INSERT INTO imqtt_cursors (uid, conv, seq)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-             ON CONFLICT (uid, conv) DO UPDATE SET seq = GREATEST(imqtt_cursors.seq, EXCLUDED.seq)",
+            "INSERT INTO imqtt_cursors (uid, conv, seq, listed)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[])
+             ON CONFLICT (uid, conv) DO UPDATE
+             SET seq = GREATEST(imqtt_cursors.seq, EXCLUDED.seq),
+                 listed = imqtt_cursors.listed OR EXCLUDED.listed
+             WHERE EXCLUDED.seq > imqtt_cursors.seq
+                 OR (EXCLUDED.listed AND NOT imqtt_cursors.listed)",
         )
         .await
         .map_err(pg_error)?;
-    c.execute(&st, &[&u, &cv, &seq]).await.map_err(pg_error)?;
+    c.execute(&st, &[&u, &cv, &seq, &listed])
+        .await
+        .map_err(pg_error)?;
     Ok(())
 }
 
@@ -515,8 +504,8 @@ pub(super) async fn ack(
                 head,
             });
         }
-        let c = raise.entry((uid, conv.as_str())).or_insert(0);
-        *c = (*c).max(i64_of(*seq));
+        let c = raise.entry((uid, conv.as_str())).or_insert((0, false));
+        c.0 = c.0.max(i64_of(*seq));
     }
     raise_cursors(c, raise).await
 }

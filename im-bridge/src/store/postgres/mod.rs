@@ -685,6 +685,44 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_schema_moves_its_conversation_lists_into_the_cursors() {
+        let Some(pg) = Postgres::start() else { return };
+        let url = pg.database();
+        let db = url.rsplit('/').next().expect("db").to_owned();
+        for sql in &schema::MIGRATIONS[..3] {
+            pg.psql(&db, sql);
+        }
+        pg.psql(
+            &db,
+            "INSERT INTO imqtt_schema VALUES (3);
+             INSERT INTO imqtt_heads VALUES ('dm:ann:bob', 4, 10), ('dm:ann:cat', 1, 20),
+                 ('group:g', 9, 30);
+             INSERT INTO imqtt_user_convs VALUES ('bob', 'dm:ann:bob'), ('ann', 'dm:ann:bob'),
+                 ('ann', 'dm:ann:cat');
+             INSERT INTO imqtt_cursors VALUES ('ann', 'dm:ann:bob', 4), ('ann', 'group:g', 9);",
+        );
+        let store = open(url);
+        assert_eq!(pg.psql(&db, "SELECT version FROM imqtt_schema"), "4");
+        let listed = |uid: &str| -> Vec<(String, u64, u64)> {
+            store
+                .conversations(uid, 10)
+                .expect("list")
+                .into_iter()
+                .map(|s| (s.conv.as_str().to_owned(), s.head.seq, s.cursor))
+                .collect()
+        };
+        // The group's cursor stays, unlisted; a list entry without a cursor
+        // is listed at 0.
+        assert_eq!(
+            listed("ann"),
+            vec![("dm:ann:cat".into(), 1, 0), ("dm:ann:bob".into(), 4, 4)]
+        );
+        assert_eq!(listed("bob"), vec![("dm:ann:bob".into(), 4, 0)]);
+        let group: ConvId = "group:g".parse().expect("conv");
+        assert_eq!(store.cursor("ann", &group).expect("cursor"), 9);
+    }
+
+    #[test]
     fn a_copy_of_a_sled_store_holds_everything_and_a_second_copy_is_refused() {
         let Some(pg) = Postgres::start() else { return };
         let sled = crate::store::SledStore::temporary(conformance::TTL).expect("sled");

@@ -13,7 +13,7 @@ use super::pg_error;
 use crate::store::StoreError;
 
 /// The migrations, the schema's version `i + 1` being `MIGRATIONS[i]` applied.
-const MIGRATIONS: [&str; 3] = [
+pub(super) const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE imqtt_schema (version integer NOT NULL);
 CREATE TABLE imqtt_messages (
@@ -91,15 +91,27 @@ CREATE TABLE imqtt_webhook_events (
     PRIMARY KEY (hook, id)
 );
 "#,
+    // 4: a user's conversation list is its cursor rows marked `listed`, so a
+    // message to a new conversation writes one row per participant, not two.
+    r#"
+ALTER TABLE imqtt_cursors ADD COLUMN listed boolean NOT NULL DEFAULT false;
+INSERT INTO imqtt_cursors (uid, conv, seq, listed)
+    SELECT uid, conv, 0, true FROM imqtt_user_convs
+    ON CONFLICT (uid, conv) DO UPDATE SET listed = true;
+DROP TABLE imqtt_user_convs;
+"#,
 ];
 
+/// Tables of older schemas that a migration removes: found before migrating,
+/// they are imqtt's own.
+const RETIRED: [&str; 1] = ["imqtt_user_convs"];
+
 /// Every table the migrations make.
-pub(super) const TABLES: [&str; 12] = [
+pub(super) const TABLES: [&str; 11] = [
     "imqtt_schema",
     "imqtt_messages",
     "imqtt_heads",
     "imqtt_cursors",
-    "imqtt_user_convs",
     "imqtt_idempotency",
     "imqtt_accounts",
     "imqtt_retained",
@@ -149,7 +161,7 @@ async fn migrate_locked(c: &mut ClientWrapper) -> Result<usize, Refused> {
     let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let foreign: Vec<String> = tables
         .iter()
-        .filter(|t| !TABLES.contains(&t.as_str()))
+        .filter(|t| !TABLES.contains(&t.as_str()) && !RETIRED.contains(&t.as_str()))
         .cloned()
         .collect();
     if !foreign.is_empty() {
